@@ -1,0 +1,64 @@
+#pragma once
+// Internal helpers shared by the op families: broadcasting and loop skeletons.
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "autograd/strided.h"
+#include "autograd/tensor.h"
+
+namespace tg::detail {
+
+Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
+void check_same_dtype(const char* op, const Tensor& a, const Tensor& b);
+int64_t normalize_dim(const char* op, int64_t dim, int64_t rank);
+
+// out = f(a, b) elementwise with broadcasting; the output dtype is R (defaults to the inputs').
+template <class T, class R = T, class F>
+Tensor binary_map(const Tensor& a, const Tensor& b, const Shape& out_shape, DType out_dtype, F f) {
+  Tensor out = empty(out_shape, out_dtype);
+  R* o = out.data<R>();
+  const T* pa = a.data<T>();
+  const T* pb = b.data<T>();
+  const int64_t n = out.numel();
+  if (a.shape() == out_shape && b.shape() == out_shape && a.is_contiguous() && b.is_contiguous()) {
+    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], pb[i]);
+    return out;
+  }
+  if (b.numel() == 1 && a.shape() == out_shape && a.is_contiguous()) {
+    const T s = pb[0];
+    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], s);
+    return out;
+  }
+  if (a.numel() == 1 && b.shape() == out_shape && b.is_contiguous()) {
+    const T s = pa[0];
+    for (int64_t i = 0; i < n; ++i) o[i] = f(s, pb[i]);
+    return out;
+  }
+  Strides sa = broadcast_strides(a.shape(), a.strides(), out_shape);
+  Strides sb = broadcast_strides(b.shape(), b.strides(), out_shape);
+  Strides so = out.strides();
+  const Strides* st[3] = {&so, &sa, &sb};
+  const int64_t base[3] = {0, 0, 0};
+  for_each_run<3>(out_shape, st, base, [&](const int64_t* off, int64_t len, const int64_t* inner) {
+    R* op = o + off[0];
+    const T* xa = pa + off[1];
+    const T* xb = pb + off[2];
+    for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i * inner[1]], xb[i * inner[2]]);
+  });
+  return out;
+}
+
+// out = f(x) elementwise (x made contiguous first).
+template <class T, class F>
+Tensor unary_map(const Tensor& x_in, F f) {
+  Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
+  Tensor out = empty(x.shape(), x.dtype());
+  const T* p = x.data<T>();
+  T* o = out.data<T>();
+  const int64_t n = x.numel();
+  for (int64_t i = 0; i < n; ++i) o[i] = f(p[i]);
+  return out;
+}
+
+}  // namespace tg::detail

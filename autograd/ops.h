@@ -1,0 +1,114 @@
+#pragma once
+// Every differentiable op. Each is defined next to its backward in one of the ops_*.cpp files,
+// grouped by family, and has a float64 gradient check in tests/test_gradcheck.cpp.
+// Binary elementwise ops broadcast like NumPy. Dims may be negative (counted from the end).
+#include <optional>
+#include <vector>
+
+#include "autograd/tape.h"
+#include "autograd/tensor.h"
+
+namespace tg {
+
+// ---- elementwise (ops_elementwise.cpp) ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor neg(const Tensor& x);
+Tensor pow(const Tensor& x, double exponent);
+Tensor pow(const Tensor& base, const Tensor& exponent);  // base > 0 where exponent needs a gradient
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor clamp(const Tensor& x, double lo, double hi);
+Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b);  // mask != 0 picks a
+Tensor maximum(const Tensor& a, const Tensor& b);  // elementwise, ties send the gradient to a
+
+// Not differentiable: comparisons give 0/1 in the inputs' dtype.
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor gt(const Tensor& a, const Tensor& b);
+Tensor lt(const Tensor& a, const Tensor& b);
+Tensor ge(const Tensor& a, const Tensor& b);
+Tensor le(const Tensor& a, const Tensor& b);
+
+// In place, not recorded: for optimizers and gradient accumulation (under NoGradGuard or on
+// tensors that do not require grad). `dst` keeps its shape; `src` broadcasts to it.
+void add_(Tensor& dst, const Tensor& src, double alpha = 1.0);
+void mul_(Tensor& dst, double factor);
+void fill_(Tensor& dst, double value);
+void copy_(Tensor& dst, const Tensor& src);
+
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& x);
+Tensor operator+(const Tensor& a, double b);
+Tensor operator-(const Tensor& a, double b);
+Tensor operator*(const Tensor& a, double b);
+Tensor operator/(const Tensor& a, double b);
+Tensor operator+(double a, const Tensor& b);
+Tensor operator-(double a, const Tensor& b);
+Tensor operator*(double a, const Tensor& b);
+Tensor operator/(double a, const Tensor& b);
+
+// ---- reductions (ops_reduce.cpp) ----
+Tensor sum(const Tensor& x);
+Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim = false);
+Tensor mean(const Tensor& x);
+Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim = false);
+Tensor max(const Tensor& x);                                 // gradient to the first maximum
+Tensor max(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);  // int64, not differentiable
+Tensor logsumexp(const Tensor& x, std::vector<int64_t> dims, bool keepdim = false);
+Tensor sum_to(const Tensor& x, const Shape& shape);  // reverses broadcasting
+
+// ---- shape (ops_shape.cpp); which of these view and which copy is noted per op ----
+Tensor reshape(const Tensor& x, Shape shape);  // view when contiguous, else copies; one dim may be -1
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);  // view
+Tensor permute(const Tensor& x, const Shape& order);        // view
+Tensor squeeze(const Tensor& x, int64_t dim);               // view
+Tensor unsqueeze(const Tensor& x, int64_t dim);             // view
+Tensor expand(const Tensor& x, const Shape& shape);         // view (stride 0), size-1 dims only
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);  // view
+Tensor select(const Tensor& x, int64_t dim, int64_t index);  // view, drops dim
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim);      // copies
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim);    // copies
+std::vector<Tensor> split(const Tensor& x, int64_t size, int64_t dim);  // views of `size` (last may be shorter)
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);  // copies; index int64 1-D
+Tensor contiguous(const Tensor& x);  // copies only when not already contiguous
+Tensor to_dtype(const Tensor& x, DType t);
+
+// ---- linear algebra (ops_linalg.cpp) ----
+// 2-D @ 2-D, N-D @ 2-D (leading dims flattened), and batched 3-D @ 3-D (batch 1 broadcasts).
+// Transposed views go to BLAS as transpose flags: no copies.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// x @ w^T + b in one recorded op (nn.Linear's and the RNN input projection's hot path).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// ---- neural-network ops (ops_nn.cpp) ----
+// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient.
+Tensor embedding(const Tensor& weight, const Tensor& indices, int64_t padding_idx = -1);
+Tensor softmax(const Tensor& x, int64_t dim);
+Tensor log_softmax(const Tensor& x, int64_t dim);
+enum class Reduction { Mean, Sum, None };
+// Stable: max(x,0) - x*y + log(1 + exp(-|x|)). `target` same shape, values in [0, 1].
+Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target,
+                                        Reduction r = Reduction::Mean);
+// logits [N, C], target int64 [N]; entries equal to ignore_index contribute nothing.
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100,
+                     Reduction r = Reduction::Mean);
+Tensor nll_loss(const Tensor& log_probs, const Tensor& target, int64_t ignore_index = -100,
+                Reduction r = Reduction::Mean);
+Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction r = Reduction::Mean);
+// Zeroes each element with probability p and scales the rest by 1/(1-p); identity when !training.
+Tensor dropout(const Tensor& x, double p, bool training = true);
+// Fused tanh(a + b) (the Elman cell's non-linearity on two projections); same as the composite.
+Tensor add_tanh(const Tensor& a, const Tensor& b);
+
+}  // namespace tg

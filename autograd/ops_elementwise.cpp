@@ -1,0 +1,324 @@
+// Elementwise ops: forward kernel and backward side by side.
+#include <cmath>
+
+#include "autograd/elementwise.h"
+#include "autograd/ops.h"
+
+namespace tg {
+using namespace detail;
+
+namespace detail {
+
+Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
+  Shape out;
+  const int64_t r = std::max(a.size(), b.size());
+  out.resize(r);
+  for (int64_t i = 0; i < r; ++i) {
+    int64_t da = i - (r - a.size()) >= 0 ? a[i - (r - a.size())] : 1;
+    int64_t db = i - (r - b.size()) >= 0 ? b[i - (r - b.size())] : 1;
+    if (da != db && da != 1 && db != 1)
+      throw std::invalid_argument(fmt::format("{}: shapes {} and {} do not broadcast (dim {}: {} vs {}); "
+                                              "sizes must match or be 1",
+                                              op, a.str(), b.str(), i, da, db));
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
+  if (!a.defined() || !b.defined()) throw std::invalid_argument(std::string(op) + ": undefined tensor argument");
+  if (a.dtype() != b.dtype())
+    throw std::invalid_argument(fmt::format("{}: dtype mismatch, {} {} vs {} {}; convert one with .to()", op,
+                                            a.shape().str(), dtype_name(a.dtype()), b.shape().str(),
+                                            dtype_name(b.dtype())));
+}
+
+int64_t normalize_dim(const char* op, int64_t dim, int64_t rank) {
+  int64_t r = std::max<int64_t>(rank, 1);
+  if (dim < -r || dim >= r)
+    throw std::out_of_range(fmt::format("{}: dim {} out of range for a tensor of rank {} (valid: [{}, {}])", op, dim,
+                                        rank, -r, r - 1));
+  return dim < 0 ? dim + r : dim;
+}
+
+}  // namespace detail
+
+namespace {
+
+template <class F>
+Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
+  check_same_dtype(op, a, b);
+  Shape s = broadcast_shapes(op, a.shape(), b.shape());
+  return dispatch(op, a.device(), a.dtype(), [&]<class T>() { return binary_map<T>(a, b, s, a.dtype(), f); });
+}
+template <class F>
+Tensor binary_float(const char* op, const Tensor& a, const Tensor& b, F f) {
+  check_same_dtype(op, a, b);
+  Shape s = broadcast_shapes(op, a.shape(), b.shape());
+  return dispatch_float(op, a.device(), a.dtype(), [&]<class T>() { return binary_map<T>(a, b, s, a.dtype(), f); });
+}
+template <class F>
+Tensor unary_float(const char* op, const Tensor& x, F f) {
+  return dispatch_float(op, x.device(), x.dtype(), [&]<class T>() { return unary_map<T>(x, f); });
+}
+template <class F>
+Tensor unary_any(const char* op, const Tensor& x, F f) {
+  return dispatch(op, x.device(), x.dtype(), [&]<class T>() { return unary_map<T>(x, f); });
+}
+
+}  // namespace
+
+TG_REGISTER_OP("add", "elementwise");
+Tensor add(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("add", a, b, [](auto x, auto y) { return x + y; });
+  return record("add", {a, b}, out, [sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(g, sa));
+    if (gr.needs(1)) gr.add(1, sum_to(g, sb));
+  });
+}
+
+TG_REGISTER_OP("sub", "elementwise");
+Tensor sub(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("sub", a, b, [](auto x, auto y) { return x - y; });
+  return record("sub", {a, b}, out, [sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(g, sa));
+    if (gr.needs(1)) gr.add(1, sum_to(neg(g), sb));
+  });
+}
+
+TG_REGISTER_OP("mul", "elementwise");
+Tensor mul(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("mul", a, b, [](auto x, auto y) { return x * y; });
+  return record("mul", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(mul(g, b), a.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(mul(g, a), b.shape()));
+  });
+}
+
+TG_REGISTER_OP("div", "elementwise");
+Tensor div(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("div", a, b, [](auto x, auto y) { return x / y; });
+  return record("div", {a, b}, out, [a, b, out](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(div(g, b), a.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(neg(div(mul(g, out), b)), b.shape()));
+  });
+}
+
+TG_REGISTER_OP("neg", "elementwise");
+Tensor neg(const Tensor& x) {
+  Tensor out = unary_any("neg", x, [](auto v) { return -v; });
+  return record("neg", {x}, out, [](const Tensor& g, Grads& gr) { gr.add(0, neg(g)); });
+}
+
+TG_REGISTER_OP("pow", "elementwise");
+Tensor pow(const Tensor& x, double e) {
+  Tensor out = unary_float("pow", x, [e](auto v) { return static_cast<decltype(v)>(std::pow(v, e)); });
+  return record("pow", {x}, out, [x, e](const Tensor& g, Grads& gr) { gr.add(0, mul(g, pow(x, e - 1) * e)); });
+}
+
+TG_REGISTER_OP("pow_tensor", "elementwise");
+Tensor pow(const Tensor& base, const Tensor& exponent) {
+  Tensor out = binary_float("pow", base, exponent, [](auto x, auto y) { return std::pow(x, y); });
+  return record("pow_tensor", {base, exponent}, out, [base, exponent, out](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(mul(g, mul(exponent, pow(base, exponent - 1.0))), base.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(mul(g, mul(out, log(base))), exponent.shape()));
+  });
+}
+
+TG_REGISTER_OP("exp", "elementwise");
+Tensor exp(const Tensor& x) {
+  Tensor out = unary_float("exp", x, [](auto v) { return std::exp(v); });
+  return record("exp", {x}, out, [out](const Tensor& g, Grads& gr) { gr.add(0, mul(g, out)); });
+}
+
+TG_REGISTER_OP("log", "elementwise");
+Tensor log(const Tensor& x) {
+  Tensor out = unary_float("log", x, [](auto v) { return std::log(v); });
+  return record("log", {x}, out, [x](const Tensor& g, Grads& gr) { gr.add(0, div(g, x)); });
+}
+
+TG_REGISTER_OP("sqrt", "elementwise");
+Tensor sqrt(const Tensor& x) {
+  Tensor out = unary_float("sqrt", x, [](auto v) { return std::sqrt(v); });
+  return record("sqrt", {x}, out, [out](const Tensor& g, Grads& gr) { gr.add(0, div(g, out * 2.0)); });
+}
+
+TG_REGISTER_OP("abs", "elementwise");
+Tensor abs(const Tensor& x) {
+  Tensor out = unary_any("abs", x, [](auto v) { return v < 0 ? -v : v; });
+  return record("abs", {x}, out, [x](const Tensor& g, Grads& gr) {
+    Tensor sign = unary_any("abs", x, [](auto v) { return decltype(v)((v > 0) - (v < 0)); });
+    gr.add(0, mul(g, sign));
+  });
+}
+
+TG_REGISTER_OP("tanh", "elementwise");
+Tensor tanh(const Tensor& x) {
+  Tensor out = unary_float("tanh", x, [](auto v) { return std::tanh(v); });
+  return record("tanh", {x}, out, [out](const Tensor& g, Grads& gr) {
+    gr.add(0, binary_float("tanh_backward", g, out, [](auto d, auto y) { return d * (1 - y * y); }));
+  });
+}
+
+TG_REGISTER_OP("sigmoid", "elementwise");
+Tensor sigmoid(const Tensor& x) {
+  Tensor out = unary_float("sigmoid", x, [](auto v) { return 1 / (1 + std::exp(-v)); });
+  return record("sigmoid", {x}, out, [out](const Tensor& g, Grads& gr) {
+    gr.add(0, binary_float("sigmoid_backward", g, out, [](auto d, auto y) { return d * y * (1 - y); }));
+  });
+}
+
+TG_REGISTER_OP("relu", "elementwise");
+Tensor relu(const Tensor& x) {
+  Tensor out = unary_any("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); });
+  return record("relu", {x}, out, [out](const Tensor& g, Grads& gr) {
+    gr.add(0, binary("relu_backward", g, out, [](auto d, auto y) { return y > 0 ? d : decltype(d)(0); }));
+  });
+}
+
+TG_REGISTER_OP("clamp", "elementwise");
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  if (lo > hi) throw std::invalid_argument(fmt::format("clamp: lower bound {} is above upper bound {}", lo, hi));
+  Tensor out = unary_any("clamp", x, [lo, hi](auto v) {
+    using T = decltype(v);
+    return v < T(lo) ? T(lo) : (v > T(hi) ? T(hi) : v);
+  });
+  return record("clamp", {x}, out, [x, lo, hi](const Tensor& g, Grads& gr) {
+    gr.add(0, binary("clamp_backward", g, x, [lo, hi](auto d, auto v) {
+      using T = decltype(d);
+      return (v >= T(lo) && v <= T(hi)) ? d : T(0);
+    }));
+  });
+}
+
+TG_REGISTER_OP("where", "elementwise");
+Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
+  check_same_dtype("where", a, b);
+  Tensor m = mask.dtype() == a.dtype() ? mask : mask.to(a.dtype());
+  Shape s = broadcast_shapes("where", broadcast_shapes("where", m.shape(), a.shape()), b.shape());
+  // where = m ? a : b, written as two broadcasts so the shared kernel does the work.
+  Tensor ma = binary("where", m, a, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); });
+  Tensor mb = binary("where", m, b, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; });
+  Tensor out = binary("where", ma.expand(s), mb.expand(s), [](auto x, auto y) { return x + y; });
+  return record("where", {a, b}, out, [m, sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); }), sa));
+    if (gr.needs(1)) gr.add(1, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; }), sb));
+  });
+}
+
+TG_REGISTER_OP("maximum", "elementwise");
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  Tensor out = binary("maximum", a, b, [](auto x, auto y) { return x >= y ? x : y; });
+  return record("maximum", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
+    Tensor a_wins = ge(a, b);
+    if (gr.needs(0)) gr.add(0, sum_to(mul(g, a_wins), a.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(mul(g, 1.0 - a_wins), b.shape()));
+  });
+}
+
+#define TG_COMPARISON(fn, expr)                                                                     \
+  Tensor fn(const Tensor& a, const Tensor& b) {                                                   \
+    return binary(#fn, a, b, [](auto x, auto y) { return decltype(x)(expr); });                   \
+  }
+TG_COMPARISON(eq, x == y)
+TG_COMPARISON(gt, x > y)
+TG_COMPARISON(lt, x < y)
+TG_COMPARISON(ge, x >= y)
+TG_COMPARISON(le, x <= y)
+#undef TG_COMPARISON
+
+// ---- in place ----------------------------------------------------------------------------------
+
+void add_(Tensor& dst, const Tensor& src, double alpha) {
+  check_same_dtype("add_", dst, src);
+  broadcast_shapes("add_", dst.shape(), src.shape());
+  if (!(broadcast_shapes("add_", dst.shape(), src.shape()) == dst.shape()))
+    throw std::invalid_argument(fmt::format("add_: source {} does not broadcast to destination {}",
+                                            src.shape().str(), dst.shape().str()));
+  dispatch("add_", dst.device(), dst.dtype(), [&]<class T>() {
+    T* d = dst.data<T>();
+    const T* s = src.data<T>();
+    const T al = static_cast<T>(alpha);
+    if (dst.is_contiguous() && src.is_contiguous() && src.shape() == dst.shape()) {
+      const int64_t n = dst.numel();
+      if (alpha == 1.0) for (int64_t i = 0; i < n; ++i) d[i] += s[i];
+      else for (int64_t i = 0; i < n; ++i) d[i] += al * s[i];
+      return;
+    }
+    Strides ss = broadcast_strides(src.shape(), src.strides(), dst.shape());
+    Strides sd = dst.strides();
+    const Strides* st[2] = {&sd, &ss};
+    const int64_t base[2] = {0, 0};
+    for_each_run<2>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
+      for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] += al * s[off[1] + i * in[1]];
+    });
+  });
+}
+
+void mul_(Tensor& dst, double factor) {
+  dispatch("mul_", dst.device(), dst.dtype(), [&]<class T>() {
+    T* d = dst.data<T>();
+    const T f = static_cast<T>(factor);
+    Strides sd = dst.strides();
+    const Strides* st[1] = {&sd};
+    const int64_t base[1] = {0};
+    for_each_run<1>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
+      for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] *= f;
+    });
+  });
+}
+
+void fill_(Tensor& dst, double value) {
+  dispatch("fill_", dst.device(), dst.dtype(), [&]<class T>() {
+    T* d = dst.data<T>();
+    const T v = static_cast<T>(value);
+    Strides sd = dst.strides();
+    const Strides* st[1] = {&sd};
+    const int64_t base[1] = {0};
+    for_each_run<1>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
+      for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] = v;
+    });
+  });
+}
+
+void copy_(Tensor& dst, const Tensor& src) {
+  if (!(broadcast_shapes("copy_", dst.shape(), src.shape()) == dst.shape()))
+    throw std::invalid_argument(fmt::format("copy_: source {} does not broadcast to destination {}",
+                                            src.shape().str(), dst.shape().str()));
+  dispatch("copy_", dst.device(), dst.dtype(), [&]<class D>() {
+    dispatch("copy_", src.device(), src.dtype(), [&]<class S>() {
+      D* d = dst.data<D>();
+      const S* s = src.data<S>();
+      if (dst.is_contiguous() && src.is_contiguous() && src.shape() == dst.shape()) {
+        const int64_t n = dst.numel();
+        for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(s[i]);
+        return;
+      }
+      Strides ss = broadcast_strides(src.shape(), src.strides(), dst.shape());
+      Strides sd = dst.strides();
+      const Strides* st[2] = {&sd, &ss};
+      const int64_t base[2] = {0, 0};
+      for_each_run<2>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
+        for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] = static_cast<D>(s[off[1] + i * in[1]]);
+      });
+    });
+  });
+}
+
+// ---- operators ---------------------------------------------------------------------------------
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator-(const Tensor& x) { return neg(x); }
+Tensor operator+(const Tensor& a, double b) { return add(a, scalar(b, a.dtype())); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, scalar(b, a.dtype())); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, scalar(b, a.dtype())); }
+Tensor operator/(const Tensor& a, double b) { return div(a, scalar(b, a.dtype())); }
+Tensor operator+(double a, const Tensor& b) { return add(scalar(a, b.dtype()), b); }
+Tensor operator-(double a, const Tensor& b) { return sub(scalar(a, b.dtype()), b); }
+Tensor operator*(double a, const Tensor& b) { return mul(scalar(a, b.dtype()), b); }
+Tensor operator/(double a, const Tensor& b) { return div(scalar(a, b.dtype()), b); }
+
+}  // namespace tg

@@ -1,0 +1,198 @@
+// Neural-network ops: embedding, softmax family, losses, dropout, fused cell non-linearity.
+#include <cmath>
+#include <cstring>
+
+#include "autograd/elementwise.h"
+#include "autograd/ops.h"
+
+namespace tg {
+using namespace detail;
+
+namespace {
+Tensor reduce(const Tensor& per_element, Reduction r) {
+  switch (r) {
+    case Reduction::Mean: return mean(per_element);
+    case Reduction::Sum: return sum(per_element);
+    case Reduction::None: return per_element;
+  }
+  return per_element;
+}
+}  // namespace
+
+TG_REGISTER_OP("embedding", "nn");
+Tensor embedding(const Tensor& weight, const Tensor& indices_in, int64_t padding_idx) {
+  if (weight.dim() != 2)
+    throw std::invalid_argument("embedding: weight must be [num_embeddings, dim], got " + weight.shape().str());
+  if (indices_in.dtype() != DType::Int64)
+    throw std::invalid_argument(fmt::format("embedding: indices must be int64, got {} of shape {}",
+                                            dtype_name(indices_in.dtype()), indices_in.shape().str()));
+  const int64_t V = weight.size(0), E = weight.size(1);
+  Tensor indices = indices_in.contiguous();
+  const int64_t* ix = indices.data<int64_t>();
+  for (int64_t i = 0; i < indices.numel(); ++i)
+    if (ix[i] < 0 || ix[i] >= V)
+      throw std::out_of_range(fmt::format("embedding: index {} at position {} is out of range [0, {}) for weight {}; "
+                                          "map unknown words to an <unk> id below {}",
+                                          ix[i], i, V, weight.shape().str(), V));
+  Tensor w = weight.detach().contiguous();
+  Shape s = indices.shape();
+  s.push_back(E);
+  Tensor out = empty(s, weight.dtype());
+  const size_t row = static_cast<size_t>(E) * dtype_size(weight.dtype());
+  const char* src = static_cast<const char*>(w.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+  for (int64_t i = 0; i < indices.numel(); ++i) std::memcpy(dst + i * row, src + ix[i] * row, row);
+  return record("embedding", {weight}, out, [indices, V, E, padding_idx](const Tensor& g, Grads& gr) {
+    Tensor gw = zeros(Shape{V, E}, g.dtype());
+    Tensor gc = g.contiguous();
+    dispatch_float("embedding_backward", g.device(), g.dtype(), [&]<class T>() {
+      const int64_t* ix = indices.data<int64_t>();
+      const T* pg = gc.data<T>();
+      T* pw = gw.data<T>();
+      for (int64_t i = 0; i < indices.numel(); ++i) {
+        if (ix[i] == padding_idx) continue;
+        T* dst = pw + ix[i] * E;
+        const T* src = pg + i * E;
+        for (int64_t k = 0; k < E; ++k) dst[k] += src[k];
+      }
+    });
+    gr.add(0, gw);
+  });
+}
+
+TG_REGISTER_OP("softmax", "nn");
+Tensor softmax(const Tensor& x, int64_t dim) {
+  int64_t d = normalize_dim("softmax", dim, x.dim());
+  if (x.dim() == 0) return ones_like(x) + x * 0.0;
+  Tensor xt = transpose(x.detach(), d, -1).contiguous();  // rows along the softmax dim
+  const int64_t n = xt.size(-1), rows = n ? xt.numel() / n : 0;
+  Tensor yt = empty(xt.shape(), x.dtype());
+  dispatch_float("softmax", x.device(), x.dtype(), [&]<class T>() {
+    const T* p = xt.data<T>();
+    T* o = yt.data<T>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* in = p + r * n;
+      T* out = o + r * n;
+      T m = in[0];
+      for (int64_t i = 1; i < n; ++i) m = in[i] > m ? in[i] : m;
+      T total = 0;
+      for (int64_t i = 0; i < n; ++i) total += (out[i] = std::exp(in[i] - m));
+      for (int64_t i = 0; i < n; ++i) out[i] /= total;
+    }
+  });
+  Tensor out = transpose(yt, d, -1).contiguous();
+  return record("softmax", {x}, out, [out, d](const Tensor& g, Grads& gr) {
+    gr.add(0, mul(out, sub(g, sum(mul(g, out), {d}, true))));
+  });
+}
+
+TG_REGISTER_OP("log_softmax", "nn");
+Tensor log_softmax(const Tensor& x, int64_t dim) { return x - logsumexp(x, {dim}, true); }
+
+TG_REGISTER_OP("binary_cross_entropy_with_logits", "nn");
+Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target, Reduction r) {
+  if (!(logits.shape() == target.shape()))
+    throw std::invalid_argument(fmt::format("binary_cross_entropy_with_logits: logits {} and target {} must have the "
+                                            "same shape",
+                                            logits.shape().str(), target.shape().str()));
+  check_same_dtype("binary_cross_entropy_with_logits", logits, target);
+  // max(x, 0) - x*y + log(1 + exp(-|x|)): never exponentiates a large positive number.
+  Tensor loss = relu(logits) - logits * target + log(1.0 + exp(-abs(logits)));
+  return reduce(loss, r);
+}
+
+TG_REGISTER_OP("nll_loss", "nn");
+Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore_index, Reduction r) {
+  if (log_probs.dim() != 2 || target_in.dim() != 1 || target_in.size(0) != log_probs.size(0))
+    throw std::invalid_argument(fmt::format("nll_loss: expected log_probs [N, C] and target [N], got {} and {}",
+                                            log_probs.shape().str(), target_in.shape().str()));
+  if (target_in.dtype() != DType::Int64)
+    throw std::invalid_argument(std::string("nll_loss: target must be int64 class indices, got ") +
+                                dtype_name(target_in.dtype()));
+  const int64_t N = log_probs.size(0), C = log_probs.size(1);
+  Tensor target = target_in.contiguous();
+  const int64_t* t = target.data<int64_t>();
+  int64_t valid = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (t[i] == ignore_index) continue;
+    if (t[i] < 0 || t[i] >= C)
+      throw std::out_of_range(fmt::format("nll_loss: target {} at position {} is out of range [0, {}) classes", t[i],
+                                          i, C));
+    ++valid;
+  }
+  // Per-element losses (0 where ignored), then the reduction; mean divides by the valid count.
+  Tensor picked = zeros(Shape{N}, log_probs.dtype());
+  Tensor lp = log_probs.detach();
+  dispatch_float("nll_loss", lp.device(), lp.dtype(), [&]<class T>() {
+    const T* p = lp.data<T>();
+    T* o = picked.data<T>();
+    for (int64_t i = 0; i < N; ++i)
+      if (t[i] != ignore_index) o[i] = -p[i * lp.strides()[0] + t[i] * lp.strides()[1]];
+  });
+  Tensor out = picked;
+  double scale = 1.0;
+  if (r != Reduction::None) {
+    scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
+    out = scalar(picked.sum().item() * scale, log_probs.dtype());
+    if (r == Reduction::Mean && valid == 0) out = scalar(NAN, log_probs.dtype());
+  }
+  return record("nll_loss", {log_probs}, out, [target, ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
+    Tensor gl = zeros(Shape{N, C}, g.dtype());
+    Tensor gc = g.contiguous();
+    dispatch_float("nll_loss_backward", g.device(), g.dtype(), [&]<class T>() {
+      const int64_t* t = target.data<int64_t>();
+      const T* pg = gc.data<T>();
+      T* o = gl.data<T>();
+      for (int64_t i = 0; i < N; ++i)
+        if (t[i] != ignore_index) o[i * C + t[i]] = -static_cast<T>(scale) * (r == Reduction::None ? pg[i] : pg[0]);
+    });
+    gr.add(0, gl);
+  });
+}
+
+TG_REGISTER_OP("cross_entropy", "nn");
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, Reduction r) {
+  if (logits.dim() != 2)
+    throw std::invalid_argument("cross_entropy: expected logits [N, C], got " + logits.shape().str());
+  return nll_loss(log_softmax(logits, 1), target, ignore_index, r);
+}
+
+TG_REGISTER_OP("mse_loss", "nn");
+Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction r) {
+  if (!(a.shape() == b.shape()))
+    throw std::invalid_argument(fmt::format("mse_loss: shapes {} and {} must match", a.shape().str(), b.shape().str()));
+  Tensor d = a - b;
+  return reduce(d * d, r);
+}
+
+TG_REGISTER_OP("dropout", "nn");
+Tensor dropout(const Tensor& x, double p, bool training) {
+  if (!(p >= 0.0 && p <= 1.0)) throw std::invalid_argument(fmt::format("dropout: p must be in [0, 1], got {}", p));
+  if (!training || p == 0.0) return x;
+  if (p == 1.0) return x * 0.0;
+  Tensor mask = empty(x.shape(), x.dtype());
+  const double keep_scale = 1.0 / (1.0 - p);
+  dispatch_float("dropout", x.device(), x.dtype(), [&]<class T>() {
+    T* m = mask.data<T>();
+    for (int64_t i = 0; i < mask.numel(); ++i) m[i] = next_uniform() >= p ? T(keep_scale) : T(0);
+  });
+  return x * mask;
+}
+
+TG_REGISTER_OP("add_tanh", "nn");
+Tensor add_tanh(const Tensor& a, const Tensor& b) {
+  check_same_dtype("add_tanh", a, b);
+  Shape s = broadcast_shapes("add_tanh", a.shape(), b.shape());
+  Tensor out = dispatch_float("add_tanh", a.device(), a.dtype(), [&]<class T>() {
+    return binary_map<T>(a, b, s, a.dtype(), [](T x, T y) { return std::tanh(x + y); });
+  });
+  return record("add_tanh", {a, b}, out, [out, sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    Tensor d = dispatch_float("add_tanh_backward", g.device(), g.dtype(), [&]<class T>() {
+      return binary_map<T>(g, out, g.shape(), g.dtype(), [](T dy, T y) { return dy * (1 - y * y); });
+    });
+    if (gr.needs(0)) gr.add(0, sum_to(d, sa));
+    if (gr.needs(1)) gr.add(1, sum_to(d, sb));
+  });
+}
+
+}  // namespace tg

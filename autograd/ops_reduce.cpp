@@ -1,0 +1,245 @@
+// Reductions: sum, mean, max, logsumexp, and sum_to (the adjoint of broadcasting).
+#include <cmath>
+#include <limits>
+
+#include "autograd/elementwise.h"
+#include "autograd/ops.h"
+
+namespace tg {
+using namespace detail;
+
+namespace {
+
+struct ReducePlan {
+  Shape keep_shape;  // input shape with reduced dims set to 1
+  Shape out_shape;   // what the caller gets (keep_shape without reduced dims unless keepdim)
+  int64_t count = 1; // elements folded into each output
+};
+
+ReducePlan plan_reduce(const char* op, const Shape& in, std::vector<int64_t> dims, bool keepdim) {
+  bool reduce[kMaxRank] = {};
+  if (dims.empty()) for (int64_t d = 0; d < in.size(); ++d) reduce[d] = true;
+  for (int64_t d : dims) {
+    int64_t nd = normalize_dim(op, d, in.size());
+    if (in.size() == 0) continue;
+    if (reduce[nd] && !dims.empty() && std::count(dims.begin(), dims.end(), d) > 1)
+      throw std::invalid_argument(fmt::format("{}: dim {} listed twice", op, d));
+    reduce[nd] = true;
+  }
+  ReducePlan p;
+  for (int64_t d = 0; d < in.size(); ++d) {
+    p.keep_shape.push_back(reduce[d] ? 1 : in[d]);
+    if (reduce[d]) p.count *= in[d];
+    if (!reduce[d] || keepdim) p.out_shape.push_back(reduce[d] ? 1 : in[d]);
+  }
+  return p;
+}
+
+// Sums x into a zeroed tensor of keep_shape, walking x in memory order.
+Tensor sum_kernel(const Tensor& x, const Shape& keep_shape) {
+  Tensor out = zeros(keep_shape, x.dtype());
+  dispatch("sum", x.device(), x.dtype(), [&]<class T>() {
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    if (out.numel() == 1) {  // full reduction: accumulate in double for float32 accuracy
+      using Acc = std::conditional_t<std::is_floating_point_v<T>, double, T>;
+      Acc acc = 0;
+      Strides sx = x.strides();
+      const Strides* st[1] = {&sx};
+      const int64_t base[1] = {0};
+      for_each_run<1>(x.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
+        for (int64_t i = 0; i < len; ++i) acc += px[off[0] + i * in[0]];
+      });
+      po[0] = static_cast<T>(acc);
+      return;
+    }
+    Strides so = broadcast_strides(keep_shape, out.strides(), x.shape());
+    Strides sx = x.strides();
+    const Strides* st[2] = {&sx, &so};
+    const int64_t base[2] = {0, 0};
+    for_each_run<2>(x.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
+      const T* a = px + off[0];
+      T* o = po + off[1];
+      if (in[1] == 0) {
+        T acc = 0;
+        for (int64_t i = 0; i < len; ++i) acc += a[i * in[0]];
+        *o += acc;
+      } else if (in[0] == 1 && in[1] == 1) {
+        for (int64_t i = 0; i < len; ++i) o[i] += a[i];
+      } else {
+        for (int64_t i = 0; i < len; ++i) o[i * in[1]] += a[i * in[0]];
+      }
+    });
+  });
+  return out;
+}
+
+// Broadcasts a reduced gradient back to the input's shape (a stride-0 view, no copy).
+Tensor expand_back(const Tensor& g, const Shape& keep_shape, const Shape& in_shape) {
+  return g.reshape(keep_shape).expand(in_shape);
+}
+
+}  // namespace
+
+TG_REGISTER_OP("sum", "reduce");
+Tensor sum(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  ReducePlan p = plan_reduce("sum", x.shape(), std::move(dims), keepdim);
+  Tensor out = sum_kernel(x, p.keep_shape);
+  if (!(p.out_shape == p.keep_shape)) {
+    NoGradGuard ng;
+    out = out.reshape(p.out_shape);
+  }
+  return record("sum", {x}, out, [p, in = x.shape()](const Tensor& g, Grads& gr) {
+    gr.add(0, expand_back(g, p.keep_shape, in));
+  });
+}
+Tensor sum(const Tensor& x) { return sum(x, {}, false); }
+
+TG_REGISTER_OP("mean", "reduce");
+Tensor mean(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  ReducePlan p = plan_reduce("mean", x.shape(), dims, keepdim);
+  if (p.count == 0) throw std::invalid_argument("mean: reducing over an empty dimension of shape " + x.shape().str());
+  return sum(x, std::move(dims), keepdim) * (1.0 / static_cast<double>(p.count));
+}
+Tensor mean(const Tensor& x) { return mean(x, {}, false); }
+
+TG_REGISTER_OP("max", "reduce");
+Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
+  int64_t d = normalize_dim("max", dim, x.dim());
+  if (x.dim() == 0) return max(x);
+  if (x.size(d) == 0) throw std::invalid_argument("max: reducing over an empty dim of shape " + x.shape().str());
+  // Move `dim` last so each output is one contiguous run of the input.
+  Tensor xt = transpose(x.detach(), d, -1).contiguous();
+  const int64_t n = x.size(d), rows = x.numel() / n;
+  Shape keep = x.shape();
+  keep[d] = 1;
+  Tensor values = empty(Shape{rows}, x.dtype()), index = empty(Shape{rows}, DType::Int64);
+  dispatch("max", x.device(), x.dtype(), [&]<class T>() {
+    const T* p = xt.data<T>();
+    T* v = values.data<T>();
+    int64_t* ix = index.data<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = p + r * n;
+      int64_t best = 0;
+      for (int64_t i = 1; i < n; ++i)
+        if (row[i] > row[best] || (std::isnan(static_cast<double>(row[i])) && !std::isnan(static_cast<double>(row[best])))) best = i;
+      v[r] = row[best];
+      ix[r] = best;
+    }
+  });
+  Shape moved = x.shape();  // the transposed layout's shape, with dim d last and reduced
+  std::swap(moved[d], moved[moved.size() - 1]);
+  moved[moved.size() - 1] = 1;
+  Tensor out;
+  {
+    NoGradGuard ng;
+    out = transpose(values.reshape(moved), d, -1).contiguous();
+    if (!keepdim) out = out.squeeze(d);
+    index = transpose(index.reshape(moved), d, -1).contiguous();
+  }
+  return record("max", {x}, out, [index, keep, d, in = x.shape()](const Tensor& g, Grads& gr) {
+    Tensor gi = zeros(in, g.dtype());
+    Tensor gk = g.reshape(keep).contiguous();
+    dispatch("max_backward", g.device(), g.dtype(), [&]<class T>() {
+      // Walk the reduced positions; each sends its gradient to its argmax along d.
+      const int64_t* ix = index.data<int64_t>();
+      const T* pg = gk.data<T>();
+      T* po = gi.data<T>();
+      Strides in_st = gi.strides();
+      const int64_t inner = in_st[d];
+      int64_t outer_idx[kMaxRank] = {};
+      for (int64_t k = 0; k < gk.numel(); ++k) {
+        int64_t off = 0, rem = k;
+        for (int64_t j = keep.size() - 1; j >= 0; --j) {
+          outer_idx[j] = rem % keep[j];
+          rem /= keep[j];
+          off += outer_idx[j] * in_st[j];
+        }
+        po[off + ix[k] * inner] += pg[k];
+      }
+    });
+    gr.add(0, gi);
+  });
+}
+
+Tensor max(const Tensor& x) {
+  if (x.numel() == 0) throw std::invalid_argument("max: empty tensor of shape " + x.shape().str());
+  Tensor flat;
+  {
+    NoGradGuard ng;
+    flat = x.detach().reshape(Shape{x.numel()});
+  }
+  Tensor m;
+  {
+    NoGradGuard ng;
+    m = max(flat, 0, false);
+  }
+  Tensor index = argmax(flat, 0, false);
+  return record("max", {x}, m, [index, in = x.shape()](const Tensor& g, Grads& gr) {
+    Tensor gi = zeros(Shape{in.numel()}, g.dtype());
+    dispatch("max_backward", g.device(), g.dtype(), [&]<class T>() {
+      gi.data<T>()[index.data<int64_t>()[0]] = g.data<T>()[0];
+    });
+    gr.add(0, gi.reshape(in));
+  });
+}
+
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  int64_t d = normalize_dim("argmax", dim, x.dim());
+  NoGradGuard ng;
+  Tensor xt = transpose(x.detach(), d, -1).contiguous();
+  const int64_t n = x.size(d), rows = x.numel() / n;
+  Tensor index = empty(Shape{rows}, DType::Int64);
+  dispatch("argmax", x.device(), x.dtype(), [&]<class T>() {
+    const T* p = xt.data<T>();
+    int64_t* ix = index.data<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t best = 0;
+      for (int64_t i = 1; i < n; ++i) if (p[r * n + i] > p[r * n + best]) best = i;
+      ix[r] = best;
+    }
+  });
+  Shape moved = x.shape();
+  std::swap(moved[d], moved[moved.size() - 1]);
+  moved[moved.size() - 1] = 1;
+  Tensor out = transpose(index.reshape(moved), d, -1).contiguous();
+  return keepdim ? out : out.squeeze(d);
+}
+
+TG_REGISTER_OP("logsumexp", "reduce");
+Tensor logsumexp(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
+  ReducePlan p = plan_reduce("logsumexp", x.shape(), dims, true);
+  // Shift by the (constant) max for stability; the gradient does not depend on the shift.
+  Tensor shift;
+  {
+    NoGradGuard ng;
+    shift = x.detach();
+    for (int64_t d = 0; d < x.dim(); ++d)
+      if (p.keep_shape[d] == 1 && x.size(d) != 1) shift = max(shift, d, true);
+    // A slice that is all -inf (or has +inf/NaN) gets shift 0 so the result is -inf/inf/NaN, as it should.
+    shift = dispatch_float("logsumexp", x.device(), x.dtype(), [&]<class T>() {
+      return unary_map<T>(shift, [](T v) { return std::isfinite(v) ? v : T(0); });
+    });
+  }
+  Tensor out = log(sum(exp(x - shift), dims, true)) + shift;
+  if (!keepdim) {
+    Shape s = plan_reduce("logsumexp", x.shape(), std::move(dims), false).out_shape;
+    out = out.reshape(s);
+  }
+  return out;
+}
+
+Tensor sum_to(const Tensor& x, const Shape& shape) {
+  if (x.shape() == shape) return x;
+  const int64_t lead = x.dim() - shape.size();
+  if (lead < 0)
+    throw std::invalid_argument(fmt::format("sum_to: cannot reduce shape {} to the larger rank of {}", x.shape().str(),
+                                            shape.str()));
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < x.dim(); ++i)
+    if (i < lead || (shape[i - lead] == 1 && x.size(i) != 1)) dims.push_back(i);
+  Tensor s = dims.empty() ? x : sum(x, dims, true);
+  return s.reshape(shape);
+}
+
+}  // namespace tg

@@ -1,0 +1,273 @@
+// Shape ops. Views share storage with their input; cat/stack/index_select copy.
+#include <cstring>
+
+#include "autograd/elementwise.h"
+#include "autograd/ops.h"
+
+namespace tg {
+using namespace detail;
+
+TG_REGISTER_OP("reshape", "shape");
+Tensor reshape(const Tensor& x, Shape shape) {
+  int64_t infer = -1, known = 1;
+  for (int64_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == -1) {
+      if (infer >= 0) throw std::invalid_argument("reshape: only one dimension can be -1, got " + shape.str());
+      infer = i;
+    } else if (shape[i] < 0) {
+      throw std::invalid_argument("reshape: negative size in " + shape.str());
+    } else {
+      known *= shape[i];
+    }
+  }
+  if (infer >= 0) shape[infer] = known == 0 ? 0 : x.numel() / known;
+  if (shape.numel() != x.numel())
+    throw std::invalid_argument(fmt::format("reshape: cannot view shape {} ({} elements) as {} ({} elements)",
+                                            x.shape().str(), x.numel(), shape.str(), shape.numel()));
+  if (shape == x.shape()) return x;
+  Tensor src = x.is_contiguous() ? x : contiguous(x.detach());
+  Tensor out = make_view(src, shape, contiguous_strides(shape), src.offset());
+  return record("reshape", {x}, out, [in = x.shape()](const Tensor& g, Grads& gr) { gr.add(0, g.reshape(in)); });
+}
+
+TG_REGISTER_OP("transpose", "shape");
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
+  if (x.dim() < 2 && (d0 == d1 || x.dim() == 0)) return x;
+  int64_t a = normalize_dim("transpose", d0, x.dim()), b = normalize_dim("transpose", d1, x.dim());
+  if (a == b) return x;
+  Shape s = x.shape();
+  Strides st = x.strides();
+  std::swap(s[a], s[b]);
+  std::swap(st[a], st[b]);
+  Tensor out = make_view(x, s, st, x.offset());
+  return record("transpose", {x}, out, [a, b](const Tensor& g, Grads& gr) { gr.add(0, transpose(g, a, b)); });
+}
+
+TG_REGISTER_OP("permute", "shape");
+Tensor permute(const Tensor& x, const Shape& order) {
+  if (order.size() != x.dim())
+    throw std::invalid_argument(fmt::format("permute: order {} has {} entries for a tensor of shape {}", order.str(),
+                                            order.size(), x.shape().str()));
+  Shape s, inverse;
+  Strides st;
+  inverse.resize(order.size());
+  bool seen[kMaxRank] = {};
+  for (int64_t i = 0; i < order.size(); ++i) {
+    int64_t d = normalize_dim("permute", order[i], x.dim());
+    if (seen[d]) throw std::invalid_argument("permute: dim repeated in order " + order.str());
+    seen[d] = true;
+    s.push_back(x.size(d));
+    st.push_back(x.strides()[d]);
+    inverse[d] = i;
+  }
+  Tensor out = make_view(x, s, st, x.offset());
+  return record("permute", {x}, out, [inverse](const Tensor& g, Grads& gr) { gr.add(0, permute(g, inverse)); });
+}
+
+TG_REGISTER_OP("squeeze", "shape");
+Tensor squeeze(const Tensor& x, int64_t dim) {
+  int64_t d = normalize_dim("squeeze", dim, x.dim());
+  if (x.dim() == 0 || x.size(d) != 1) return x;  // as in PyTorch: a dim that is not 1 stays
+  Shape s = x.shape();
+  Strides st = x.strides();
+  s.erase(d);
+  st.erase(d);
+  Tensor out = make_view(x, s, st, x.offset());
+  return record("squeeze", {x}, out, [in = x.shape()](const Tensor& g, Grads& gr) { gr.add(0, g.reshape(in)); });
+}
+
+TG_REGISTER_OP("unsqueeze", "shape");
+Tensor unsqueeze(const Tensor& x, int64_t dim) {
+  int64_t d = normalize_dim("unsqueeze", dim, x.dim() + 1);
+  Shape s = x.shape();
+  Strides st = x.strides();
+  int64_t stride = d < x.dim() ? x.strides()[d] * x.size(d) : 1;
+  s.insert(d, 1);
+  st.insert(d, stride);
+  Tensor out = make_view(x, s, st, x.offset());
+  return record("unsqueeze", {x}, out, [d](const Tensor& g, Grads& gr) { gr.add(0, squeeze(g, d)); });
+}
+
+TG_REGISTER_OP("expand", "shape");
+Tensor expand(const Tensor& x, const Shape& shape) {
+  if (shape.size() < x.dim())
+    throw std::invalid_argument(fmt::format("expand: target {} has fewer dims than the tensor {}", shape.str(),
+                                            x.shape().str()));
+  const int64_t lead = shape.size() - x.dim();
+  Shape s;
+  Strides st;
+  for (int64_t i = 0; i < shape.size(); ++i) {
+    int64_t j = i - lead;
+    int64_t want = shape[i];
+    if (j < 0) {
+      if (want < 0) throw std::invalid_argument("expand: -1 is not allowed for a new leading dim in " + shape.str());
+      s.push_back(want);
+      st.push_back(0);
+      continue;
+    }
+    int64_t have = x.size(j);
+    if (want == -1) want = have;
+    if (have != want && have != 1)
+      throw std::invalid_argument(fmt::format("expand: cannot expand shape {} to {} (dim {} has size {}, only size-1 "
+                                              "dims expand)",
+                                              x.shape().str(), shape.str(), j, have));
+    s.push_back(want);
+    st.push_back(have == want ? x.strides()[j] : 0);
+  }
+  if (s == x.shape()) return x;
+  Tensor out = make_view(x, s, st, x.offset());
+  return record("expand", {x}, out, [in = x.shape()](const Tensor& g, Grads& gr) { gr.add(0, sum_to(g, in)); });
+}
+
+TG_REGISTER_OP("narrow", "shape");
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
+  int64_t d = normalize_dim("narrow", dim, x.dim());
+  if (x.dim() == 0) throw std::invalid_argument("narrow: cannot narrow a rank-0 tensor");
+  if (start < 0) start += x.size(d);
+  if (start < 0 || length < 0 || start + length > x.size(d))
+    throw std::out_of_range(fmt::format("narrow: [{}, {}) is outside dim {} of size {} (shape {})", start,
+                                        start + length, d, x.size(d), x.shape().str()));
+  Shape s = x.shape();
+  s[d] = length;
+  Tensor out = make_view(x, s, x.strides(), x.offset() + start * x.strides()[d]);
+  return record("narrow", {x}, out, [in = x.shape(), d, start, length](const Tensor& g, Grads& gr) {
+    Tensor full_grad = zeros(in, g.dtype());
+    Tensor window = full_grad.narrow(d, start, length);
+    copy_(window, g);
+    gr.add(0, full_grad);
+  });
+}
+
+Tensor select(const Tensor& x, int64_t dim, int64_t index) {
+  int64_t d = normalize_dim("select", dim, x.dim());
+  if (index < 0) index += x.size(d);
+  return squeeze(narrow(x, d, index, 1), d);
+}
+
+TG_REGISTER_OP("cat", "shape");
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
+  if (xs.empty()) throw std::invalid_argument("cat: needs at least one tensor");
+  const Tensor& first = xs[0];
+  int64_t d = normalize_dim("cat", dim, first.dim());
+  Shape s = first.shape();
+  s[d] = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    check_same_dtype("cat", first, xs[i]);
+    bool ok = xs[i].dim() == first.dim();
+    for (int64_t k = 0; ok && k < first.dim(); ++k) ok = k == d || xs[i].size(k) == first.size(k);
+    if (!ok)
+      throw std::invalid_argument(fmt::format("cat: tensor {} has shape {}, incompatible with {} along dim {} (all "
+                                              "dims but the cat dim must match)",
+                                              i, xs[i].shape().str(), first.shape().str(), d));
+    s[d] += xs[i].size(d);
+  }
+  Tensor out = empty(s, first.dtype());
+  std::vector<int64_t> sizes;
+  int64_t at = 0;
+  for (auto& x : xs) {
+    Tensor window = out.detach().narrow(d, at, x.size(d));
+    copy_(window, x);
+    sizes.push_back(x.size(d));
+    at += x.size(d);
+  }
+  return record("cat", std::span<const Tensor>(xs), out, [sizes, d](const Tensor& g, Grads& gr) {
+    int64_t start = 0;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      if (gr.needs(static_cast<int>(i))) gr.add(static_cast<int>(i), g.narrow(d, start, sizes[i]));
+      start += sizes[i];
+    }
+  });
+}
+
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
+  if (xs.empty()) throw std::invalid_argument("stack: needs at least one tensor");
+  int64_t d = normalize_dim("stack", dim, xs[0].dim() + 1);
+  for (size_t i = 1; i < xs.size(); ++i)
+    if (!(xs[i].shape() == xs[0].shape()))
+      throw std::invalid_argument(fmt::format("stack: tensor {} has shape {}, expected {} like tensor 0", i,
+                                              xs[i].shape().str(), xs[0].shape().str()));
+  std::vector<Tensor> parts;
+  parts.reserve(xs.size());
+  for (auto& x : xs) parts.push_back(unsqueeze(x, d));
+  return cat(parts, d);
+}
+
+std::vector<Tensor> split(const Tensor& x, int64_t size, int64_t dim) {
+  int64_t d = normalize_dim("split", dim, x.dim());
+  if (size <= 0) throw std::invalid_argument(fmt::format("split: size must be positive, got {}", size));
+  std::vector<Tensor> out;
+  for (int64_t start = 0; start < x.size(d); start += size)
+    out.push_back(narrow(x, d, start, std::min(size, x.size(d) - start)));
+  return out;
+}
+
+namespace {
+void check_indices(const char* op, const Tensor& index, int64_t limit, const Shape& source) {
+  if (index.dtype() != DType::Int64)
+    throw std::invalid_argument(fmt::format("{}: indices must be int64, got {}", op, dtype_name(index.dtype())));
+  Tensor c = index.contiguous();
+  const int64_t* p = c.data<int64_t>();
+  for (int64_t i = 0; i < c.numel(); ++i)
+    if (p[i] < 0 || p[i] >= limit)
+      throw std::out_of_range(fmt::format("{}: index {} at position {} is out of range [0, {}) for source of shape {}",
+                                          op, p[i], i, limit, source.str()));
+}
+}  // namespace
+
+TG_REGISTER_OP("index_select", "shape");
+Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
+  int64_t d = normalize_dim("index_select", dim, x_in.dim());
+  if (index_in.dim() != 1)
+    throw std::invalid_argument("index_select: index must be 1-D, got shape " + index_in.shape().str());
+  check_indices("index_select", index_in, x_in.size(d), x_in.shape());
+  Tensor x = x_in.detach().contiguous(), index = index_in.contiguous();
+  Shape s = x.shape();
+  s[d] = index.numel();
+  int64_t outer = 1, inner = 1;
+  for (int64_t k = 0; k < d; ++k) outer *= x.size(k);
+  for (int64_t k = d + 1; k < x.dim(); ++k) inner *= x.size(k);
+  const int64_t n = index.numel(), src_n = x.size(d);
+  Tensor out = empty(s, x.dtype());
+  const int64_t* ix = index.data<int64_t>();
+  const size_t row_bytes = static_cast<size_t>(inner) * dtype_size(x.dtype());
+  const char* src = static_cast<const char*>(x.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < n; ++i)
+      std::memcpy(dst + (o * n + i) * row_bytes, src + (o * src_n + ix[i]) * row_bytes, row_bytes);
+  return record("index_select", {x_in}, out, [index, in = x.shape(), d, outer, inner, n](const Tensor& g, Grads& gr) {
+    Tensor gi = zeros(in, g.dtype());
+    Tensor gc = g.contiguous();
+    dispatch("index_select_backward", g.device(), g.dtype(), [&]<class T>() {
+      const int64_t* ix = index.data<int64_t>();
+      const T* pg = gc.data<T>();
+      T* po = gi.data<T>();
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t i = 0; i < n; ++i) {
+          T* row = po + (o * in[d] + ix[i]) * inner;
+          const T* grow = pg + (o * n + i) * inner;
+          for (int64_t k = 0; k < inner; ++k) row[k] += grow[k];
+        }
+    });
+    gr.add(0, gi);
+  });
+}
+
+TG_REGISTER_OP("contiguous", "shape");
+Tensor contiguous(const Tensor& x) {
+  if (x.is_contiguous()) return x;
+  Tensor out = empty(x.shape(), x.dtype());
+  copy_(out, x);
+  return record("contiguous", {x}, out, [](const Tensor& g, Grads& gr) { gr.add(0, g); });
+}
+
+TG_REGISTER_OP("to_dtype", "shape");
+Tensor to_dtype(const Tensor& x, DType t) {
+  if (x.dtype() == t) return x;
+  Tensor out = empty(x.shape(), t);
+  copy_(out, x);
+  if (!is_floating(t)) return out;
+  return record("to_dtype", {x}, out, [from = x.dtype()](const Tensor& g, Grads& gr) { gr.add(0, g.to(from)); });
+}
+
+}  // namespace tg

@@ -1,0 +1,81 @@
+#pragma once
+// Shape and strides: a fixed-capacity inline array, so creating a tensor never touches the heap
+// for its metadata. Rank is capped at kMaxRank; going past it is an error, not UB.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tg {
+
+inline constexpr int kMaxRank = 8;
+
+class Shape {
+ public:
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims) { assign(dims.begin(), dims.end()); }
+  Shape(const std::vector<int64_t>& dims) { assign(dims.begin(), dims.end()); }
+  template <class It> Shape(It first, It last) { assign(first, last); }
+
+  int64_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  int64_t operator[](int64_t i) const { return d_[i]; }
+  int64_t& operator[](int64_t i) { return d_[i]; }
+  const int64_t* begin() const { return d_.data(); }
+  const int64_t* end() const { return d_.data() + n_; }
+  int64_t* begin() { return d_.data(); }
+  int64_t* end() { return d_.data() + n_; }
+  int64_t back() const { return d_[n_ - 1]; }
+  void push_back(int64_t v) { check_rank(n_ + 1); d_[n_++] = v; }
+  void insert(int64_t pos, int64_t v) {
+    check_rank(n_ + 1);
+    for (int64_t i = n_; i > pos; --i) d_[i] = d_[i - 1];
+    d_[pos] = v; ++n_;
+  }
+  void erase(int64_t pos) { for (int64_t i = pos; i + 1 < n_; ++i) d_[i] = d_[i + 1]; --n_; }
+  void resize(int64_t n, int64_t fill = 0) {
+    check_rank(n);
+    for (int64_t i = n_; i < n; ++i) d_[i] = fill;
+    n_ = static_cast<uint8_t>(n);
+  }
+  int64_t numel() const {
+    int64_t p = 1;
+    for (int64_t i = 0; i < n_; ++i) p *= d_[i];
+    return p;
+  }
+  std::vector<int64_t> vec() const { return {begin(), end()}; }
+  bool operator==(const Shape& o) const { return n_ == o.n_ && std::equal(begin(), end(), o.begin()); }
+  std::string str() const {
+    std::string s = "[";
+    for (int64_t i = 0; i < n_; ++i) s += (i ? ", " : "") + std::to_string(d_[i]);
+    return s + "]";
+  }
+
+ private:
+  template <class It> void assign(It first, It last) {
+    n_ = 0;
+    for (; first != last; ++first) push_back(static_cast<int64_t>(*first));
+  }
+  static void check_rank(int64_t n) {
+    if (n > kMaxRank)
+      throw std::invalid_argument("tapegrad supports tensors of rank at most " + std::to_string(kMaxRank) +
+                                  "; got rank " + std::to_string(n) + ". Reshape to fewer dimensions.");
+  }
+  std::array<int64_t, kMaxRank> d_{};
+  uint8_t n_ = 0;
+};
+
+using Strides = Shape;
+
+inline Strides contiguous_strides(const Shape& s) {
+  Strides st;
+  st.resize(s.size());
+  int64_t acc = 1;
+  for (int64_t i = s.size() - 1; i >= 0; --i) { st[i] = acc; acc *= s[i]; }
+  return st;
+}
+
+}  // namespace tg

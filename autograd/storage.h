@@ -1,0 +1,32 @@
+#pragma once
+// Storage: a refcounted block of bytes with a device tag, shared by a tensor and its views.
+// Blocks come from a per-thread caching allocator so steady-state training does no malloc.
+#include <cstddef>
+
+#include "autograd/dtype.h"
+#include "autograd/ref.h"
+
+namespace tg {
+
+namespace alloc {
+void* allocate(size_t nbytes);           // 64-byte aligned, cached by size class
+void deallocate(void* p, size_t nbytes);
+size_t cached_bytes();                   // held by this thread's cache, for tests and soak runs
+void release_cached();                   // return this thread's cache to the system
+}  // namespace alloc
+
+class Storage : public RefCounted {
+ public:
+  Storage(size_t nbytes, Device dev) : nbytes_(nbytes), device_(dev), data_(alloc::allocate(nbytes)) {}
+  ~Storage() { alloc::deallocate(data_, nbytes_); }
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  size_t nbytes_;
+  Device device_;
+  void* data_;
+};
+
+}  // namespace tg

@@ -1,0 +1,315 @@
+#include "autograd/tape.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "autograd/ops.h"
+
+namespace tg {
+namespace {
+
+thread_local bool tl_grad_enabled = true;
+thread_local bool tl_anomaly = false;
+thread_local Tape* tl_scoped_tape = nullptr;
+
+Tape& default_tape() {
+  thread_local Tape tape;
+  return tape;
+}
+
+std::string freed_graph_message(const char* op, int input, const Shape& shape) {
+  return fmt::format(
+      "backward: input {} of op '{}' (shape {}) was produced on a graph that has already been freed "
+      "by an earlier backward(). If you carry a hidden state across batches, call detach() on it "
+      "before the next forward (h = h.detach()); to backward twice through the same graph pass "
+      "retain_graph=true to the first backward().",
+      input, op, shape.str());
+}
+
+// Adds g into a gradient slot. A gradient that nobody else holds is adopted as is; a shared one is
+// copied before the first in-place accumulation so views of it elsewhere never change.
+void accumulate(Tensor& slot, bool& exclusive, Tensor g, bool must_own) {
+  bool unique = g.impl()->use_count() == 1 && g.impl()->storage->use_count() == 1 && g.is_contiguous();
+  if (!slot.defined()) {
+    if (!unique && must_own) { slot = g.clone(); exclusive = true; }
+    else { slot = std::move(g); exclusive = unique; }
+    return;
+  }
+  if (exclusive) { add_(slot, g); return; }
+  slot = add(slot, g);
+  exclusive = true;
+}
+
+void run_hooks(TensorImpl* t, Tensor& g) {
+  for (auto& hook : t->hooks) {
+    Tensor r = hook(g);
+    if (r.defined()) {
+      if (!(r.shape() == g.shape()))
+        throw std::invalid_argument(fmt::format("register_hook: a hook returned shape {} for a gradient of shape {}",
+                                                r.shape().str(), g.shape().str()));
+      g = r;
+    }
+  }
+}
+
+void accumulate_leaf(TensorImpl* leaf, Tensor g) {
+  run_hooks(leaf, g);
+  Tensor slot(leaf->grad);
+  accumulate(slot, leaf->grad_exclusive, std::move(g), /*must_own=*/true);
+  leaf->grad = slot.ref();
+}
+
+}  // namespace
+
+// ---- Grads -------------------------------------------------------------------------------------
+
+void Grads::add(int i, Tensor g) {
+  Edge& e = node_->inputs[i];
+  if (e.kind == Edge::None) return;
+  if (!(g.shape() == e.shape) || g.dtype() != e.dtype)
+    throw std::logic_error(fmt::format("backward of '{}': gradient for input {} has shape {} {}, input is {} {}",
+                                       node_->op, i, g.shape().str(), dtype_name(g.dtype()), e.shape.str(),
+                                       dtype_name(e.dtype)));
+  if (tl_anomaly) {
+    Tensor c = g.contiguous();
+    bool finite = dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
+      const T* p = c.data<T>();
+      for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
+      return true;
+    });
+    if (!finite)
+      throw std::runtime_error(fmt::format("anomaly: backward of op '{}' (tape index {}) produced a non-finite "
+                                           "gradient for input {} of shape {}",
+                                           node_->op, node_->index, i, e.shape.str()));
+  }
+  switch (e.kind) {
+    case Edge::Interior: accumulate(e.node->grad, e.node->grad_exclusive, std::move(g), false); break;
+    case Edge::Leaf: accumulate_leaf(e.leaf.get(), std::move(g)); break;
+    case Edge::Freed: throw std::runtime_error(freed_graph_message(node_->op, i, e.shape));
+    case Edge::None: break;
+  }
+}
+
+// ---- Tape --------------------------------------------------------------------------------------
+
+Tape::Tape() : segment_(make_ref<TapeSegment>()) { segment_->tape = this; }
+
+Tape::~Tape() {
+  release();
+  segment_->alive = false;
+  for (auto& c : chunks_) std::free(c.data);
+}
+
+Tape& Tape::current() { return tl_scoped_tape ? *tl_scoped_tape : default_tape(); }
+
+void* Tape::allocate(size_t bytes, size_t align) {
+  for (;;) {
+    if (chunk_ < chunks_.size()) {
+      size_t start = (used_ + align - 1) / align * align;
+      if (start + bytes <= chunks_[chunk_].size) {
+        used_ = start + bytes;
+        return chunks_[chunk_].data + start;
+      }
+      ++chunk_;
+      used_ = 0;
+      continue;
+    }
+    size_t size = std::max<size_t>(size_t(1) << 16, bytes + align);
+    char* p = static_cast<char*>(std::aligned_alloc(64, (size + 63) / 64 * 64));
+    if (!p) throw std::bad_alloc();
+    chunks_.push_back({p, size});
+    arena_capacity_ += size;
+  }
+}
+
+void Tape::release() {
+  // Destroy newest first so a node never outlives what it points into.
+  for (size_t i = nodes_.size(); i-- > 0;) nodes_[i]->~Node();
+  nodes_.clear();
+  chunk_ = 0;
+  used_ = 0;
+  segment_->alive = false;
+  segment_ = make_ref<TapeSegment>();
+  segment_->tape = this;
+}
+
+TapeScope::TapeScope(Tape& tape) : previous_(tl_scoped_tape) { tl_scoped_tape = &tape; }
+TapeScope::~TapeScope() { tl_scoped_tape = previous_; }
+
+NoGradGuard::NoGradGuard() : previous_(tl_grad_enabled) { tl_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { tl_grad_enabled = previous_; }
+bool grad_enabled() { return tl_grad_enabled; }
+
+DetectAnomalyGuard::DetectAnomalyGuard() : previous_(tl_anomaly) { tl_anomaly = true; }
+DetectAnomalyGuard::~DetectAnomalyGuard() { tl_anomaly = previous_; }
+bool anomaly_detection_enabled() { return tl_anomaly; }
+
+void check_finite_output(const char* op, std::span<const Tensor> inputs, const Tensor& out) {
+  if (!is_floating(out.dtype())) return;
+  Tensor c = out.contiguous();
+  bool finite = dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
+    const T* p = c.data<T>();
+    for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
+    return true;
+  });
+  if (finite) return;
+  std::string shapes;
+  std::string names;
+  for (auto& t : inputs) {
+    shapes += (shapes.empty() ? "" : ", ") + t.shape().str();
+    if (t.defined() && !t.name().empty()) names += (names.empty() ? "" : ", ") + t.name();
+  }
+  throw std::runtime_error(fmt::format("anomaly: forward of op '{}' (would be tape index {}) produced NaN or Inf; "
+                                       "input shapes {}{}",
+                                       op, Tape::current().size(), shapes,
+                                       names.empty() ? "" : "; named inputs: " + names));
+}
+
+// ---- recording ---------------------------------------------------------------------------------
+
+namespace detail {
+
+bool should_record(std::span<const Tensor> inputs) {
+  if (!tl_grad_enabled) return false;
+  for (auto& t : inputs)
+    if (t.defined() && t.impl()->requires_grad) return true;
+  return false;
+}
+
+void link(Node* n, std::span<const Tensor> inputs, Tensor& out, const char* op) {
+  Tape& tape = Tape::current();
+  n->op = op;
+  n->n_inputs = static_cast<uint32_t>(inputs.size());
+  n->inputs = static_cast<Edge*>(tape.allocate(sizeof(Edge) * inputs.size(), alignof(Edge)));
+  for (size_t i = 0; i < inputs.size(); ++i) new (&n->inputs[i]) Edge();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Edge* e = &n->inputs[i];
+    const Tensor& t = inputs[i];
+    if (!t.defined() || !t.impl()->requires_grad) continue;
+    TensorImpl* ti = t.impl();
+    e->shape = ti->shape;
+    e->dtype = ti->dtype;
+    if (!ti->grad_fn) {
+      e->kind = Edge::Leaf;
+      e->leaf = t.ref();
+    } else if (!ti->segment->alive) {
+      e->kind = Edge::Freed;
+    } else if (ti->segment.get() != tape.segment().get()) {
+      throw std::invalid_argument(fmt::format("{}: input {} was recorded on a different tape (another thread or "
+                                              "TapeScope). Use detach() to pass values between tapes.",
+                                              op, i));
+    } else {
+      e->kind = Edge::Interior;
+      e->node = ti->grad_fn;
+    }
+  }
+  n->out_shape = out.shape();
+  n->out_dtype = out.dtype();
+  // A kernel may hand back an impl someone else holds (e.g. its input); never relabel that one.
+  if (out.impl()->use_count() > 1 || out.impl()->grad_fn || out.impl()->requires_grad)
+    out = make_view(out, out.shape(), out.strides(), out.offset());
+  TensorImpl* oi = out.impl();
+  oi->requires_grad = true;
+  oi->grad_fn = n;
+  oi->segment = tape.segment();
+}
+
+}  // namespace detail
+
+// ---- backward ----------------------------------------------------------------------------------
+
+namespace {
+
+void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
+  TensorImpl* r = root.impl();
+  if (!r->requires_grad)
+    throw std::invalid_argument(fmt::format("backward: tensor of shape {} does not require grad; call "
+                                            "requires_grad_() on the leaves you want gradients for",
+                                            r->shape.str()));
+  if (!r->grad_fn) {  // a leaf: its gradient is the seed itself
+    accumulate_leaf(r, seed.clone());
+    return;
+  }
+  if (!r->segment->alive)
+    throw std::runtime_error(fmt::format(
+        "backward: the graph that produced this tensor (shape {}) has already been freed by an earlier "
+        "backward(). Pass retain_graph=true to backward twice, and call detach() on hidden states "
+        "carried across batches.",
+        r->shape.str()));
+  Tape* tape = r->segment->tape;
+  Node* start = r->grad_fn;
+  start->grad = std::move(seed);
+  start->grad_exclusive = false;
+  NoGradGuard no_grad;
+  struct Cleanup {  // nodes' gradients must not survive a failed or retained backward
+    Tape* tape; uint32_t top; bool release;
+    ~Cleanup() {
+      if (release) { tape->release(); return; }
+      for (uint32_t i = 0; i <= top; ++i) tape->node(i)->grad = Tensor();
+    }
+  } cleanup{tape, start->index, !retain_graph};
+  for (int64_t i = start->index; i >= 0; --i) {
+    Node* n = tape->node(static_cast<size_t>(i));
+    if (!n->grad.defined()) continue;  // pruned: nothing flows through this node
+    Tensor g = std::move(n->grad);
+    n->grad = Tensor();
+    if (n->watched) {
+      run_hooks(n->watched.get(), g);
+      if (n->watched->retains_grad) {
+        Tensor slot(n->watched->grad);
+        accumulate(slot, n->watched->grad_exclusive, g, true);
+        n->watched->grad = slot.ref();
+      }
+    }
+    Grads grads(n);
+    n->backward(g, grads);
+  }
+}
+
+}  // namespace
+
+void Tensor::backward(bool retain_graph) const {
+  if (numel() != 1)
+    throw std::invalid_argument(fmt::format("backward: called on a tensor of shape {} without a gradient; "
+                                            "backward() without arguments needs a one-element tensor "
+                                            "(reduce with sum()/mean(), or pass backward(gradient))",
+                                            shape().str()));
+  run_backward(*this, ones(shape(), dtype()), retain_graph);
+}
+
+void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
+  if (!(gradient.shape() == shape()) || gradient.dtype() != dtype())
+    throw std::invalid_argument(fmt::format("backward: gradient has shape {} {} but the tensor is {} {}",
+                                            gradient.shape().str(), dtype_name(gradient.dtype()), shape().str(),
+                                            dtype_name(dtype())));
+  run_backward(*this, gradient.contiguous(), retain_graph);
+}
+
+void Tensor::register_hook(GradHook hook) {
+  if (!requires_grad())
+    throw std::invalid_argument("register_hook: tensor of shape " + shape().str() +
+                                " does not require grad, so no gradient will flow to the hook");
+  impl()->hooks.push_back(std::move(hook));
+  if (impl()->grad_fn && impl()->segment->alive) impl()->grad_fn->watched = ref();
+}
+
+void Tensor::retain_grad() {
+  if (!requires_grad())
+    throw std::invalid_argument("retain_grad: tensor of shape " + shape().str() + " does not require grad");
+  impl()->retains_grad = true;
+  if (impl()->grad_fn && impl()->segment->alive) impl()->grad_fn->watched = ref();
+}
+
+// ---- op registry -------------------------------------------------------------------------------
+
+static std::vector<OpInfo>& op_table() {
+  static std::vector<OpInfo> ops;
+  return ops;
+}
+const std::vector<OpInfo>& registered_ops() { return op_table(); }
+OpRegistration::OpRegistration(const char* name, const char* family) { op_table().push_back({name, family}); }
+
+}  // namespace tg

@@ -1,0 +1,170 @@
+#pragma once
+// The tape: every op recorded while gradients are on becomes a Node, appended in creation order
+// to an arena owned by the thread's current Tape. backward() walks that list in reverse (a valid
+// topological order by construction: no sorting, no recursion) and then frees it in one sweep.
+#include <cstddef>
+#include <initializer_list>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "autograd/tensor.h"
+
+namespace tg {
+
+class Tape;
+
+
+struct Edge {
+  enum Kind : uint8_t { None, Interior, Leaf, Freed };
+  Kind kind = None;
+  Node* node = nullptr;       // Interior: the producing node
+  Ref<TensorImpl> leaf;       // Leaf: where the gradient accumulates
+  Shape shape;                // the input's shape, checked against every gradient
+  DType dtype = DType::Float32;
+};
+
+class Grads;
+
+struct Node {
+  const char* op = "";
+  uint32_t index = 0;
+  uint32_t n_inputs = 0;
+  Edge* inputs = nullptr;     // arena-allocated array
+  Shape out_shape;
+  DType out_dtype = DType::Float32;
+  Tensor grad;                // gradient of the output, accumulated during backward
+  bool grad_exclusive = false;
+  Ref<TensorImpl> watched;    // set when the output has hooks or retain_grad()
+  virtual void backward(const Tensor& grad_out, Grads& grads) = 0;
+  virtual ~Node() {
+    for (uint32_t i = 0; i < n_inputs; ++i) inputs[i].~Edge();  // the arena holds only their bytes
+  }
+};
+
+// What an op's backward sees: which inputs want a gradient, and where to add it.
+class Grads {
+ public:
+  explicit Grads(Node* n) : node_(n) {}
+  bool needs(int i) const { return node_->inputs[i].kind != Edge::None; }
+  const Shape& input_shape(int i) const { return node_->inputs[i].shape; }
+  void add(int i, Tensor g);  // g must have input i's shape and dtype
+
+ private:
+  Node* node_;
+};
+
+class Tape {
+ public:
+  Tape();
+  ~Tape();
+  Tape(const Tape&) = delete;
+  Tape& operator=(const Tape&) = delete;
+
+  static Tape& current();  // this thread's tape: the innermost TapeScope's, else a thread-local default
+  size_t size() const { return nodes_.size(); }
+  Node* node(size_t i) const { return nodes_[i]; }
+  const Ref<TapeSegment>& segment() const { return segment_; }
+  size_t arena_bytes() const { return arena_capacity_; }
+  // Destroys every node; tensors recorded here become detached-by-release (see Edge::Freed).
+  void release();
+
+  template <class N, class... Args> N* emplace(Args&&... args) {
+    void* p = allocate(sizeof(N), alignof(N));
+    N* n = new (p) N(std::forward<Args>(args)...);
+    n->index = static_cast<uint32_t>(nodes_.size());
+    nodes_.push_back(n);
+    return n;
+  }
+  void* allocate(size_t bytes, size_t align);
+
+ private:
+  struct Chunk { char* data; size_t size; };
+  std::vector<Node*> nodes_;
+  std::vector<Chunk> chunks_;
+  size_t chunk_ = 0, used_ = 0, arena_capacity_ = 0;
+  Ref<TapeSegment> segment_;
+};
+
+// Makes `tape` current on this thread for the scope's lifetime; the previous one is restored after.
+class TapeScope {
+ public:
+  explicit TapeScope(Tape& tape);
+  ~TapeScope();
+  TapeScope(const TapeScope&) = delete;
+  TapeScope& operator=(const TapeScope&) = delete;
+
+ private:
+  Tape* previous_;
+};
+
+// Nothing is recorded inside a NoGradGuard (per thread).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+bool grad_enabled();
+
+// Inside it, the first op whose forward output or backward gradient holds NaN/Inf throws,
+// naming the op, its input shapes and its index on the tape.
+class DetectAnomalyGuard {
+ public:
+  DetectAnomalyGuard();
+  ~DetectAnomalyGuard();
+  DetectAnomalyGuard(const DetectAnomalyGuard&) = delete;
+  DetectAnomalyGuard& operator=(const DetectAnomalyGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+bool anomaly_detection_enabled();
+void check_finite_output(const char* op, std::span<const Tensor> inputs, const Tensor& out);
+
+namespace detail {
+template <class F> struct LambdaNode final : Node {
+  explicit LambdaNode(F&& f) : fn(std::move(f)) {}
+  void backward(const Tensor& g, Grads& grads) override { fn(g, grads); }
+  F fn;
+};
+bool should_record(std::span<const Tensor> inputs);
+void link(Node* n, std::span<const Tensor> inputs, Tensor& out, const char* op);
+}  // namespace detail
+
+// Records `out = op(inputs)` with its backward: `backward(grad_out, grads)` calls grads.add(i, g)
+// for each input i that grads.needs(i). This is how every built-in op is written, and the public
+// way to add a differentiable op of your own (see README, "Writing an op").
+template <class F>
+Tensor record(const char* op, std::span<const Tensor> inputs, Tensor out, F&& backward) {
+  if (anomaly_detection_enabled()) check_finite_output(op, inputs, out);
+  if (!detail::should_record(inputs)) return out;
+  Node* n = Tape::current().emplace<detail::LambdaNode<std::decay_t<F>>>(std::forward<F>(backward));
+  detail::link(n, inputs, out, op);
+  return out;
+}
+template <class F>
+Tensor record(const char* op, std::initializer_list<Tensor> inputs, Tensor out, F&& backward) {
+  return record(op, std::span<const Tensor>(inputs.begin(), inputs.size()), std::move(out),
+                std::forward<F>(backward));
+}
+
+// Graphviz DOT of the graph that produced `root` (op names and shapes), walked without recursion.
+std::string to_dot(const Tensor& root);
+
+// Registry of differentiable ops, filled by TG_REGISTER_OP in each op's file. The gradcheck suite
+// checks that every registered op has a gradient check.
+struct OpInfo { const char* name; const char* family; };
+const std::vector<OpInfo>& registered_ops();
+struct OpRegistration { OpRegistration(const char* name, const char* family); };
+#define TG_REGISTER_OP_CAT2(a, b) a##b
+#define TG_REGISTER_OP_CAT(a, b) TG_REGISTER_OP_CAT2(a, b)
+#define TG_REGISTER_OP(name, family) \
+  static const ::tg::OpRegistration TG_REGISTER_OP_CAT(tg_op_reg_, __LINE__)(name, family)
+
+}  // namespace tg

@@ -1,0 +1,259 @@
+#include "autograd/tensor.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+#include "autograd/ops.h"
+#include "autograd/strided.h"
+
+namespace tg {
+
+// ---- construction ------------------------------------------------------------------------------
+
+Tensor empty(const Shape& s, DType t) {
+  for (int64_t d : s)
+    if (d < 0) throw std::invalid_argument("empty: negative dimension in shape " + s.str());
+  auto impl = make_ref<TensorImpl>();
+  impl->storage = make_ref<Storage>(static_cast<size_t>(s.numel()) * dtype_size(t), Device::CPU);
+  impl->shape = s;
+  impl->strides = contiguous_strides(s);
+  impl->dtype = t;
+  return Tensor(std::move(impl));
+}
+
+Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t offset) {
+  auto impl = make_ref<TensorImpl>();
+  impl->storage = base.impl()->storage;
+  impl->shape = s;
+  impl->strides = st;
+  impl->offset = offset;
+  impl->dtype = base.dtype();
+  return Tensor(std::move(impl));
+}
+
+Tensor full(const Shape& s, double value, DType t) {
+  Tensor x = empty(s, t);
+  fill_(x, value);
+  return x;
+}
+Tensor zeros(const Shape& s, DType t) {
+  Tensor x = empty(s, t);
+  std::memset(x.raw_data(), 0, static_cast<size_t>(x.numel()) * dtype_size(t));
+  return x;
+}
+Tensor ones(const Shape& s, DType t) { return full(s, 1.0, t); }
+Tensor scalar(double value, DType t) { return full(Shape{}, value, t); }
+Tensor zeros_like(const Tensor& x) { return zeros(x.shape(), x.dtype()); }
+Tensor ones_like(const Tensor& x) { return ones(x.shape(), x.dtype()); }
+
+Tensor arange(double start, double end, double step, DType t) {
+  if (step == 0 || (end - start) / step < 0)
+    throw std::invalid_argument(fmt::format("arange: step {} cannot go from {} to {}", step, start, end));
+  int64_t n = static_cast<int64_t>(std::ceil((end - start) / step));
+  Tensor x = empty(Shape{n}, t);
+  dispatch("arange", Device::CPU, t, [&]<class T>() {
+    T* p = x.data<T>();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + i * step);
+  });
+  return x;
+}
+Tensor arange(int64_t n, DType t) { return arange(0.0, static_cast<double>(n), 1.0, t); }
+
+template <class V>
+static Tensor from_values(const std::vector<V>& v, const Shape& s) {
+  if (static_cast<int64_t>(v.size()) != s.numel())
+    throw std::invalid_argument(fmt::format("from_vector: {} values do not fill shape {} ({} elements)", v.size(),
+                                            s.str(), s.numel()));
+  Tensor x = empty(s, dtype_of<V>());
+  if (!v.empty()) std::memcpy(x.raw_data(), v.data(), v.size() * sizeof(V));
+  return x;
+}
+Tensor from_vector(const std::vector<float>& v, const Shape& s) { return from_values(v, s); }
+Tensor from_vector(const std::vector<double>& v, const Shape& s) { return from_values(v, s); }
+Tensor from_vector(const std::vector<int64_t>& v, const Shape& s) { return from_values(v, s); }
+
+Tensor tensor(std::initializer_list<double> v, DType t) {
+  return from_vector(std::vector<double>(v), Shape{static_cast<int64_t>(v.size())}).to(t);
+}
+Tensor tensor(std::initializer_list<std::initializer_list<double>> v, DType t) {
+  std::vector<double> flat;
+  int64_t cols = v.size() ? static_cast<int64_t>(v.begin()->size()) : 0;
+  for (auto& row : v) {
+    if (static_cast<int64_t>(row.size()) != cols)
+      throw std::invalid_argument("tensor: rows of a nested initializer list must have equal length");
+    flat.insert(flat.end(), row.begin(), row.end());
+  }
+  return from_vector(flat, Shape{static_cast<int64_t>(v.size()), cols}).to(t);
+}
+
+// ---- random ------------------------------------------------------------------------------------
+
+namespace {
+std::mt19937_64& rng() {
+  thread_local std::mt19937_64 gen(5489u);
+  return gen;
+}
+}  // namespace
+
+void manual_seed(uint64_t seed) { rng().seed(seed); }
+uint64_t next_random_u64() { return rng()(); }
+double next_uniform() { return static_cast<double>(rng()() >> 11) * 0x1.0p-53; }
+double next_normal() {
+  // Box-Muller on our own uniforms: identical streams on every standard library.
+  double u1 = next_uniform(), u2 = next_uniform();
+  if (u1 < 1e-300) u1 = 1e-300;
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+RngState get_rng_state() {
+  std::ostringstream os;
+  os << rng();
+  return {os.str()};
+}
+void set_rng_state(const RngState& s) {
+  std::istringstream is(s.bytes);
+  std::mt19937_64 g;
+  is >> g;
+  if (is.fail()) throw std::invalid_argument("set_rng_state: the state string is not a saved generator state");
+  rng() = g;
+}
+
+Tensor uniform(const Shape& s, double lo, double hi, DType t) {
+  Tensor x = empty(s, t);
+  dispatch_float("uniform", Device::CPU, t, [&]<class T>() {
+    T* p = x.data<T>();
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(lo + (hi - lo) * next_uniform());
+  });
+  return x;
+}
+Tensor rand(const Shape& s, DType t) { return uniform(s, 0.0, 1.0, t); }
+Tensor randn(const Shape& s, DType t) {
+  Tensor x = empty(s, t);
+  dispatch_float("randn", Device::CPU, t, [&]<class T>() {
+    T* p = x.data<T>();
+    for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(next_normal());
+  });
+  return x;
+}
+Tensor randint(int64_t low, int64_t high, const Shape& s) {
+  if (high <= low) throw std::invalid_argument(fmt::format("randint: empty range [{}, {})", low, high));
+  Tensor x = empty(s, DType::Int64);
+  int64_t* p = x.data<int64_t>();
+  uint64_t span = static_cast<uint64_t>(high - low);
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] = low + static_cast<int64_t>(next_random_u64() % span);
+  return x;
+}
+
+// ---- accessors ---------------------------------------------------------------------------------
+
+int64_t Tensor::size(int64_t d) const {
+  int64_t r = dim();
+  if (d < -r || d >= r)
+    throw std::out_of_range(fmt::format("size: dim {} out of range for a tensor of shape {}", d, shape().str()));
+  return shape()[d < 0 ? d + r : d];
+}
+
+bool Tensor::is_contiguous() const {
+  int64_t expected = 1;
+  for (int64_t i = dim() - 1; i >= 0; --i) {
+    if (shape()[i] != 1 && strides()[i] != expected) return false;
+    expected *= shape()[i];
+  }
+  return true;
+}
+
+void* Tensor::raw_data() const {
+  return static_cast<char*>(impl()->storage->data()) + impl()->offset * static_cast<int64_t>(dtype_size(dtype()));
+}
+
+double Tensor::item() const {
+  if (numel() != 1)
+    throw std::invalid_argument(fmt::format("item: needs a one-element tensor, got shape {}", shape().str()));
+  return dispatch("item", device(), dtype(), [&]<class T>() { return static_cast<double>(*data<T>()); });
+}
+
+double Tensor::at(std::initializer_list<int64_t> idx) const {
+  if (static_cast<int64_t>(idx.size()) != dim())
+    throw std::out_of_range(fmt::format("at: {} indices for a tensor of shape {}", idx.size(), shape().str()));
+  int64_t off = 0, d = 0;
+  for (int64_t i : idx) {
+    if (i < 0 || i >= shape()[d])
+      throw std::out_of_range(fmt::format("at: index {} out of range [0, {}) in dim {} of shape {}", i, shape()[d],
+                                          d, shape().str()));
+    off += i * strides()[d++];
+  }
+  return dispatch("at", device(), dtype(), [&]<class T>() { return static_cast<double>(data<T>()[off]); });
+}
+
+std::vector<double> Tensor::to_vector() const {
+  Tensor c = contiguous();
+  std::vector<double> out(static_cast<size_t>(numel()));
+  dispatch("to_vector", device(), dtype(), [&]<class T>() {
+    const T* p = c.data<T>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+  });
+  return out;
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = empty(shape(), dtype());
+  copy_(out, *this);
+  return out;
+}
+
+// ---- autograd state ----------------------------------------------------------------------------
+
+Tensor& Tensor::requires_grad_(bool on) {
+  if (on && !is_floating(dtype()))
+    throw std::invalid_argument(fmt::format("requires_grad_: only float tensors can require gradients; this one is {}",
+                                            dtype_name(dtype())));
+  if (!on && impl()->grad_fn)
+    throw std::invalid_argument("requires_grad_(false): this tensor is the output of a recorded op; use detach()");
+  impl()->requires_grad = on;
+  return *this;
+}
+bool Tensor::is_leaf() const { return impl()->grad_fn == nullptr; }
+Tensor Tensor::grad() const { return Tensor(impl()->grad); }
+void Tensor::set_grad(const Tensor& g) {
+  if (g.defined() && (!(g.shape() == shape()) || g.dtype() != dtype()))
+    throw std::invalid_argument(fmt::format("set_grad: gradient {} {} does not match tensor {} {}", g.shape().str(),
+                                            dtype_name(g.dtype()), shape().str(), dtype_name(dtype())));
+  impl()->grad = g.defined() ? g.ref() : Ref<TensorImpl>();
+  impl()->grad_exclusive = false;
+}
+void Tensor::zero_grad() {
+  impl()->grad.reset();
+  impl()->grad_exclusive = false;
+}
+Tensor Tensor::detach() const { return make_view(*this, shape(), strides(), offset()); }
+
+// ---- method forms ------------------------------------------------------------------------------
+
+Tensor Tensor::contiguous() const { return tg::contiguous(*this); }
+Tensor Tensor::to(DType t) const { return tg::to_dtype(*this, t); }
+Tensor Tensor::reshape(const Shape& s) const { return tg::reshape(*this, s); }
+Tensor Tensor::transpose(int64_t a, int64_t b) const { return tg::transpose(*this, a, b); }
+Tensor Tensor::permute(const Shape& o) const { return tg::permute(*this, o); }
+Tensor Tensor::squeeze(int64_t d) const { return tg::squeeze(*this, d); }
+Tensor Tensor::unsqueeze(int64_t d) const { return tg::unsqueeze(*this, d); }
+Tensor Tensor::expand(const Shape& s) const { return tg::expand(*this, s); }
+Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const { return tg::narrow(*this, d, s, l); }
+Tensor Tensor::sum() const { return tg::sum(*this); }
+Tensor Tensor::sum(const std::vector<int64_t>& d, bool k) const { return tg::sum(*this, d, k); }
+Tensor Tensor::mean() const { return tg::mean(*this); }
+Tensor Tensor::mean(const std::vector<int64_t>& d, bool k) const { return tg::mean(*this, d, k); }
+Tensor Tensor::matmul(const Tensor& o) const { return tg::matmul(*this, o); }
+Tensor Tensor::tanh() const { return tg::tanh(*this); }
+Tensor Tensor::sigmoid() const { return tg::sigmoid(*this); }
+Tensor Tensor::relu() const { return tg::relu(*this); }
+Tensor Tensor::exp() const { return tg::exp(*this); }
+Tensor Tensor::log() const { return tg::log(*this); }
+Tensor Tensor::pow(double e) const { return tg::pow(*this, e); }
+Tensor Tensor::sqrt() const { return tg::sqrt(*this); }
+Tensor Tensor::abs() const { return tg::abs(*this); }
+
+}  // namespace tg

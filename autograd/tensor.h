@@ -1,0 +1,165 @@
+#pragma once
+// Tensor: a refcounted handle to (storage, offset, shape, strides, dtype) plus autograd state.
+// Views (reshape of contiguous data, transpose, permute, narrow, squeeze, unsqueeze, expand)
+// share storage; contiguous() copies only when the layout requires it.
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "autograd/dtype.h"
+#include "autograd/ref.h"
+#include "autograd/shape.h"
+#include "autograd/storage.h"
+
+namespace tg {
+
+class Tensor;
+struct Node;
+class Tape;
+
+// Identifies one lifetime of a tape: after release() tensors recorded on it see `alive == false`
+// and a backward that reaches them reports a freed graph instead of touching freed memory.
+class TapeSegment : public RefCounted {
+ public:
+  Tape* tape = nullptr;
+  bool alive = true;
+};
+using GradHook = std::function<Tensor(const Tensor&)>;  // returns the replacement, or an undefined tensor to keep it
+
+struct TensorImpl : RefCounted {
+  Ref<Storage> storage;
+  int64_t offset = 0;  // in elements
+  Shape shape;
+  Strides strides;
+  DType dtype = DType::Float32;
+
+  // autograd
+  bool requires_grad = false;
+  bool retains_grad = false;
+  bool grad_exclusive = false;   // grad's storage is ours alone, so it may be accumulated in place
+  Ref<TensorImpl> grad;
+  Node* grad_fn = nullptr;       // valid only while `segment` is alive
+  Ref<TapeSegment> segment;
+  std::vector<GradHook> hooks;
+  std::string name;              // optional, shown by to_dot and anomaly errors
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+  explicit Tensor(Ref<TensorImpl> impl) : impl_(std::move(impl)) {}
+
+  bool defined() const { return bool(impl_); }
+  TensorImpl* impl() const { return impl_.get(); }
+  const Ref<TensorImpl>& ref() const { return impl_; }
+
+  const Shape& shape() const { return impl()->shape; }
+  const Strides& strides() const { return impl()->strides; }
+  int64_t dim() const { return shape().size(); }
+  int64_t size(int64_t d) const;  // negative d counts from the end
+  int64_t numel() const { return shape().numel(); }
+  DType dtype() const { return impl()->dtype; }
+  Device device() const { return impl()->storage->device(); }
+  bool is_contiguous() const;
+  int64_t offset() const { return impl()->offset; }
+
+  // Pointer to element 0 of this view; checks the dtype.
+  template <class T> T* data() const;
+  void* raw_data() const;
+
+  double item() const;  // one-element tensors only
+  template <class T> T item() const { return static_cast<T>(item()); }
+  double at(std::initializer_list<int64_t> idx) const;  // bounds-checked read, any layout
+  std::vector<double> to_vector() const;                // all elements in row-major order
+
+  Tensor contiguous() const;
+  Tensor clone() const;
+  Tensor to(DType t) const;  // differentiable between float types
+
+  // autograd
+  bool requires_grad() const { return impl()->requires_grad; }
+  Tensor& requires_grad_(bool on = true);
+  bool is_leaf() const;
+  Tensor grad() const;
+  void set_grad(const Tensor& g);
+  void zero_grad();  // drops the gradient (next backward starts from none)
+  Tensor detach() const;
+  void retain_grad();
+  void register_hook(GradHook hook);
+  void backward(bool retain_graph = false) const;
+  void backward(const Tensor& gradient, bool retain_graph = false) const;
+  Tensor& set_name(std::string n) { impl()->name = std::move(n); return *this; }
+  const std::string& name() const { return impl()->name; }
+
+  // method forms of common ops (free functions in ops.h are the primary API)
+  Tensor reshape(const Shape& s) const;
+  Tensor view(const Shape& s) const { return reshape(s); }
+  Tensor transpose(int64_t a, int64_t b) const;
+  Tensor t() const { return transpose(0, 1); }
+  Tensor permute(const Shape& order) const;
+  Tensor squeeze(int64_t d) const;
+  Tensor unsqueeze(int64_t d) const;
+  Tensor expand(const Shape& s) const;
+  Tensor narrow(int64_t d, int64_t start, int64_t len) const;
+  Tensor sum() const;
+  Tensor sum(const std::vector<int64_t>& dims, bool keepdim = false) const;
+  Tensor mean() const;
+  Tensor mean(const std::vector<int64_t>& dims, bool keepdim = false) const;
+  Tensor matmul(const Tensor& o) const;
+  Tensor tanh() const;
+  Tensor sigmoid() const;
+  Tensor relu() const;
+  Tensor exp() const;
+  Tensor log() const;
+  Tensor pow(double e) const;
+  Tensor sqrt() const;
+  Tensor abs() const;
+
+  std::string str() const;  // fmt::format("{}", t) prints the same
+
+ private:
+  Ref<TensorImpl> impl_;
+};
+
+// Factories. dtype defaults to float32; shapes are any rank up to kMaxRank.
+Tensor empty(const Shape& s, DType t = DType::Float32);
+Tensor zeros(const Shape& s, DType t = DType::Float32);
+Tensor ones(const Shape& s, DType t = DType::Float32);
+Tensor full(const Shape& s, double value, DType t = DType::Float32);
+Tensor scalar(double value, DType t = DType::Float32);  // rank-0
+Tensor zeros_like(const Tensor& x);
+Tensor ones_like(const Tensor& x);
+Tensor arange(double start, double end, double step = 1, DType t = DType::Float32);
+Tensor arange(int64_t n, DType t = DType::Int64);
+Tensor rand(const Shape& s, DType t = DType::Float32);   // uniform [0, 1)
+Tensor uniform(const Shape& s, double lo, double hi, DType t = DType::Float32);
+Tensor randn(const Shape& s, DType t = DType::Float32);  // standard normal
+Tensor randint(int64_t low, int64_t high, const Shape& s);  // int64 in [low, high)
+Tensor from_vector(const std::vector<float>& v, const Shape& s);
+Tensor from_vector(const std::vector<double>& v, const Shape& s);
+Tensor from_vector(const std::vector<int64_t>& v, const Shape& s);
+Tensor tensor(std::initializer_list<double> v, DType t = DType::Float32);
+Tensor tensor(std::initializer_list<std::initializer_list<double>> v, DType t = DType::Float32);
+
+// Creates a tensor that views `base`'s storage with the given layout (no autograd link).
+Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t offset);
+
+// Reproducibility: one generator per thread, seeded by manual_seed on that thread.
+void manual_seed(uint64_t seed);
+struct RngState { std::string bytes; };
+RngState get_rng_state();
+void set_rng_state(const RngState& s);
+uint64_t next_random_u64();
+double next_uniform();  // [0, 1)
+double next_normal();
+
+template <class T> T* Tensor::data() const {
+  if (dtype() != dtype_of<T>())
+    throw std::invalid_argument(std::string("data<T>(): tensor is ") + dtype_name(dtype()) +
+                                ", requested " + dtype_name(dtype_of<T>()));
+  return static_cast<T*>(impl()->storage->data()) + impl()->offset;
+}
+
+}  // namespace tg
