@@ -138,6 +138,7 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   });
 }
 
+TG_REGISTER_OP("select", "shape");
 Tensor select(const Tensor& x, int64_t dim, int64_t index) {
   int64_t d = normalize_dim("select", dim, x.dim());
   if (index < 0) index += x.size(d);
@@ -179,6 +180,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   });
 }
 
+TG_REGISTER_OP("stack", "shape");
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
   if (xs.empty()) throw std::invalid_argument("stack: needs at least one tensor");
   int64_t d = normalize_dim("stack", dim, xs[0].dim() + 1);
@@ -192,6 +194,7 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
   return cat(parts, d);
 }
 
+TG_REGISTER_OP("split", "shape");
 std::vector<Tensor> split(const Tensor& x, int64_t size, int64_t dim) {
   int64_t d = normalize_dim("split", dim, x.dim());
   if (size <= 0) throw std::invalid_argument(fmt::format("split: size must be positive, got {}", size));

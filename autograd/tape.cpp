@@ -13,6 +13,7 @@ namespace {
 
 thread_local bool tl_grad_enabled = true;
 thread_local bool tl_anomaly = false;
+thread_local bool tl_in_backward = false;  // backward formulas are checked per gradient, in Grads::add
 thread_local Tape* tl_scoped_tape = nullptr;
 
 Tape& default_tape() {
@@ -145,7 +146,7 @@ bool grad_enabled() { return tl_grad_enabled; }
 
 DetectAnomalyGuard::DetectAnomalyGuard() : previous_(tl_anomaly) { tl_anomaly = true; }
 DetectAnomalyGuard::~DetectAnomalyGuard() { tl_anomaly = previous_; }
-bool anomaly_detection_enabled() { return tl_anomaly; }
+bool anomaly_detection_enabled() { return tl_anomaly && !tl_in_backward; }
 
 void check_finite_output(const char* op, std::span<const Tensor> inputs, const Tensor& out) {
   if (!is_floating(out.dtype())) return;
@@ -244,6 +245,11 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
   start->grad = std::move(seed);
   start->grad_exclusive = false;
   NoGradGuard no_grad;
+  struct InBackward {
+    bool previous = tl_in_backward;
+    InBackward() { tl_in_backward = true; }
+    ~InBackward() { tl_in_backward = previous; }
+  } in_backward;
   struct Cleanup {  // nodes' gradients must not survive a failed or retained backward
     Tape* tape; uint32_t top; bool release;
     ~Cleanup() {

@@ -24,6 +24,7 @@ struct Batch {
 struct EncodedExample {
   std::vector<int64_t> ids;
   int label = 0;
+  bool operator==(const EncodedExample&) const = default;
 };
 
 using Tokenizer = std::function<std::vector<std::string>(std::string_view)>;

@@ -161,6 +161,11 @@ std::vector<Example> read_rows(std::istream& in, std::string_view name, bool glu
 }
 
 std::ifstream open_or_throw(const fs::path& path, std::string_view who) {
+  // A directory opens fine on Linux and then reads as empty, which would be
+  // reported as a confusing "missing header".
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw std::runtime_error(fmt::format("{}: '{}' is a directory, expected a file", who, path.string()));
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw std::runtime_error(fmt::format("{}: cannot open '{}': {}", who, path.string(), std::strerror(errno)));

@@ -14,6 +14,7 @@ namespace tg::data {
 struct Example {
   std::string text;
   int label = 0;
+  bool operator==(const Example&) const = default;
 };
 
 struct ReadOptions {

@@ -1,0 +1,118 @@
+#include "nn/rnn_cells.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "autograd/ops.h"
+
+namespace tg::nn {
+
+namespace {
+Tensor cell_param(const char* type, const Shape& shape, int64_t hidden, bool on, DType dtype) {
+  if (!on) return Tensor();
+  for (int64_t d : shape)
+    if (d <= 0) throw std::invalid_argument(fmt::format("{}: input_size and hidden_size must be positive", type));
+  double bound = 1.0 / std::sqrt(static_cast<double>(hidden));
+  return uniform(shape, -bound, bound, dtype);
+}
+}  // namespace
+
+RNNCellBase::RNNCellBase(const char* type, int64_t in, int64_t hidden, int64_t g, bool bias, DType dtype)
+    : input_size(in),
+      hidden_size(hidden),
+      gates(g),
+      has_bias(bias),
+      weight_ih(register_parameter("weight_ih", cell_param(type, {g * hidden, in}, hidden, true, dtype))),
+      weight_hh(register_parameter("weight_hh", cell_param(type, {g * hidden, hidden}, hidden, true, dtype))),
+      bias_ih(register_parameter("bias_ih", cell_param(type, {g * hidden}, hidden, bias, dtype))),
+      bias_hh(register_parameter("bias_hh", cell_param(type, {g * hidden}, hidden, bias, dtype))),
+      type_(type) {}
+
+Tensor RNNCellBase::project(const Tensor& x) const {
+  if (x.dim() < 1 || x.size(-1) != input_size)
+    throw std::invalid_argument(fmt::format("{}: input must be [..., {}] (input_size), got {}", type_, input_size,
+                                            x.shape().str()));
+  if (x.dtype() != weight_ih.dtype())
+    throw std::invalid_argument(fmt::format("{}: input is {} but the parameters are {}; convert one of them", type_,
+                                            dtype_name(x.dtype()), dtype_name(weight_ih.dtype())));
+  return linear(x, weight_ih, bias_ih);
+}
+
+Tensor RNNCellBase::recurrent(const Tensor& h) const { return linear(h, weight_hh, bias_hh); }
+
+Tensor RNNCellBase::check_step(const Tensor& px, const Tensor& h, const char* what) const {
+  const int64_t G = gates * hidden_size;
+  if (px.dim() != 2 || px.size(1) != G)
+    throw std::invalid_argument(fmt::format("{}: projected input must be [B, {}], got {}", type_, G,
+                                            px.shape().str()));
+  if (!h.defined()) return zeros(Shape{px.size(0), hidden_size}, px.dtype());
+  if (!(h.shape() == Shape{px.size(0), hidden_size}))
+    throw std::invalid_argument(fmt::format("{}: {} must be [{}, {}] (batch, hidden_size), got {}", type_, what,
+                                            px.size(0), hidden_size, h.shape().str()));
+  if (h.dtype() != px.dtype())
+    throw std::invalid_argument(fmt::format("{}: {} is {} but the input is {}", type_, what, dtype_name(h.dtype()),
+                                            dtype_name(px.dtype())));
+  return h;
+}
+
+namespace {
+void check_batched(const char* type, const Tensor& x) {
+  if (x.dim() != 2)
+    throw std::invalid_argument(fmt::format("{}: input must be [batch, input_size], got {}", type, x.shape().str()));
+}
+}  // namespace
+
+RNNCell::RNNCell(int64_t in, int64_t hidden, bool bias, Nonlinearity nl, DType dtype)
+    : RNNCellBase("RNNCell", in, hidden, 1, bias, dtype), nonlinearity(nl) {}
+
+Tensor RNNCell::forward(const Tensor& x, const Tensor& h) {
+  check_batched(type_, x);
+  return step(project(x), h);
+}
+
+Tensor RNNCell::step(const Tensor& px, const Tensor& h_in) {
+  Tensor h = check_step(px, h_in);
+  if (nonlinearity == Nonlinearity::Tanh) return add_tanh(px, recurrent(h));
+  return relu(px + recurrent(h));
+}
+
+LSTMCell::LSTMCell(int64_t in, int64_t hidden, bool bias, DType dtype)
+    : RNNCellBase("LSTMCell", in, hidden, 4, bias, dtype) {}
+
+LSTMState LSTMCell::forward(const Tensor& x, const LSTMState& state) {
+  check_batched(type_, x);
+  return step(project(x), state);
+}
+
+LSTMState LSTMCell::step(const Tensor& px, const LSTMState& state) {
+  Tensor h = check_step(px, state.h, "h");
+  Tensor c = check_step(px, state.c, "c");
+  const int64_t H = hidden_size;
+  Tensor gates_ = px + recurrent(h);
+  Tensor i_f = sigmoid(narrow(gates_, 1, 0, 2 * H));  // i and f are adjacent: one sigmoid for both
+  Tensor g = tanh(narrow(gates_, 1, 2 * H, H));
+  Tensor o = sigmoid(narrow(gates_, 1, 3 * H, H));
+  Tensor c_new = narrow(i_f, 1, H, H) * c + narrow(i_f, 1, 0, H) * g;
+  return {o * tanh(c_new), c_new};
+}
+
+GRUCell::GRUCell(int64_t in, int64_t hidden, bool bias, DType dtype)
+    : RNNCellBase("GRUCell", in, hidden, 3, bias, dtype) {}
+
+Tensor GRUCell::forward(const Tensor& x, const Tensor& h) {
+  check_batched(type_, x);
+  return step(project(x), h);
+}
+
+Tensor GRUCell::step(const Tensor& px, const Tensor& h_in) {
+  Tensor h = check_step(px, h_in);
+  const int64_t H = hidden_size;
+  Tensor ph = recurrent(h);
+  Tensor rz = sigmoid(narrow(px, 1, 0, 2 * H) + narrow(ph, 1, 0, 2 * H));
+  Tensor n = add_tanh(narrow(px, 1, 2 * H, H), narrow(rz, 1, 0, H) * narrow(ph, 1, 2 * H, H));
+  return n + narrow(rz, 1, H, H) * (h - n);  // (1-z)*n + z*h with one multiply
+}
+
+}  // namespace tg::nn

@@ -1,0 +1,70 @@
+#include "optim/adagrad.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace tg::optim {
+
+namespace {
+
+ParamGroup adagrad_defaults(const AdagradOptions& o) {
+  return {{}, o.lr, o.weight_decay,
+          {{"lr_decay", o.lr_decay}, {"initial_accumulator_value", o.initial_accumulator_value}, {"eps", o.eps}}};
+}
+
+template <class T>
+void adagrad_kernel(T* p, const T* g, T* sum, int64_t n, double clr_, double wd_, double eps_) {
+  const T neg_clr = static_cast<T>(-clr_), wd = static_cast<T>(wd_), eps = static_cast<T>(eps_);
+  const bool decay = wd_ != 0;
+  for (int64_t i = 0; i < n; ++i) {
+    T gi = g[i];
+    if (decay) gi = gi + wd * p[i];
+    const T s = sum[i] + gi * gi;
+    sum[i] = s;
+    p[i] = p[i] + neg_clr * gi / (std::sqrt(s) + eps);
+  }
+}
+
+}  // namespace
+
+Adagrad::Adagrad(std::vector<Tensor> params, AdagradOptions options)
+    : Adagrad(std::vector<ParamGroup>{ParamGroup{std::move(params)}}, options) {}
+
+Adagrad::Adagrad(std::vector<ParamGroup> groups, AdagradOptions defaults)
+    : Optimizer("Adagrad", adagrad_defaults(defaults), {"sum"}) {
+  add_param_groups(std::move(groups));
+}
+
+void Adagrad::validate(const ParamGroup& g) const {
+  const double decay = g.option("lr_decay"), init = g.option("initial_accumulator_value"), eps = g.option("eps");
+  if (!(g.lr >= 0)) throw std::invalid_argument("Adagrad: lr must be >= 0, got " + format_value(g.lr));
+  if (!(decay >= 0)) throw std::invalid_argument("Adagrad: lr_decay must be >= 0, got " + format_value(decay));
+  if (!(g.weight_decay >= 0))
+    throw std::invalid_argument("Adagrad: weight_decay must be >= 0, got " + format_value(g.weight_decay));
+  if (!(init >= 0))
+    throw std::invalid_argument("Adagrad: initial_accumulator_value must be >= 0, got " + format_value(init));
+  if (!(eps >= 0)) throw std::invalid_argument("Adagrad: eps must be >= 0, got " + format_value(eps));
+}
+
+void Adagrad::update() {
+  auto& groups = param_groups();
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const ParamGroup& grp = groups[gi];
+    const double lr_decay = grp.option("lr_decay"), eps = grp.option("eps");
+    const double init = grp.option("initial_accumulator_value");
+    for (size_t i = 0; i < grp.params.size(); ++i) {
+      const Tensor& p = grp.params[i];
+      Tensor g = grad_for(p);
+      if (!g.defined()) continue;
+      ParamState& st = state(gi, i);
+      const double t = static_cast<double>(++st.step);
+      const double clr = grp.lr / (1.0 + (t - 1.0) * lr_decay);
+      Tensor& sum = buffer(st, 0, p, init);
+      dispatch_float("Adagrad", p.device(), p.dtype(), [&]<class T>() {
+        adagrad_kernel<T>(p.data<T>(), g.data<T>(), sum.data<T>(), p.numel(), clr, grp.weight_decay, eps);
+      });
+    }
+  }
+}
+
+}  // namespace tg::optim

@@ -1,0 +1,110 @@
+#include "optim/clip.h"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+
+#include "autograd/ops.h"
+#include "optim/optimizer.h"
+
+namespace tg::optim {
+
+namespace {
+
+void check_norm_args(double max_norm, double norm_type) {
+  if (!(max_norm >= 0)) throw std::invalid_argument("clip_grad_norm_: max_norm must be >= 0, got " + format_value(max_norm));
+  if (!(norm_type > 0))
+    throw std::invalid_argument("clip_grad_norm_: norm_type must be > 0 or INFINITY, got " + format_value(norm_type));
+}
+
+// Visits the defined gradients of `params` (a vector<Tensor> or an optimizer's groups) without
+// collecting them, so the hooks allocate nothing per step.
+template <class F> void for_each_grad(const std::vector<Tensor>& params, F&& f) {
+  for (const auto& p : params) {
+    Tensor g = p.grad();
+    if (g.defined()) f(g);
+  }
+}
+template <class F> void for_each_grad(const Optimizer& opt, F&& f) {
+  for (const auto& grp : opt.param_groups()) for_each_grad(grp.params, f);
+}
+
+template <class Params> double total_norm(const Params& params, double norm_type) {
+  const bool inf = std::isinf(norm_type);
+  double acc = 0;
+  for_each_grad(params, [&](const Tensor& g0) {
+    const Tensor g = g0.contiguous();
+    dispatch_float("clip_grad_norm_", g.device(), g.dtype(), [&]<class T>() {
+      const T* d = g.data<T>();
+      const int64_t n = g.numel();
+      if (inf) {
+        // A NaN must stick, as in PyTorch's max, so the caller sees it in the returned norm.
+        for (int64_t i = 0; i < n; ++i) {
+          const double a = std::abs(static_cast<double>(d[i]));
+          if (acc == acc && !(a <= acc)) acc = a;
+        }
+      } else if (norm_type == 2.0) {
+        for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(d[i]) * static_cast<double>(d[i]);
+      } else if (norm_type == 1.0) {
+        for (int64_t i = 0; i < n; ++i) acc += std::abs(static_cast<double>(d[i]));
+      } else {
+        for (int64_t i = 0; i < n; ++i) acc += std::pow(std::abs(static_cast<double>(d[i])), norm_type);
+      }
+    });
+  });
+  if (inf || norm_type == 1.0) return acc;
+  return norm_type == 2.0 ? std::sqrt(acc) : std::pow(acc, 1.0 / norm_type);
+}
+
+template <class Params> double clip_norm(const Params& params, double max_norm, double norm_type) {
+  check_norm_args(max_norm, norm_type);
+  const double norm = total_norm(params, norm_type);
+  const double coef = max_norm / (norm + 1e-6);
+  if (std::isfinite(norm) && coef < 1.0)
+    for_each_grad(params, [&](Tensor g) { mul_(g, coef); });
+  return norm;
+}
+
+template <class Params> double clip_value(const Params& params, double limit) {
+  if (!(limit >= 0)) throw std::invalid_argument("clip_grad_value_: limit must be >= 0, got " + format_value(limit));
+  double max_abs = 0;
+  for_each_grad(params, [&](Tensor g) {
+    Tensor c = g.contiguous();
+    dispatch_float("clip_grad_value_", c.device(), c.dtype(), [&]<class T>() {
+      T* d = c.data<T>();
+      const T hi = static_cast<T>(limit), lo = -hi;
+      for (int64_t i = 0, n = c.numel(); i < n; ++i) {
+        const double a = std::abs(static_cast<double>(d[i]));
+        if (max_abs == max_abs && !(a <= max_abs)) max_abs = a;
+        d[i] = std::clamp(d[i], lo, hi);
+      }
+    });
+    if (c.impl() != g.impl()) copy_(g, c);  // the gradient was a strided view: write back
+  });
+  return max_abs;
+}
+
+}  // namespace
+
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
+  return clip_norm(params, max_norm, norm_type);
+}
+
+void clip_grad_value_(const std::vector<Tensor>& params, double limit) { clip_value(params, limit); }
+
+ClipGradNorm::ClipGradNorm(double max_norm, double norm_type)
+    : max_norm_(max_norm), norm_type_(norm_type),
+      last_(std::make_shared<double>(std::numeric_limits<double>::quiet_NaN())) {
+  check_norm_args(max_norm, norm_type);
+}
+
+void ClipGradNorm::operator()(Optimizer& opt) const { *last_ = clip_norm(opt, max_norm_, norm_type_); }
+
+ClipGradValue::ClipGradValue(double limit)
+    : limit_(limit), last_(std::make_shared<double>(std::numeric_limits<double>::quiet_NaN())) {
+  if (!(limit >= 0)) throw std::invalid_argument("ClipGradValue: limit must be >= 0, got " + format_value(limit));
+}
+
+void ClipGradValue::operator()(Optimizer& opt) const { *last_ = clip_value(opt, limit_); }
+
+}  // namespace tg::optim

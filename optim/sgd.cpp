@@ -1,0 +1,75 @@
+#include "optim/sgd.h"
+
+#include <stdexcept>
+
+namespace tg::optim {
+
+namespace {
+
+ParamGroup sgd_defaults(const SGDOptions& o) {
+  return {{}, o.lr, o.weight_decay,
+          {{"momentum", o.momentum}, {"dampening", o.dampening}, {"nesterov", o.nesterov ? 1.0 : 0.0}}};
+}
+
+template <class T>
+void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
+                double damp_, bool nesterov) {
+  // Scalars are rounded to T first, as PyTorch does when it passes them as `alpha`.
+  const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), mom = static_cast<T>(mom_);
+  const T keep = static_cast<T>(1.0 - damp_);
+  const bool decay = wd_ != 0, use_mom = mom_ != 0;
+  for (int64_t i = 0; i < n; ++i) {
+    T d = g[i];
+    if (decay) d = d + wd * p[i];
+    if (use_mom) {
+      buf[i] = first ? d : buf[i] * mom + keep * d;
+      d = nesterov ? d + mom * buf[i] : buf[i];
+    }
+    p[i] = p[i] + (-lr) * d;
+  }
+}
+
+}  // namespace
+
+SGD::SGD(std::vector<Tensor> params, SGDOptions options) : SGD(std::vector<ParamGroup>{{std::move(params)}}, options) {}
+
+SGD::SGD(std::vector<ParamGroup> groups, SGDOptions defaults)
+    : Optimizer("SGD", sgd_defaults(defaults), {"momentum_buffer"}) {
+  add_param_groups(std::move(groups));
+}
+
+void SGD::validate(const ParamGroup& g) const {
+  const double mom = g.option("momentum"), damp = g.option("dampening");
+  if (!(g.lr >= 0)) throw std::invalid_argument("SGD: lr must be >= 0, got " + format_value(g.lr));
+  if (!(mom >= 0)) throw std::invalid_argument("SGD: momentum must be >= 0, got " + format_value(mom));
+  if (!(g.weight_decay >= 0))
+    throw std::invalid_argument("SGD: weight_decay must be >= 0, got " + format_value(g.weight_decay));
+  if (g.option("nesterov") != 0 && (mom <= 0 || damp != 0))
+    throw std::invalid_argument("SGD: nesterov requires momentum > 0 and dampening == 0, got momentum=" +
+                                format_value(mom) + ", dampening=" + format_value(damp));
+}
+
+void SGD::update() {
+  auto& groups = param_groups();
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const ParamGroup& grp = groups[gi];
+    const double mom = grp.option("momentum"), damp = grp.option("dampening");
+    const bool nesterov = grp.option("nesterov") != 0;
+    for (size_t i = 0; i < grp.params.size(); ++i) {
+      const Tensor& p = grp.params[i];
+      Tensor g = grad_for(p);
+      if (!g.defined()) continue;
+      ParamState& st = state(gi, i);
+      // PyTorch seeds the buffer with the first gradient, so it starts uninitialised here.
+      const bool first = !st.buffers[0].defined();
+      if (mom != 0 && first) st.buffers[0] = empty(p.shape(), p.dtype());
+      dispatch_float("SGD", p.device(), p.dtype(), [&]<class T>() {
+        sgd_kernel<T>(p.data<T>(), g.data<T>(), mom != 0 ? st.buffers[0].data<T>() : nullptr, p.numel(), first,
+                      grp.lr, grp.weight_decay, mom, damp, nesterov);
+      });
+      ++st.step;
+    }
+  }
+}
+
+}  // namespace tg::optim

@@ -1,0 +1,166 @@
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <thread>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+
+using namespace tg;
+
+TEST_SUITE("autograd") {
+
+TEST_CASE("gradients accumulate across backward calls until zeroed") {
+  Tensor x = tensor({1.0, 2.0, 3.0}).requires_grad_();
+  (x * x).sum().backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{2, 4, 6});
+  (x * 3.0).sum().backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{5, 7, 9});
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+}
+
+TEST_CASE("a gradient shared by two leaves is not aliased") {
+  Tensor a = ones({3}).requires_grad_(), b = ones({3}).requires_grad_();
+  (a + b).sum().backward();
+  Tensor ga = a.grad();
+  mul_(ga, 10.0);  // what an in-place clipping hook does
+  CHECK(b.grad().to_vector() == std::vector<double>{1, 1, 1});
+}
+
+TEST_CASE("backward(gradient) on a non-scalar, and a leaf as root") {
+  Tensor x = tensor({1.0, -2.0}).requires_grad_();
+  Tensor y = x * 3.0;
+  y.backward(tensor({1.0, 10.0}));
+  CHECK(x.grad().to_vector() == std::vector<double>{3, 30});
+  Tensor z = tensor({4.0}).requires_grad_();
+  z.backward(tensor({2.0}));
+  CHECK(z.grad().item() == 2.0);
+}
+
+TEST_CASE("a chain of 200,000 ops backwards without recursion") {
+  Tensor x = scalar(0.5, DType::Float64).requires_grad_();
+  Tensor y = x;
+  for (int i = 0; i < 200000; ++i) y = y * 1.0;
+  y.backward();
+  CHECK(x.grad().item() == 1.0);
+  CHECK(Tape::current().size() == 0);  // released after backward
+}
+
+TEST_CASE("the tape is released after backward unless retain_graph") {
+  Tensor x = tensor({2.0}).requires_grad_();
+  Tensor y = (x * x).sum();
+  y.backward(/*retain_graph=*/true);
+  CHECK(Tape::current().size() > 0);
+  y.backward();
+  CHECK(x.grad().item() == 8.0);
+  CHECK(Tape::current().size() == 0);
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("retain_graph=true"), std::runtime_error);
+}
+
+TEST_CASE("backward through a freed graph names detach() on a carried hidden state") {
+  Tensor w = tensor({0.5}).requires_grad_();
+  Tensor h = zeros({1});
+  h = tanh(h * w + 1.0);
+  h.sum().backward();  // frees the tape; h still points into it
+  Tensor h2 = tanh(h * w + 1.0);
+  CHECK_THROWS_WITH_AS(h2.sum().backward(), doctest::Contains("detach()"), std::runtime_error);
+  Tensor h3 = tanh(h.detach() * w + 1.0);  // the fix the message suggests
+  w.zero_grad();
+  h3.sum().backward();
+  CHECK(w.grad().defined());
+}
+
+TEST_CASE("NoGradGuard records nothing; detach cuts the graph") {
+  Tensor x = ones({2}).requires_grad_();
+  {
+    NoGradGuard ng;
+    Tensor y = x * 2.0;
+    CHECK_FALSE(y.requires_grad());
+    CHECK(Tape::current().size() == 0);
+  }
+  Tensor d = (x * 2.0).detach();
+  CHECK_FALSE(d.requires_grad());
+  CHECK(grad_enabled());
+  Tape::current().release();
+}
+
+TEST_CASE("retain_grad and hooks on non-leaf tensors") {
+  Tensor x = tensor({1.0, 2.0}).requires_grad_();
+  Tensor h = x * 3.0;
+  h.retain_grad();
+  double seen = 0;
+  h.register_hook([&](const Tensor& g) { seen = g.sum().item(); return Tensor(); });
+  (h * h).sum().backward();
+  CHECK(h.grad().to_vector() == std::vector<double>{6, 12});
+  CHECK(seen == 18.0);
+  CHECK(x.grad().to_vector() == std::vector<double>{18, 36});
+
+  Tensor y = tensor({1.0, 1.0}).requires_grad_();
+  Tensor z = y * 2.0;
+  z.register_hook([](const Tensor& g) { return g * 0.0; });  // replace the gradient
+  z.sum().backward();
+  CHECK(y.grad().to_vector() == std::vector<double>{0, 0});
+  Tensor leaf = tensor({1.0}).requires_grad_();
+  leaf.register_hook([](const Tensor& g) { return g * 5.0; });
+  (leaf * 2.0).sum().backward();
+  CHECK(leaf.grad().item() == 10.0);
+}
+
+TEST_CASE("a user-defined op: forward, backward, gradient check") {
+  // softplus(x) = log(1 + e^x), written as a custom op the way README shows.
+  auto softplus = [](const Tensor& x) {
+    Tensor out = log(1.0 + exp(x.detach()));
+    return record("softplus", {x}, out, [x](const Tensor& g, Grads& grads) { grads.add(0, g * sigmoid(x)); });
+  };
+  Tensor x = randn({3, 2}, DType::Float64).requires_grad_();
+  auto r = gradcheck([&](auto& v) { return softplus(v[0]); }, {x}, {.name = "softplus"});
+  CHECK(r.ok);
+}
+
+TEST_CASE("to_dot draws the unrolled graph") {
+  Tensor w = ones({2, 2}).requires_grad_();
+  w.set_name("W");
+  Tensor h = zeros({1, 2});
+  for (int t = 0; t < 3; ++t) h = tanh(matmul(h, w) + 1.0);
+  std::string dot = to_dot(h.sum());
+  CHECK(dot.find("digraph") != std::string::npos);
+  CHECK(dot.find("matmul") != std::string::npos);
+  CHECK(dot.find("W [2, 2]") != std::string::npos);
+  Tape::current().release();
+}
+
+TEST_CASE("tapes are per thread and scoped") {
+  Tape mine;
+  {
+    TapeScope scope(mine);
+    Tensor x = ones({2}).requires_grad_();
+    Tensor y = (x * 2.0).sum();
+    CHECK(mine.size() == 2);
+    y.backward();
+    CHECK(mine.size() == 0);
+  }
+  auto work = [](double* out) {
+    Tensor x = tensor({3.0}).requires_grad_();
+    (x * x * x).sum().backward();
+    *out = x.grad().item();
+  };
+  double a = 0, b = 0;
+  std::thread t1(work, &a), t2(work, &b);
+  t1.join();
+  t2.join();
+  CHECK(a == 27.0);
+  CHECK(b == 27.0);
+}
+
+TEST_CASE("anomaly detection names the op that produced NaN") {
+  DetectAnomalyGuard guard;
+  Tensor x = tensor({-1.0}).requires_grad_();
+  CHECK_THROWS_WITH_AS(sqrt(x), doctest::Contains("op 'sqrt'"), std::runtime_error);
+  Tensor z = tensor({0.0}).requires_grad_();
+  Tensor y = sqrt(z);  // forward is finite (0), backward divides by 0
+  CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("backward of op 'sqrt'"), std::runtime_error);
+  Tape::current().release();
+}
+
+}

@@ -1,0 +1,192 @@
+// Every registered op against central differences in float64: random inputs, broadcasting,
+// non-square and size-1 dims, values kept away from kinks. The last test fails for any registered
+// op that has no case here.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <set>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+
+using namespace tg;
+
+namespace {
+
+constexpr DType F64 = DType::Float64;
+using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+std::set<std::string>& checked_ops() {
+  static std::set<std::string> ops;
+  return ops;
+}
+
+Tensor leaf(Tensor t) { return t.to(F64).requires_grad_(); }
+Tensor rnd(const Shape& s) { return leaf(randn(s, F64)); }
+// Values in [lo, hi]: keeps inputs away from kinks (abs, relu, clamp) and poles (log, div).
+Tensor away(const Shape& s, double lo, double hi) {
+  Tensor u = uniform(s, lo, hi, F64);
+  Tensor sign = where(gt(rand(s, F64), scalar(0.5, F64)), ones(s, F64), full(s, -1.0, F64));
+  return leaf(u * sign);
+}
+Tensor positive(const Shape& s) { return leaf(uniform(s, 0.5, 2.0, F64)); }
+
+void check(const std::string& op, const Fn& fn, const std::vector<Tensor>& inputs, double eps = 1e-6,
+           double rtol = 1e-5) {
+  INFO("op: " << op);
+  GradcheckOptions o;
+  o.name = op;
+  o.eps = eps;
+  o.atol = 1e-6;
+  o.rtol = rtol;
+  auto r = gradcheck(fn, inputs, o);
+  CHECK_MESSAGE(r.ok, r.message);
+  checked_ops().insert(op);
+}
+
+}  // namespace
+
+TEST_SUITE("gradcheck") {
+
+TEST_CASE("elementwise ops, with broadcasting") {
+  manual_seed(1);
+  const std::vector<std::pair<Shape, Shape>> shape_pairs = {
+      {{3, 4}, {3, 4}}, {{2, 3, 4}, {4}}, {{3, 1}, {1, 5}}, {{1}, {2, 3}}, {{2, 1, 3}, {4, 1}}, {{}, {3}}};
+  for (auto& [sa, sb] : shape_pairs) {
+    CAPTURE(sa.str());
+    CAPTURE(sb.str());
+    check("add", [](auto& v) { return add(v[0], v[1]); }, {rnd(sa), rnd(sb)});
+    check("sub", [](auto& v) { return sub(v[0], v[1]); }, {rnd(sa), rnd(sb)});
+    check("mul", [](auto& v) { return mul(v[0], v[1]); }, {rnd(sa), rnd(sb)});
+    check("div", [](auto& v) { return div(v[0], v[1]); }, {rnd(sa), away(sb, 0.5, 2.0)});
+    check("maximum", [](auto& v) { return maximum(v[0], v[1]); }, {rnd(sa), rnd(sb)});
+    check("pow_tensor", [](auto& v) { return pow(v[0], v[1]); }, {positive(sa), rnd(sb)});
+    check("where", [](auto& v) { return where(gt(v[0].detach(), scalar(0.0, F64)), v[0], v[1]); },
+          {rnd(sa), rnd(sb)});
+  }
+  for (Shape s : {Shape{5}, Shape{2, 3}, Shape{3, 1, 2}}) {
+    check("neg", [](auto& v) { return neg(v[0]); }, {rnd(s)});
+    check("pow", [](auto& v) { return pow(v[0], 3.0); }, {rnd(s)});
+    check("pow", [](auto& v) { return pow(v[0], -1.5); }, {positive(s)});
+    check("exp", [](auto& v) { return exp(v[0]); }, {rnd(s)});
+    check("log", [](auto& v) { return log(v[0]); }, {positive(s)});
+    check("sqrt", [](auto& v) { return sqrt(v[0]); }, {positive(s)});
+    check("abs", [](auto& v) { return abs(v[0]); }, {away(s, 0.1, 2.0)});
+    check("tanh", [](auto& v) { return tanh(v[0]); }, {rnd(s)});
+    check("sigmoid", [](auto& v) { return sigmoid(v[0]); }, {rnd(s)});
+    check("relu", [](auto& v) { return relu(v[0]); }, {away(s, 0.1, 2.0)});
+    check("clamp", [](auto& v) { return clamp(v[0], -0.5, 0.5); }, {away(s, 0.6, 2.0)});
+    check("clamp", [](auto& v) { return clamp(v[0], -0.5, 0.5); }, {leaf(uniform(s, -0.4, 0.4, F64))});
+  }
+}
+
+TEST_CASE("reductions over all and given dims") {
+  manual_seed(2);
+  Tensor x = rnd({2, 3, 4});
+  check("sum", [](auto& v) { return sum(v[0]); }, {x});
+  check("sum", [](auto& v) { return sum(v[0], {1}); }, {x});
+  check("sum", [](auto& v) { return sum(v[0], {0, 2}, true); }, {x});
+  check("sum", [](auto& v) { return sum(v[0], {-1}); }, {rnd({1, 5})});
+  check("mean", [](auto& v) { return mean(v[0]); }, {x});
+  check("mean", [](auto& v) { return mean(v[0], {2}, true); }, {x});
+  check("max", [](auto& v) { return max(v[0]); }, {x});
+  check("max", [](auto& v) { return max(v[0], 1); }, {x});
+  check("max", [](auto& v) { return max(v[0], 0, true); }, {rnd({3, 2})});
+  check("logsumexp", [](auto& v) { return logsumexp(v[0], {1}); }, {x});
+  check("logsumexp", [](auto& v) { return logsumexp(v[0], {0, 2}, true); }, {x});
+}
+
+TEST_CASE("shape ops") {
+  manual_seed(3);
+  Tensor x = rnd({2, 3, 4});
+  check("reshape", [](auto& v) { return reshape(v[0], {4, -1}); }, {x});
+  check("reshape", [](auto& v) { return reshape(transpose(v[0], 0, 2), {6, 4}); }, {x});  // non-contiguous copy
+  check("transpose", [](auto& v) { return transpose(v[0], 0, 2) * 1.0; }, {x});
+  check("permute", [](auto& v) { return permute(v[0], {2, 0, 1}) * 1.0; }, {x});
+  check("squeeze", [](auto& v) { return squeeze(v[0], 1) * 1.0; }, {rnd({3, 1, 2})});
+  check("unsqueeze", [](auto& v) { return unsqueeze(v[0], 1) * 1.0; }, {rnd({3, 2})});
+  check("expand", [](auto& v) { return expand(v[0], {4, 3, 5}) * 1.0; }, {rnd({3, 1})});
+  check("narrow", [](auto& v) { return narrow(v[0], 1, 1, 2) * 1.0; }, {x});
+  check("cat", [](auto& v) { return cat({v[0], v[1], v[0]}, 1); }, {rnd({2, 3}), rnd({2, 1})});
+  check("cat", [](auto& v) { return cat({v[0], v[1]}, 0); }, {rnd({1, 3}), rnd({2, 3})});
+  check("stack", [](auto& v) { return stack({v[0], v[1]}, 1); }, {rnd({2, 3}), rnd({2, 3})});
+  check("split", [](auto& v) {
+    auto parts = split(v[0], 2, 2);
+    return parts[0] * parts[1];
+  }, {x});
+  Tensor idx = from_vector(std::vector<int64_t>{2, 0, 2, 1}, {4});
+  check("index_select", [idx](auto& v) { return index_select(v[0], 1, idx); }, {x});
+  check("index_select", [idx](auto& v) { return index_select(v[0], 0, idx); }, {rnd({3, 2})});
+  check("select", [](auto& v) { return select(v[0], 1, -1) * 1.0; }, {x});
+  check("contiguous", [](auto& v) { return contiguous(transpose(v[0], 0, 1)); }, {rnd({3, 2})});
+  check("to_dtype", [](auto& v) { return v[0].to(DType::Float32).to(F64) * 1.0; }, {leaf(tensor({0.5, 0.25, -2.0}))},
+        /*eps: float32 rounding needs a wide step*/ 1e-2, 1e-4);
+}
+
+TEST_CASE("matrix products") {
+  manual_seed(4);
+  check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({3, 5}), rnd({5, 2})});
+  check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({1, 4}), rnd({4, 1})});
+  check("matmul", [](auto& v) { return matmul(transpose(v[0], 0, 1), transpose(v[1], 0, 1)); },
+        {rnd({5, 3}), rnd({2, 5})});
+  check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({2, 3, 4}), rnd({4, 2})});
+  check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({3, 2, 4}), rnd({3, 4, 5})});
+  check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({1, 2, 4}), rnd({3, 4, 2})});
+  check("linear", [](auto& v) { return linear(v[0], v[1], v[2]); }, {rnd({4, 3}), rnd({2, 3}), rnd({2})});
+  check("linear", [](auto& v) { return linear(v[0], v[1]); }, {rnd({2, 5, 3}), rnd({4, 3})});
+}
+
+TEST_CASE("neural-network ops and losses") {
+  manual_seed(5);
+  Tensor ids = from_vector(std::vector<int64_t>{1, 3, 1, 0, 2, 3}, {2, 3});
+  check("embedding", [ids](auto& v) { return embedding(v[0], ids); }, {rnd({4, 3})});
+  Tensor no_pad = from_vector(std::vector<int64_t>{0, 3, 2, 3}, {4});
+  check("embedding", [no_pad](auto& v) { return embedding(v[0], no_pad, 1); }, {rnd({4, 2})});
+  Tensor w = rnd({4, 2});
+  embedding(w, ids, 1).sum().backward();
+  CHECK(w.grad().to_vector() == std::vector<double>{1, 1, 0, 0, 1, 1, 2, 2});  // row 1 is padding
+  check("softmax", [](auto& v) { return softmax(v[0], 1); }, {rnd({3, 4})});
+  check("softmax", [](auto& v) { return softmax(v[0], 0); }, {rnd({3, 2, 2})});
+  check("log_softmax", [](auto& v) { return log_softmax(v[0], -1); }, {rnd({2, 5})});
+  Tensor y = rand({3, 2}, F64);
+  check("binary_cross_entropy_with_logits", [y](auto& v) { return binary_cross_entropy_with_logits(v[0] * 4.0, y); },
+        {rnd({3, 2})});
+  check("binary_cross_entropy_with_logits",
+        [y](auto& v) { return binary_cross_entropy_with_logits(v[0], y, Reduction::None); }, {rnd({3, 2})});
+  Tensor t = from_vector(std::vector<int64_t>{2, 0, -100, 1}, {4});
+  check("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t); }, {rnd({4, 3})});
+  check("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t, -100, Reduction::Sum); }, {rnd({4, 3})});
+  check("nll_loss", [t](auto& v) { return nll_loss(log_softmax(v[0], 1), t); }, {rnd({4, 3})});
+  check("nll_loss", [t](auto& v) { return nll_loss(v[0], t, -100, Reduction::None); }, {rnd({4, 3})});
+  check("mse_loss", [](auto& v) { return mse_loss(v[0], v[1]); }, {rnd({2, 3}), rnd({2, 3})});
+  // Dropout: the same seed before every evaluation fixes the mask, so the function is deterministic.
+  check("dropout", [](auto& v) { manual_seed(11); return dropout(v[0], 0.4); }, {rnd({4, 5})});
+  check("add_tanh", [](auto& v) { return add_tanh(v[0], v[1]); }, {rnd({3, 4}), rnd({4})});
+}
+
+TEST_CASE("every registered op has a gradient check") {
+  // doctest runs test cases in file order, so the cases above have filled checked_ops().
+  std::vector<std::string> missing;
+  for (const OpInfo& op : registered_ops())
+    if (!checked_ops().count(op.name)) missing.push_back(op.name);
+  INFO("ops without a gradcheck case: " << [&] { std::string s; for (auto& m : missing) s += m + " "; return s; }());
+  CHECK(missing.empty());
+  CHECK(registered_ops().size() >= 40);
+}
+
+TEST_CASE("gradcheck reports the op, input, element and both values on a wrong backward") {
+  auto wrong = [](const std::vector<Tensor>& v) {
+    Tensor out = v[0] * 1.0;
+    return record("deliberately_wrong", {v[0]}, out.detach(), [](const Tensor& g, Grads& gr) { gr.add(0, g * 2.0); });
+  };
+  GradcheckOptions o;
+  o.name = "deliberately_wrong";
+  o.throw_on_failure = false;
+  auto r = gradcheck(wrong, {rnd({2, 2})}, o);
+  CHECK_FALSE(r.ok);
+  CHECK(r.message.find("deliberately_wrong") != std::string::npos);
+  CHECK(r.message.find("d input 0[") != std::string::npos);
+  CHECK(r.message.find("analytic 2") != std::string::npos);
+}
+
+}
