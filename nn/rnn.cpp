@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 
 namespace tg::nn {
 
@@ -17,6 +18,43 @@ Lengths::Lengths(const Tensor& lengths) {
   values_.assign(c.data<int64_t>(), c.data<int64_t>() + c.numel());
   given_ = true;
 }
+
+namespace {
+
+// The T per-step slices of the input projection, in time linear in T. select() once per step
+// would be quadratic: every narrow backward builds a zero gradient the size of the whole
+// projection and adds it in. Here each slice adds its gradient into one shared buffer, and a
+// single node recorded before the slices (so its backward runs after all of theirs) hands the
+// buffer to x. The slices reach that node through a one-element token that only orders them.
+std::vector<Tensor> unbind(const Tensor& x, int64_t dim) {
+  Shape s = x.shape();
+  Strides st = x.strides(), buf_st = contiguous_strides(x.shape());
+  const int64_t n = s[dim], step = st[dim], buf_step = buf_st[dim];
+  s.erase(dim);
+  st.erase(dim);
+  buf_st.erase(dim);
+  auto buffer = std::make_shared<Tensor>();
+  Tensor token = record("unbind", {x}, zeros(Shape{1}, x.dtype()),
+                        [buffer, shape = x.shape(), dtype = x.dtype()](const Tensor&, Grads& gr) {
+                          Tensor g = buffer->defined() ? std::move(*buffer) : zeros(shape, dtype);
+                          *buffer = Tensor();  // ready for another backward through a retained graph
+                          gr.add(0, std::move(g));
+                        });
+  std::vector<Tensor> pieces;
+  pieces.reserve(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t)
+    pieces.push_back(record("unbind_slice", {token}, make_view(x, s, st, x.offset() + t * step),
+                            [buffer, s, buf_st, offset = t * buf_step, shape = x.shape()](const Tensor& g,
+                                                                                          Grads& gr) {
+                              if (!buffer->defined()) *buffer = zeros(shape, g.dtype());
+                              Tensor window = make_view(*buffer, s, buf_st, offset);
+                              add_(window, g);
+                              gr.add(0, zeros(Shape{1}, g.dtype()));
+                            }));
+  return pieces;
+}
+
+}  // namespace
 
 RNNBase::RNNBase(const char* type, const RNNOptions& o, bool has_cell_state, const CellFactory& make_cell)
     : options(o), type_(type), has_cell_state_(has_cell_state) {
@@ -95,8 +133,8 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       throw std::invalid_argument(fmt::format("{}: lengths has {} entries for a batch of {}", type_, len.size(), B));
     for (int64_t b = 0; b < B; ++b)
       if (len[b] < 1 || len[b] > T)
-        throw std::invalid_argument(fmt::format("{}: lengths[{}] = {} is outside [1, {}] (T = {})", type_, b, len[b],
-                                                T, T));
+        throw std::invalid_argument(
+            fmt::format("{}: lengths[{}] = {} is outside [1, {}] (the input's T)", type_, b, len[b], T));
     for (int64_t t = 0; t < T; ++t) {
       std::vector<double> m(static_cast<size_t>(B));
       bool padded = false;
@@ -115,12 +153,12 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       RNNCellBase& cell = *cells_[k];
-      Tensor proj = cell.project(layer_in);  // all T steps in one call
+      std::vector<Tensor> proj = unbind(cell.project(layer_in), tdim);  // all T steps in one linear call
       LSTMState state{select(h0, 0, k), c0.defined() ? select(c0, 0, k) : Tensor()};
       std::vector<Tensor> out(static_cast<size_t>(T));
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = d == 0 ? s : T - 1 - s;
-        LSTMState next = cell.step_state(select(proj, tdim, t), state);
+        LSTMState next = cell.step_state(proj[t], state);
         if (const Tensor& m = masks[t]; m.defined()) {
           out[t] = next.h * m;
           next.h = where(m, next.h, state.h);

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "optim/kernels.h"
+
 namespace tg::optim {
 
 namespace {
@@ -12,17 +14,21 @@ ParamGroup adagrad_defaults(const AdagradOptions& o) {
           {{"lr_decay", o.lr_decay}, {"initial_accumulator_value", o.initial_accumulator_value}, {"eps", o.eps}}};
 }
 
-template <class T>
+template <class T, bool decay>
 void adagrad_kernel(T* p, const T* g, T* sum, int64_t n, double clr_, double wd_, double eps_) {
   const T neg_clr = static_cast<T>(-clr_), wd = static_cast<T>(wd_), eps = static_cast<T>(eps_);
-  const bool decay = wd_ != 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T gi = g[i];
-    if (decay) gi = gi + wd * p[i];
-    const T s = sum[i] + gi * gi;
-    sum[i] = s;
-    p[i] = p[i] + neg_clr * gi / (std::sqrt(s) + eps);
-  }
+  // The decayed gradient is recomputed after the block's square roots rather than stored.
+  auto grad = [&](int64_t i) {
+    if constexpr (decay) return g[i] + wd * p[i];
+    return g[i];
+  };
+  detail::sqrt_loop<T>(
+      n,
+      [&](int64_t i) {
+        const T gi = grad(i);
+        return sum[i] = sum[i] + gi * gi;
+      },
+      [&](int64_t i, T root) { p[i] = p[i] + neg_clr * grad(i) / (root + eps); });
 }
 
 }  // namespace
@@ -61,7 +67,11 @@ void Adagrad::update() {
       const double clr = grp.lr / (1.0 + (t - 1.0) * lr_decay);
       Tensor& sum = buffer(st, 0, p, init);
       dispatch_float("Adagrad", p.device(), p.dtype(), [&]<class T>() {
-        adagrad_kernel<T>(p.data<T>(), g.data<T>(), sum.data<T>(), p.numel(), clr, grp.weight_decay, eps);
+        detail::with_flags(
+            [&](auto decay) {
+              adagrad_kernel<T, decay>(p.data<T>(), g.data<T>(), sum.data<T>(), p.numel(), clr, grp.weight_decay, eps);
+            },
+            grp.weight_decay != 0);
       });
     }
   }

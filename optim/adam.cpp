@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "optim/kernels.h"
+
 namespace tg::optim {
 
 namespace {
@@ -23,7 +25,7 @@ struct AdamScalars {
   bool amsgrad, decoupled;
 };
 
-template <class T>
+template <class T, bool l2, bool decoupled, bool amsgrad>
 void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s) {
   // Each scalar is rounded to T where PyTorch hands it to a kernel as a Python float; the
   // bias corrections themselves are computed in double, as PyTorch does in Python.
@@ -31,22 +33,23 @@ void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamSca
   const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
   const T one_b1 = static_cast<T>(1.0 - s.beta1), one_b2 = static_cast<T>(1.0 - s.beta2);
   const T bc2 = static_cast<T>(s.bc2_sqrt), eps = static_cast<T>(s.eps), neg_step = static_cast<T>(-s.step_size);
-  const bool l2 = !s.decoupled && s.wd != 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T pi = p[i];
-    T gi = g[i];
-    if (s.decoupled) pi = pi * decay;
-    if (l2) gi = gi + wd * pi;
-    const T mi = m[i] * b1 + one_b1 * gi;
-    const T vi = v[i] * b2 + one_b2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    T denom_src = vi;
-    // Like torch.maximum, a NaN in either operand propagates.
-    if (s.amsgrad) denom_src = vmax[i] = (vmax[i] < vi || vi != vi) ? vi : vmax[i];
-    const T denom = std::sqrt(denom_src) / bc2 + eps;
-    p[i] = pi + neg_step * mi / denom;
-  }
+  detail::sqrt_loop<T>(
+      n,
+      [&](int64_t i) {
+        T gi = g[i];
+        if constexpr (l2) gi = gi + wd * p[i];
+        if constexpr (decoupled) p[i] = p[i] * decay;
+        const T mi = m[i] * b1 + one_b1 * gi;
+        const T vi = v[i] * b2 + one_b2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        if constexpr (!amsgrad) return vi;
+        // Like torch.maximum, a NaN in either operand propagates.
+        const T mx = (vmax[i] < vi || vi != vi) ? vi : vmax[i];
+        vmax[i] = mx;
+        return mx;
+      },
+      [&](int64_t i, T root) { p[i] = p[i] + neg_step * m[i] / (root / bc2 + eps); });
 }
 
 }  // namespace
@@ -101,8 +104,12 @@ void Adam::update() {
       Tensor& v = buffer(st, kExpAvgSq, p);
       Tensor* vmax = s.amsgrad ? &buffer(st, kMaxExpAvgSq, p) : nullptr;
       dispatch_float(name().c_str(), p.device(), p.dtype(), [&]<class T>() {
-        adam_kernel<T>(p.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), vmax ? vmax->data<T>() : nullptr,
-                       p.numel(), s);
+        T* vm = vmax ? vmax->data<T>() : nullptr;
+        detail::with_flags(
+            [&](auto l2, auto decoupled, auto amsgrad) {
+              adam_kernel<T, l2, decoupled, amsgrad>(p.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), vm, p.numel(), s);
+            },
+            !s.decoupled && s.wd != 0, s.decoupled, s.amsgrad);
       });
     }
   }

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "optim/kernels.h"
+
 namespace tg::optim {
 
 namespace {
@@ -14,33 +16,36 @@ ParamGroup rmsprop_defaults(const RMSpropOptions& o) {
           {{"alpha", o.alpha}, {"eps", o.eps}, {"momentum", o.momentum}, {"centered", o.centered ? 1.0 : 0.0}}};
 }
 
-template <class T>
+template <class T, bool decay, bool centered, bool use_momentum>
 void rmsprop_kernel(T* p, const T* g, T* sq, T* buf, T* ga, int64_t n, double lr_, double wd_, double alpha_,
                     double eps_, double mom_) {
   const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), alpha = static_cast<T>(alpha_);
   const T one_alpha = static_cast<T>(1.0 - alpha_), eps = static_cast<T>(eps_), mom = static_cast<T>(mom_);
-  const bool decay = wd_ != 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T gi = g[i];
-    if (decay) gi = gi + wd * p[i];
-    const T s = sq[i] * alpha + one_alpha * gi * gi;
-    sq[i] = s;
-    T avg;
-    if (ga) {
-      const T a = ga[i] * alpha + one_alpha * gi;
-      ga[i] = a;
-      avg = std::sqrt(s + T(-1) * a * a);
-    } else {
-      avg = std::sqrt(s);
-    }
-    avg = avg + eps;
-    if (buf) {
-      buf[i] = buf[i] * mom + gi / avg;
-      p[i] = p[i] + (-lr) * buf[i];
-    } else {
-      p[i] = p[i] + (-lr) * gi / avg;
-    }
-  }
+  // The decayed gradient is recomputed after the block's square roots rather than stored.
+  auto grad = [&](int64_t i) {
+    if constexpr (decay) return g[i] + wd * p[i];
+    return g[i];
+  };
+  detail::sqrt_loop<T>(
+      n,
+      [&](int64_t i) {
+        const T gi = grad(i);
+        const T s = sq[i] * alpha + one_alpha * gi * gi;
+        sq[i] = s;
+        if constexpr (!centered) return s;
+        const T a = ga[i] * alpha + one_alpha * gi;
+        ga[i] = a;
+        return s + T(-1) * a * a;
+      },
+      [&](int64_t i, T root) {
+        const T avg = root + eps;
+        if constexpr (use_momentum) {
+          buf[i] = buf[i] * mom + grad(i) / avg;
+          p[i] = p[i] + (-lr) * buf[i];
+        } else {
+          p[i] = p[i] + (-lr) * grad(i) / avg;
+        }
+      });
 }
 
 }  // namespace
@@ -79,8 +84,14 @@ void RMSprop::update() {
       Tensor* buf = mom > 0 ? &buffer(st, kMomentumBuffer, p) : nullptr;
       Tensor* ga = centered ? &buffer(st, kGradAvg, p) : nullptr;
       dispatch_float("RMSprop", p.device(), p.dtype(), [&]<class T>() {
-        rmsprop_kernel<T>(p.data<T>(), g.data<T>(), sq.data<T>(), buf ? buf->data<T>() : nullptr,
-                          ga ? ga->data<T>() : nullptr, p.numel(), grp.lr, grp.weight_decay, alpha, eps, mom);
+        T* b = buf ? buf->data<T>() : nullptr;
+        T* a = ga ? ga->data<T>() : nullptr;
+        detail::with_flags(
+            [&](auto decay, auto centered, auto use_momentum) {
+              rmsprop_kernel<T, decay, centered, use_momentum>(p.data<T>(), g.data<T>(), sq.data<T>(), b, a,
+                                                               p.numel(), grp.lr, grp.weight_decay, alpha, eps, mom);
+            },
+            grp.weight_decay != 0, centered, buf != nullptr);
       });
     }
   }

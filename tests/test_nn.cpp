@@ -78,7 +78,8 @@ TEST_CASE("BPTT through nn::RNN matches a hand-written reference") {
   Tensor x = randn({T, B, I}, F64).requires_grad_();
   Tensor w_last = randn({1, B, H}, F64), w_out = randn({T, B, H}, F64);
   nn::RNNOutput r = rnn(x);
-  (dot(r.h_n, w_last) + dot(r.output, w_out)).backward();
+  Tensor loss = dot(r.h_n, w_last) + dot(r.output, w_out);
+  loss.backward(/*retain_graph=*/true);
 
   auto Wih = rnn.cell(0).weight_ih.to_vector(), Whh = rnn.cell(0).weight_hh.to_vector();
   auto bih = rnn.cell(0).bias_ih.to_vector(), bhh = rnn.cell(0).bias_hh.to_vector();
@@ -126,6 +127,9 @@ TEST_CASE("BPTT through nn::RNN matches a hand-written reference") {
   near(rnn.cell(0).weight_hh.grad(), gWhh);
   near(rnn.cell(0).bias_ih.grad(), gb);
   near(rnn.cell(0).bias_hh.grad(), gb);
+  near(x.grad(), gx);
+  loss.backward();  // through the retained graph again: every gradient doubles
+  for (auto& g : gx) g *= 2;
   near(x.grad(), gx);
 }
 
@@ -190,7 +194,8 @@ TEST_CASE("gradcheck: 2-layer bidirectional RNN, LSTM, GRU; batch_first both way
   for (Kind k : {Kind::RNN, Kind::LSTM, Kind::GRU})
     for (bool batch_first : {false, true})
       for (bool with_lengths : {false, true}) {
-        CAPTURE(kind_name(k));
+        std::string kind = kind_name(k);
+        CAPTURE(kind);
         CAPTURE(batch_first);
         CAPTURE(with_lengths);
         manual_seed(14);
@@ -221,7 +226,8 @@ TEST_CASE("masking: a padded batch equals per-sequence runs (outputs, h_n, c_n, 
   const std::vector<int64_t> lens{4, 2, 3};
   for (Kind k : {Kind::RNN, Kind::LSTM, Kind::GRU})
     for (bool bidir : {false, true}) {
-      CAPTURE(kind_name(k));
+      std::string kind = kind_name(k);
+      CAPTURE(kind);
       CAPTURE(bidir);
       manual_seed(15);
       const int64_t D = bidir ? 2 : 1;
@@ -240,7 +246,8 @@ TEST_CASE("masking: a padded batch equals per-sequence runs (outputs, h_n, c_n, 
         for (auto& p : m->parameters()) g.push_back(p.grad());
         return g;
       };
-      nn::RNNOutput batched = run(*m, k, x, h0, c0, lens);
+      nn::Lengths len = bidir ? nn::Lengths(from_vector(lens, {B})) : nn::Lengths(lens);  // both forms
+      nn::RNNOutput batched = run(*m, k, x, h0, c0, len);
       loss_of(batched, wh, wc, wo).backward();
       auto g_batched = grads();
       m->zero_grad();
@@ -315,6 +322,41 @@ TEST_CASE("Module: names, counts, state_dict round trip, load errors leave the m
   CHECK(max_diff(lstm.cell(0).bias_ih, sd.at("cell0.bias_ih")) == 0.0);
   bad["cell1.weight_ih"] = zeros({8, 16});
   CHECK_THROWS_AS(lstm.load_state_dict(bad, false), std::invalid_argument);  // shapes always checked
+}
+
+// A module written the intended way: members bound to registered slots.
+struct Scaler : nn::Module {
+  Tensor& scale = register_parameter("scale", ones({2}));
+  Tensor& running = register_buffer("running", zeros({2}));
+  Tensor& steps = register_buffer("steps", zeros({1}, DType::Int64));
+  Tensor forward(const Tensor& x) { return x * scale; }
+};
+struct TiedPair : nn::Module {
+  std::shared_ptr<nn::Linear> a = register_module("a", std::make_shared<nn::Linear>(3, 3));
+  std::shared_ptr<nn::Linear> b = register_module("b", std::make_shared<nn::Linear>(3, 3));
+  TiedPair() { b->weight = a->weight; }  // assigning a member rebinds the registered slot
+};
+
+TEST_CASE("Module: custom modules, buffers, tied weights") {
+  Scaler s;
+  CHECK(s.parameters().size() == 1);
+  auto bufs = s.named_buffers();
+  REQUIRE(bufs.size() == 2);
+  CHECK((bufs[0].first == "running" && bufs[1].first == "steps"));
+  s.to(F64);
+  CHECK((s.scale.dtype() == F64 && s.running.dtype() == F64 && s.steps.dtype() == DType::Int64));
+  CHECK(s.state_dict().size() == 3);
+  CHECK(s.forward(ones({2}, F64)).requires_grad());
+  CHECK_THROWS_AS(nn::Module().load_state_dict(s.state_dict()), std::invalid_argument);
+
+  TiedPair t;
+  auto named = t.named_parameters();
+  REQUIRE(named.size() == 3);  // b.weight is a.weight, listed once
+  CHECK(named[2].first == "b.bias");
+  t.to(F64);
+  CHECK(t.a->weight.impl() == t.b->weight.impl());
+  CHECK(t.a->weight.dtype() == F64);
+  CHECK(t.state_dict().size() == 4);
 }
 
 TEST_CASE("Module: to(Float64), train/eval, zero_grad") {
