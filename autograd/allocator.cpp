@@ -13,9 +13,8 @@ constexpr int kMinShift = 6, kClasses = 28;
 constexpr size_t kMaxCachedPerThread = size_t(1) << 30;
 
 int size_class(size_t n) {
-  int c = kMinShift;
-  while ((size_t(1) << c) < n) ++c;
-  return c;
+  if (n <= (size_t(1) << kMinShift)) return kMinShift;
+  return 64 - __builtin_clzll(n - 1);  // ceil(log2(n))
 }
 
 // Static tensors can be freed after this thread's cache is gone (exit order); they bypass it.

@@ -44,7 +44,14 @@ Tensor binary_map(const Tensor& a, const Tensor& b, const Shape& out_shape, DTyp
     R* op = o + off[0];
     const T* xa = pa + off[1];
     const T* xb = pb + off[2];
-    for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i * inner[1]], xb[i * inner[2]]);
+    if (inner[1] == 1 && inner[2] == 1) {  // the common case (row slices, bias rows): SIMD
+      for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i], xb[i]);
+    } else if (inner[1] == 1 && inner[2] == 0) {
+      const T y = xb[0];
+      for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i], y);
+    } else {
+      for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i * inner[1]], xb[i * inner[2]]);
+    }
   });
   return out;
 }

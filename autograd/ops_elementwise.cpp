@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "autograd/elementwise.h"
+#include "autograd/vmath.h"
 #include "autograd/ops.h"
 
 namespace tg {
@@ -61,6 +62,16 @@ template <class F>
 Tensor unary_float(const char* op, const Tensor& x, F f) {
   return dispatch_float(op, x.device(), x.dtype(), [&]<class T>() { return unary_map<T>(x, f); });
 }
+// exp/tanh/sigmoid: float32 goes through the SIMD kernels of vmath.h, float64 through std::.
+template <class VecF, class ScalarF>
+Tensor unary_transcendental(const char* op, const Tensor& x_in, VecF vec, ScalarF scalar_f) {
+  if (x_in.dtype() != DType::Float32) return unary_float(op, x_in, scalar_f);
+  Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
+  Tensor out = empty(x.shape(), x.dtype());
+  vmath::map(x.data<float>(), out.data<float>(), x.numel(), vec);
+  return out;
+}
+
 template <class F>
 Tensor unary_any(const char* op, const Tensor& x, F f) {
   return dispatch(op, x.device(), x.dtype(), [&]<class T>() { return unary_map<T>(x, f); });
@@ -127,7 +138,7 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
 
 TG_REGISTER_OP("exp", "elementwise");
 Tensor exp(const Tensor& x) {
-  Tensor out = unary_float("exp", x, [](auto v) { return std::exp(v); });
+  Tensor out = unary_transcendental("exp", x, [](vmath::f8 v) { return vmath::exp(v); }, [](auto v) { return std::exp(v); });
   return record("exp", {x}, out, [out](const Tensor& g, Grads& gr) { gr.add(0, mul(g, out)); });
 }
 
@@ -154,7 +165,7 @@ Tensor abs(const Tensor& x) {
 
 TG_REGISTER_OP("tanh", "elementwise");
 Tensor tanh(const Tensor& x) {
-  Tensor out = unary_float("tanh", x, [](auto v) { return std::tanh(v); });
+  Tensor out = unary_transcendental("tanh", x, [](vmath::f8 v) { return vmath::tanh(v); }, [](auto v) { return std::tanh(v); });
   return record("tanh", {x}, out, [out](const Tensor& g, Grads& gr) {
     gr.add(0, binary_float("tanh_backward", g, out, [](auto d, auto y) { return d * (1 - y * y); }));
   });
@@ -162,7 +173,7 @@ Tensor tanh(const Tensor& x) {
 
 TG_REGISTER_OP("sigmoid", "elementwise");
 Tensor sigmoid(const Tensor& x) {
-  Tensor out = unary_float("sigmoid", x, [](auto v) { return 1 / (1 + std::exp(-v)); });
+  Tensor out = unary_transcendental("sigmoid", x, [](vmath::f8 v) { return vmath::sigmoid(v); }, [](auto v) { return decltype(v)(1) / (1 + std::exp(-v)); });
   return record("sigmoid", {x}, out, [out](const Tensor& g, Grads& gr) {
     gr.add(0, binary_float("sigmoid_backward", g, out, [](auto d, auto y) { return d * y * (1 - y); }));
   });

@@ -1,6 +1,8 @@
 // Matrix products through CBLAS. A transposed view is passed as a transpose flag, never copied.
 #include <cblas.h>
 
+#include <cstdlib>
+
 #include "autograd/elementwise.h"
 #include "autograd/ops.h"
 
@@ -8,6 +10,14 @@ namespace tg {
 using namespace detail;
 
 namespace {
+
+int g_threads = 0;  // 0: not chosen yet
+
+void ensure_threads() {
+  if (g_threads) return;
+  const char* env = std::getenv("TG_NUM_THREADS");
+  set_num_threads(env && std::atoi(env) > 0 ? std::atoi(env) : 1);
+}
 
 // A 2-D operand as BLAS sees it: pointer, transpose flag, leading dimension.
 struct Operand {
@@ -48,6 +58,7 @@ void matmul_into(const Tensor& a_in, const Tensor& b_in, Tensor& c, double beta)
     }
     return op;
   };
+  ensure_threads();
   Operand oa = operand(a, m, k), ob = operand(b, k, n);
   if (m == 0 || n == 0) return;
   dispatch_float("matmul", a.device(), a.dtype(), [&]<class T>() {
@@ -74,6 +85,16 @@ Tensor matmul_2d_or_3d(const Tensor& a, const Tensor& b) {
 }
 
 }  // namespace
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument(fmt::format("set_num_threads: need at least 1 thread, got {}", n));
+  g_threads = n;
+  openblas_set_num_threads(n);
+}
+int get_num_threads() {
+  ensure_threads();
+  return g_threads;
+}
 
 TG_REGISTER_OP("matmul", "linalg");
 Tensor matmul(const Tensor& a, const Tensor& b) {

@@ -17,6 +17,9 @@ void release_cached();                   // return this thread's cache to the sy
 
 class Storage : public RefCounted {
  public:
+  // Storages and tensor impls are created per op: they come from the same per-thread cache.
+  static void* operator new(size_t n) { return alloc::allocate(n); }
+  static void operator delete(void* p, size_t n) { alloc::deallocate(p, n); }
   Storage(size_t nbytes, Device dev) : nbytes_(nbytes), device_(dev), data_(alloc::allocate(nbytes)) {}
   ~Storage() { alloc::deallocate(data_, nbytes_); }
   void* data() const { return data_; }

@@ -29,6 +29,9 @@ class TapeSegment : public RefCounted {
 using GradHook = std::function<Tensor(const Tensor&)>;  // returns the replacement, or an undefined tensor to keep it
 
 struct TensorImpl : RefCounted {
+  static void* operator new(size_t n) { return alloc::allocate(n); }
+  static void operator delete(void* p, size_t n) { alloc::deallocate(p, n); }
+
   Ref<Storage> storage;
   int64_t offset = 0;  // in elements
   Shape shape;
@@ -145,6 +148,13 @@ Tensor tensor(std::initializer_list<std::initializer_list<double>> v, DType t = 
 
 // Creates a tensor that views `base`'s storage with the given layout (no autograd link).
 Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t offset);
+
+// Threads used by matrix products (OpenBLAS). Default 1: on small and medium RNN workloads the
+// two vCPUs of a typical cloud machine behave like one core for FP32 math, and oversubscribing
+// (BLAS threads plus training threads) is much slower. TG_NUM_THREADS in the environment
+// overrides the default.
+void set_num_threads(int n);
+int get_num_threads();
 
 // Reproducibility: one generator per thread, seeded by manual_seed on that thread.
 void manual_seed(uint64_t seed);

@@ -153,6 +153,16 @@ TEST_CASE("neural-network ops and losses") {
         {rnd({3, 2})});
   check("binary_cross_entropy_with_logits",
         [y](auto& v) { return binary_cross_entropy_with_logits(v[0], y, Reduction::None); }, {rnd({3, 2})});
+  check("binary_cross_entropy_with_logits",
+        [](auto& v) { return binary_cross_entropy_with_logits(v[0], v[1], Reduction::Sum); },
+        {rnd({4}), leaf(rand({4}, F64))});
+  {  // the fused op equals its textbook composite, including for large |logits|
+    Tensor x = tensor({-40.0, -3.0, 0.0, 2.5, 40.0}, F64), t = tensor({1.0, 0.0, 0.5, 1.0, 0.0}, F64);
+    Tensor composite = relu(x) - x * t + log(1.0 + exp(-abs(x)));
+    auto fused = binary_cross_entropy_with_logits(x, t, Reduction::None).to_vector();
+    auto want = composite.to_vector();
+    for (size_t i = 0; i < want.size(); ++i) CHECK(fused[i] == doctest::Approx(want[i]).epsilon(1e-12));
+  }
   Tensor t = from_vector(std::vector<int64_t>{2, 0, -100, 1}, {4});
   check("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t); }, {rnd({4, 3})});
   check("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t, -100, Reduction::Sum); }, {rnd({4, 3})});
