@@ -12,6 +12,8 @@ namespace tg::detail {
 Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
 void check_same_dtype(const char* op, const Tensor& a, const Tensor& b);
 int64_t normalize_dim(const char* op, int64_t dim, int64_t rank);
+// c = beta * c + a^T @ b for 2-D a [M, P], b [M, Q], c [P, Q] contiguous (BLAS, no copies of a, b).
+void addmm_tn(Tensor& c, const Tensor& a, const Tensor& b, double beta);
 
 // out = f(a, b) elementwise with broadcasting; the output dtype is R (defaults to the inputs').
 template <class T, class R = T, class F>

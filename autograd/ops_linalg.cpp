@@ -86,6 +86,12 @@ Tensor matmul_2d_or_3d(const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
+namespace detail {
+void addmm_tn(Tensor& c, const Tensor& a, const Tensor& b, double beta) {
+  matmul_into(a.detach().t(), b.detach(), c, beta);
+}
+}  // namespace detail
+
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument(fmt::format("set_num_threads: need at least 1 thread, got {}", n));
   g_threads = n;
@@ -120,7 +126,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = matmul_2d_or_3d(a, b);
   return record("matmul", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(matmul_2d_or_3d(g, transpose(b, -1, -2)), a.shape()));
-    if (gr.needs(1)) gr.add(1, sum_to(matmul_2d_or_3d(transpose(a, -1, -2), g), b.shape()));
+    if (gr.needs(1)) {
+      if (a.dim() == 2) gr.add_product(1, a, g);
+      else gr.add(1, sum_to(matmul_2d_or_3d(transpose(a, -1, -2), g), b.shape()));
+    }
   });
 }
 
@@ -154,7 +163,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                                                        const Tensor& g, Grads& gr) {
     Tensor g2 = g.reshape(Shape{-1, g.size(-1)});
     if (gr.needs(0)) gr.add(0, matmul_2d_or_3d(g2, weight).reshape(xs));
-    if (gr.needs(1)) gr.add(1, matmul_2d_or_3d(g2.t(), x2));
+    if (gr.needs(1)) gr.add_product(1, g2, x2);
     if (has_bias && gr.needs(2)) gr.add(2, sum(g2, {0}));
   });
 }

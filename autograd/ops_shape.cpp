@@ -130,12 +130,7 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   Shape s = x.shape();
   s[d] = length;
   Tensor out = make_view(x, s, x.strides(), x.offset() + start * x.strides()[d]);
-  return record("narrow", {x}, out, [in = x.shape(), d, start, length](const Tensor& g, Grads& gr) {
-    Tensor full_grad = zeros(in, g.dtype());
-    Tensor window = full_grad.narrow(d, start, length);
-    copy_(window, g);
-    gr.add(0, full_grad);
-  });
+  return record("narrow", {x}, out, [d, start](const Tensor& g, Grads& gr) { gr.add_window(0, d, start, g); });
 }
 
 TG_REGISTER_OP("select", "shape");

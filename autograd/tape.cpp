@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "autograd/elementwise.h"
 #include "autograd/ops.h"
 
 namespace tg {
@@ -15,6 +16,14 @@ thread_local bool tl_grad_enabled = true;
 thread_local bool tl_anomaly = false;
 thread_local bool tl_in_backward = false;  // backward formulas are checked per gradient, in Grads::add
 thread_local Tape* tl_scoped_tape = nullptr;
+
+// The backward pass running on this thread: leaves it touched stage their gradients until its end.
+struct BackwardPass {
+  uint64_t id;
+  std::vector<Ref<TensorImpl>> leaves;
+};
+thread_local BackwardPass* tl_pass = nullptr;
+thread_local uint64_t tl_pass_counter = 0;
 
 Tape& default_tape() {
   thread_local Tape tape;
@@ -63,35 +72,162 @@ void accumulate_leaf(TensorImpl* leaf, Tensor g) {
   leaf->grad = slot.ref();
 }
 
+// The staging slot of a leaf for the running pass (reset on the first touch of each pass).
+TensorImpl* stage(const Ref<TensorImpl>& leaf) {
+  TensorImpl* t = leaf.get();
+  if (!tl_pass) return nullptr;
+  if (t->pending_pass != tl_pass->id) {
+    t->pending_pass = tl_pass->id;
+    t->pending.reset();
+    t->pending_exclusive = false;
+    t->pending_products.clear();
+    tl_pass->leaves.push_back(leaf);
+  }
+  return t;
+}
+
+bool all_finite(const Tensor& g) {
+  Tensor c = g.contiguous();
+  return dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
+    const T* p = c.data<T>();
+    for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
+    return true;
+  });
+}
+
+// End of a pass: each touched leaf gets its summed contributions plus its stacked products
+// (one GEMM), then its hooks see the total once, then the total joins leaf.grad.
+void flush_leaves(BackwardPass& pass) {
+  for (auto& leaf_ref : pass.leaves) {
+    TensorImpl* leaf = leaf_ref.get();
+    Tensor total(leaf->pending);
+    bool exclusive = leaf->pending_exclusive;
+    auto& products = leaf->pending_products;
+    if (!products.empty()) {
+      Tensor a, b;
+      if (products.size() == 1) {
+        a = Tensor(products[0].first);
+        b = Tensor(products[0].second);
+      } else {
+        std::vector<Tensor> as, bs;
+        for (auto& [pa, pb] : products) { as.emplace_back(pa); bs.emplace_back(pb); }
+        a = cat(as, 0);
+        b = cat(bs, 0);
+      }
+      if (!total.defined() || !exclusive) {
+        Tensor fresh = total.defined() ? total.clone() : empty(leaf->shape, leaf->dtype);
+        detail::addmm_tn(fresh, a, b, total.defined() ? 1.0 : 0.0);
+        total = fresh;
+      } else {
+        detail::addmm_tn(total, a, b, 1.0);
+      }
+      exclusive = true;
+    }
+    leaf->pending.reset();
+    products.clear();
+    if (!total.defined()) continue;
+    if (tl_anomaly && !all_finite(total))
+      throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
+                                           leaf->shape.str(), leaf->name.empty() ? "" : " ('" + leaf->name + "')"));
+    run_hooks(leaf, total);
+    Tensor slot(leaf->grad);
+    accumulate(slot, leaf->grad_exclusive, std::move(total), /*must_own=*/true);
+    leaf->grad = slot.ref();
+  }
+  pass.leaves.clear();
+}
+
+Edge& checked_edge(Node* node, int i, const Shape& expected, DType dtype, const char* what) {
+  Edge& e = node->inputs[i];
+  if (e.kind == Edge::None) return e;
+  if (!(expected == e.shape) || dtype != e.dtype)
+    throw std::logic_error(fmt::format("backward of '{}': {} for input {} has shape {} {}, input is {} {}", node->op,
+                                       what, i, expected.str(), dtype_name(dtype), e.shape.str(), dtype_name(e.dtype)));
+  return e;
+}
+
 }  // namespace
 
 // ---- Grads -------------------------------------------------------------------------------------
 
 void Grads::add(int i, Tensor g) {
-  Edge& e = node_->inputs[i];
+  Edge& e = checked_edge(node_, i, g.shape(), g.dtype(), "gradient");
   if (e.kind == Edge::None) return;
-  if (!(g.shape() == e.shape) || g.dtype() != e.dtype)
-    throw std::logic_error(fmt::format("backward of '{}': gradient for input {} has shape {} {}, input is {} {}",
-                                       node_->op, i, g.shape().str(), dtype_name(g.dtype()), e.shape.str(),
-                                       dtype_name(e.dtype)));
-  if (tl_anomaly) {
-    Tensor c = g.contiguous();
-    bool finite = dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
-      const T* p = c.data<T>();
-      for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
-      return true;
-    });
-    if (!finite)
-      throw std::runtime_error(fmt::format("anomaly: backward of op '{}' (tape index {}) produced a non-finite "
-                                           "gradient for input {} of shape {}",
-                                           node_->op, node_->index, i, e.shape.str()));
-  }
+  if (tl_anomaly && !all_finite(g))
+    throw std::runtime_error(fmt::format("anomaly: backward of op '{}' (tape index {}) produced a non-finite "
+                                         "gradient for input {} of shape {}",
+                                         node_->op, node_->index, i, e.shape.str()));
   switch (e.kind) {
     case Edge::Interior: accumulate(e.node->grad, e.node->grad_exclusive, std::move(g), false); break;
-    case Edge::Leaf: accumulate_leaf(e.leaf.get(), std::move(g)); break;
+    case Edge::Leaf: {
+      TensorImpl* leaf = stage(e.leaf);
+      Tensor slot(leaf->pending);
+      accumulate(slot, leaf->pending_exclusive, std::move(g), false);
+      leaf->pending = slot.ref();
+      break;
+    }
     case Edge::Freed: throw std::runtime_error(freed_graph_message(node_->op, i, e.shape));
     case Edge::None: break;
   }
+}
+
+void Grads::add_product(int i, const Tensor& a, const Tensor& b) {
+  Edge& e = node_->inputs[i];
+  if (e.kind == Edge::Leaf && !tl_anomaly) {
+    if (a.dim() != 2 || b.dim() != 2 || a.size(0) != b.size(0))
+      throw std::logic_error(fmt::format("backward of '{}': add_product needs a [M, P] and b [M, Q], got {} and {}",
+                                         node_->op, a.shape().str(), b.shape().str()));
+    checked_edge(node_, i, Shape{a.size(1), b.size(1)}, a.dtype(), "product gradient");
+    TensorImpl* leaf = stage(e.leaf);
+    leaf->pending_products.emplace_back(a.contiguous().ref(), b.contiguous().ref());
+    return;
+  }
+  if (e.kind == Edge::None) return;
+  Tensor g = empty(Shape{a.size(1), b.size(1)}, a.dtype());
+  detail::addmm_tn(g, a, b, 0.0);
+  add(i, std::move(g));
+}
+
+void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g) {
+  Edge& e = node_->inputs[i];
+  if (e.kind == Edge::None) return;
+  if (e.kind == Edge::Freed) throw std::runtime_error(freed_graph_message(node_->op, i, e.shape));
+  Shape window_shape = e.shape;
+  bool fits = dim >= 0 && dim < e.shape.size() && g.dim() == e.shape.size() && start >= 0 &&
+              start + g.size(dim) <= e.shape[dim] && g.dtype() == e.dtype;
+  if (fits) window_shape[dim] = g.size(dim);
+  if (!fits || !(window_shape == g.shape()))
+    throw std::logic_error(fmt::format("backward of '{}': window gradient {} {} at [{}, ...) along dim {} does not fit "
+                                       "input {} {}",
+                                       node_->op, g.shape().str(), dtype_name(g.dtype()), start, dim, e.shape.str(),
+                                       dtype_name(e.dtype)));
+  if (tl_anomaly && !all_finite(g))
+    throw std::runtime_error(fmt::format("anomaly: backward of op '{}' (tape index {}) produced a non-finite "
+                                         "gradient for input {} of shape {}",
+                                         node_->op, node_->index, i, e.shape.str()));
+  Tensor* slot;
+  bool* exclusive;
+  Tensor leaf_slot;
+  TensorImpl* leaf = nullptr;
+  if (e.kind == Edge::Interior) {
+    slot = &e.node->grad;
+    exclusive = &e.node->grad_exclusive;
+  } else {
+    leaf = stage(e.leaf);
+    leaf_slot = Tensor(leaf->pending);
+    slot = &leaf_slot;
+    exclusive = &leaf->pending_exclusive;
+  }
+  if (!slot->defined()) {
+    *slot = zeros(e.shape, g.dtype());
+    *exclusive = true;
+  } else if (!*exclusive) {
+    *slot = slot->clone();
+    *exclusive = true;
+  }
+  Tensor window = make_view(*slot, slot->shape(), slot->strides(), slot->offset()).narrow(dim, start, g.size(dim));
+  add_(window, g);
+  if (leaf) leaf->pending = slot->ref();
 }
 
 // ---- Tape --------------------------------------------------------------------------------------
@@ -245,6 +381,19 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
   start->grad = std::move(seed);
   start->grad_exclusive = false;
   NoGradGuard no_grad;
+  BackwardPass pass{++tl_pass_counter, {}};
+  struct PassScope {
+    BackwardPass* previous = tl_pass;
+    BackwardPass* pass;
+    explicit PassScope(BackwardPass* p) : pass(p) { tl_pass = p; }
+    ~PassScope() {
+      tl_pass = previous;
+      for (auto& leaf : pass->leaves) {  // after an error: drop what was staged
+        leaf->pending.reset();
+        leaf->pending_products.clear();
+      }
+    }
+  } pass_scope(&pass);
   struct InBackward {
     bool previous = tl_in_backward;
     InBackward() { tl_in_backward = true; }
@@ -273,6 +422,7 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
     Grads grads(n);
     n->backward(g, grads);
   }
+  flush_leaves(pass);
 }
 
 }  // namespace

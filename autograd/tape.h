@@ -50,6 +50,13 @@ class Grads {
   bool needs(int i) const { return node_->inputs[i].kind != Edge::None; }
   const Shape& input_shape(int i) const { return node_->inputs[i].shape; }
   void add(int i, Tensor g);  // g must have input i's shape and dtype
+  // Adds a^T @ b (a [M, P], b [M, Q]: the weight gradient of a matrix product) to input i. For a
+  // leaf, all such products of one backward pass are stacked into a single GEMM at the end, so
+  // a weight used at every step of an unrolled RNN gets one large product instead of T small ones.
+  void add_product(int i, const Tensor& a, const Tensor& b);
+  // Adds g into the window [start, start + g.size(dim)) along `dim` of input i's gradient, without
+  // materialising a full-size zero gradient per call (narrow/select backward in a loop stays linear).
+  void add_window(int i, int64_t dim, int64_t start, const Tensor& g);
 
  private:
   Node* node_;

@@ -47,6 +47,14 @@ struct TensorImpl : RefCounted {
   Ref<TapeSegment> segment;
   std::vector<GradHook> hooks;
   std::string name;              // optional, shown by to_dot and anomaly errors
+
+  // Leaves stage their gradient during one backward pass (see Grads): contributions are summed
+  // here, products a^T b are stacked and computed in one GEMM at the end of the pass, then hooks
+  // run once on the total and it is added to `grad`.
+  uint64_t pending_pass = 0;
+  Ref<TensorImpl> pending;
+  bool pending_exclusive = false;
+  std::vector<std::pair<Ref<TensorImpl>, Ref<TensorImpl>>> pending_products;
 };
 
 class Tensor {

@@ -107,6 +107,35 @@ TEST_CASE("retain_grad and hooks on non-leaf tensors") {
   CHECK(leaf.grad().item() == 10.0);
 }
 
+TEST_CASE("a leaf used many times: products are batched, hooks see the total once") {
+  manual_seed(3);
+  Tensor w = randn({4, 3}, DType::Float64).requires_grad_();
+  std::vector<Tensor> xs;
+  for (int t = 0; t < 5; ++t) xs.push_back(randn({2, 3}, DType::Float64));
+  int calls = 0;
+  w.register_hook([&](const Tensor& g) { ++calls; return g; });
+  Tensor loss = scalar(0.0, DType::Float64);
+  for (auto& x : xs) loss = loss + (linear(x, w) * linear(x, w)).sum() + matmul(x, w.t()).sum();
+  loss.backward();
+  CHECK(calls == 1);
+  // Same gradient computed one product at a time, by hand: d/dW sum((xW^T)^2) = 2 (xW^T)^T x, plus 1^T x.
+  Tensor expected = zeros({4, 3}, DType::Float64);
+  {
+    NoGradGuard ng;
+    for (auto& x : xs) expected = expected + matmul((linear(x, w) * 2.0 + 1.0).t(), x);
+  }
+  auto got = w.grad().to_vector(), want = expected.to_vector();
+  for (size_t i = 0; i < want.size(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-12));
+}
+
+TEST_CASE("select in a loop accumulates windows of one gradient") {
+  Tensor x = arange(0.0, 12.0, 1.0, DType::Float64).reshape({4, 3}).detach().requires_grad_();
+  Tensor total = scalar(0.0, DType::Float64);
+  for (int t = 0; t < 4; ++t) total = total + select(x, 0, t).sum() * double(t + 1);
+  total.backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4});
+}
+
 TEST_CASE("a user-defined op: forward, backward, gradient check") {
   // softplus(x) = log(1 + e^x), written as a custom op the way README shows.
   auto softplus = [](const Tensor& x) {
