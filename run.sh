@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 
 PACKAGES=(cmake g++ make pkg-config libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
-          libopenblas-dev nlohmann-json3-dev gnuplot-nox python3-numpy)
+          libopenblas-dev nlohmann-json3-dev gnuplot-nox python3-numpy bc)
 
 ensure_packages() {
   local missing=() p

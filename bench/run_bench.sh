@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# ./run.sh bench [CONFIG...]: tapegrad's RNN training step (SPEC.md configs) and, when Debian's
+# libtorch is installed, the PyTorch reference from ../shared/bench built and run in the same
+# session, one after the other, so the ratio libtorch/tapegrad is measured on the same machine.
+set -euo pipefail
+build=$1; shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+configs=("$@")
+[ ${#configs[@]} -eq 0 ] && configs=(toy small medium lstm-small)
+ref_src="${TAPEGRAD_BENCH_REF:-$root/../shared/bench}"
+ref_build="$build/torch-ref"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+have_ref=0
+if [ -f "$ref_src/bench.cpp" ] && dpkg-query -W -f='${Status}' libtorch-dev 2>/dev/null | grep -q "ok installed"; then
+  if [ ! -x "$ref_build/bench_cpp" ]; then
+    echo "building the libtorch reference (once) ..." >&2
+    cmake -S "$ref_src" -B "$ref_build" -DCMAKE_BUILD_TYPE=Release >/dev/null 2>&1 &&
+      cmake --build "$ref_build" -j"$(nproc)" --target bench_cpp >/dev/null 2>&1 || true
+  fi
+  [ -x "$ref_build/bench_cpp" ] && have_ref=1
+else
+  echo "libtorch-dev is not installed: printing tapegrad's numbers only (apt-get install libtorch-dev)" >&2
+fi
+
+json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+wall() {  # whole-process wall seconds of a command, median of 5 runs
+  for _ in 1 2 3 4 5; do
+    s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N)
+    echo "$e - $s" | bc -l
+  done | median
+}
+
+rows=()
+for c in "${configs[@]}"; do
+  ours=$("$build/bench/bench_rnn_bench" step --config "$c" --threads 1)
+  echo "$ours"
+  ref_ms="" ratio=""
+  if [ $have_ref -eq 1 ]; then
+    ref=$("$ref_build/bench_cpp" step --config "$c" --variant module --threads 1)
+    echo "$ref"
+    ref_ms=$(json "$ref" median_ms)
+    ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
+  fi
+  rows+=("$(printf '| %s | %.4f | %.1f | %.1f | %s | %s |' "$c" "$(json "$ours" median_ms)" "$(json "$ours" gflops)" \
+    "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)")")
+done
+
+ours_toy=$(wall "$build/examples/sentiment")
+toy_row="| seed example, whole process (300 epochs x 8 sentences) | $(printf '%.4f' "$ours_toy") s | | |"
+if [ $have_ref -eq 1 ]; then
+  ref_toy=$(wall "$ref_build/bench_cpp" toytrain --variant module --threads 1)
+  toy_row="$toy_row $(printf '%.3f s | %.1fx |' "$ref_toy" "$(echo "$ref_toy / $ours_toy" | bc -l)")"
+else
+  toy_row="$toy_row n/a | n/a |"
+fi
+
+echo
+echo "| config | tapegrad median ms/step | GFLOP/s | peak RSS MB | libtorch median ms/step | libtorch/tapegrad |"
+echo "|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
+echo "$toy_row"
+echo
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) vCPUs; 1 thread; $(date -u +%Y-%m-%d)"
