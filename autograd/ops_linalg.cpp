@@ -1,6 +1,7 @@
 // Matrix products through CBLAS. A transposed view is passed as a transpose flag, never copied.
 #include <cblas.h>
 
+#include <atomic>
 #include <cstdlib>
 
 #include "autograd/elementwise.h"
@@ -11,7 +12,7 @@ using namespace detail;
 
 namespace {
 
-int g_threads = 0;  // 0: not chosen yet
+std::atomic<int> g_threads{0};  // 0: not chosen yet (atomic: first matmuls may race on threads)
 
 void ensure_threads() {
   if (g_threads) return;
