@@ -18,9 +18,9 @@ template <class T, bool decay>
 void adagrad_kernel(T* p, const T* g, T* sum, int64_t n, double clr_, double wd_, double eps_) {
   const T neg_clr = static_cast<T>(-clr_), wd = static_cast<T>(wd_), eps = static_cast<T>(eps_);
   // The decayed gradient is recomputed after the block's square roots rather than stored.
-  auto grad = [&](int64_t i) {
+  auto grad = [&](int64_t i) -> T {
     if constexpr (decay) return g[i] + wd * p[i];
-    return g[i];
+    else return g[i];
   };
   detail::sqrt_loop<T>(
       n,

@@ -43,11 +43,14 @@ void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamSca
         const T vi = v[i] * b2 + one_b2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        if constexpr (!amsgrad) return vi;
-        // Like torch.maximum, a NaN in either operand propagates.
-        const T mx = (vmax[i] < vi || vi != vi) ? vi : vmax[i];
-        vmax[i] = mx;
-        return mx;
+        if constexpr (amsgrad) {
+          // Like torch.maximum, a NaN in either operand propagates.
+          const T mx = (vmax[i] < vi || vi != vi) ? vi : vmax[i];
+          vmax[i] = mx;
+          return mx;
+        } else {
+          return vi;
+        }
       },
       [&](int64_t i, T root) { p[i] = p[i] + neg_step * m[i] / (root / bc2 + eps); });
 }

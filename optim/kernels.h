@@ -1,17 +1,19 @@
 #pragma once
-// Internal to the optimizers: the blocked loop their update kernels share.
+// Internal to the optimizers: the loop their update kernels share.
 //
-// std::sqrt may set errno, so without -fno-math-errno GCC leaves any loop calling it scalar (the
-// Adam update ran 3-4x slower). The kernels therefore work on cache-sized blocks: a vectorizable
-// pass updates the state and writes the radicands to a stack buffer, explicit SIMD takes their
-// square roots, and a second vectorizable pass updates the parameters. Every element is still
-// read from memory once per step and nothing is allocated.
+// std::sqrt may set errno, so unless the build passes -fno-math-errno GCC leaves any loop that
+// calls it scalar (the Adam update ran 3-5x slower). Then the kernels work on cache-sized blocks:
+// a vectorizable pass updates the state and writes the radicands to a stack buffer, explicit
+// SIMD takes their square roots, and a second vectorizable pass updates the parameters. With
+// -fno-math-errno (GCC defines __NO_MATH_ERRNO__) the plain fused loop vectorizes and is a little
+// faster. Either way every element is read from memory once per step, nothing is allocated, and
+// the arithmetic is the same (sqrt is correctly rounded).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
-#if __has_include(<experimental/simd>)
+#if !defined(__NO_MATH_ERRNO__) && __has_include(<experimental/simd>)
 #include <experimental/simd>
 #define TG_OPTIM_HAVE_SIMD 1
 #endif
@@ -22,6 +24,7 @@ inline constexpr int64_t kBlock = 256;
 
 // d[i] = sqrt(d[i]), correctly rounded and NaN for negative input, like std::sqrt.
 template <class T> void sqrt_block(T* d, int64_t n) {
+  // Without the SIMD header this loop stays scalar; the blocking still keeps the rest vectorized.
   int64_t i = 0;
 #ifdef TG_OPTIM_HAVE_SIMD
   namespace stdx = std::experimental;
@@ -33,8 +36,11 @@ template <class T> void sqrt_block(T* d, int64_t n) {
 }
 
 // For each i in [0, n): r = pre(i) (update state, return the radicand), then post(i, sqrt(r)).
-// pre runs for a whole block before post does, so post must not feed a later pre.
+// pre may run for a whole block before post does, so post must not feed a later pre.
 template <class T, class Pre, class Post> void sqrt_loop(int64_t n, Pre&& pre, Post&& post) {
+#ifdef __NO_MATH_ERRNO__
+  for (int64_t i = 0; i < n; ++i) post(i, std::sqrt(pre(i)));
+#else
   T d[kBlock];
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t m = std::min(kBlock, n - b);
@@ -42,6 +48,7 @@ template <class T, class Pre, class Post> void sqrt_loop(int64_t n, Pre&& pre, P
     sqrt_block(d, m);
     for (int64_t j = 0; j < m; ++j) post(b + j, d[j]);
   }
+#endif
 }
 
 // Calls f(std::bool_constant<flag>...) so that every combination of loop-invariant options gets

@@ -2,6 +2,12 @@
 // Optimizer base: parameter groups, per-parameter state, hooks and (de)serialisation.
 // Concrete optimizers (sgd.h, adam.h, rmsprop.h, adagrad.h) only implement update() and
 // validate(); the update rules follow PyTorch 1.13's single-tensor implementations.
+//
+//   optim::Adam opt(model.parameters(), {.lr = 1e-3});
+//   optim::ClipGradNorm clip(1.0);
+//   opt.add_hook(clip);                            // hooks run in order before every update
+//   opt.add_hook(optim::CosineAnnealingLR(10000));
+//   for (...) { loss.backward(); opt.step(); opt.zero_grad(); log(clip.last_norm()); }
 #include <cstdint>
 #include <functional>
 #include <limits>

@@ -22,9 +22,9 @@ void rmsprop_kernel(T* p, const T* g, T* sq, T* buf, T* ga, int64_t n, double lr
   const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), alpha = static_cast<T>(alpha_);
   const T one_alpha = static_cast<T>(1.0 - alpha_), eps = static_cast<T>(eps_), mom = static_cast<T>(mom_);
   // The decayed gradient is recomputed after the block's square roots rather than stored.
-  auto grad = [&](int64_t i) {
+  auto grad = [&](int64_t i) -> T {
     if constexpr (decay) return g[i] + wd * p[i];
-    return g[i];
+    else return g[i];
   };
   detail::sqrt_loop<T>(
       n,
@@ -32,10 +32,13 @@ void rmsprop_kernel(T* p, const T* g, T* sq, T* buf, T* ga, int64_t n, double lr
         const T gi = grad(i);
         const T s = sq[i] * alpha + one_alpha * gi * gi;
         sq[i] = s;
-        if constexpr (!centered) return s;
-        const T a = ga[i] * alpha + one_alpha * gi;
-        ga[i] = a;
-        return s + T(-1) * a * a;
+        if constexpr (centered) {
+          const T a = ga[i] * alpha + one_alpha * gi;
+          ga[i] = a;
+          return s + T(-1) * a * a;  // may round below 0: NaN, as in PyTorch
+        } else {
+          return s;
+        }
       },
       [&](int64_t i, T root) {
         const T avg = root + eps;

@@ -13,6 +13,7 @@
 // and it multiplies the groups' lrs by `factor` when the metric stops improving. Its state is
 // saved separately (state_dict/load_state_dict). Don't combine it with a per-step scheduler,
 // which would overwrite the reduced lr.
+#include <concepts>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -66,6 +67,7 @@ class LinearWarmup {
  public:
   LinearWarmup(int64_t warmup_steps, double start_factor);
   template <class Schedule>
+    requires requires(const Schedule& s) { { s.lr_at(int64_t{0}, 0.0) } -> std::convertible_to<double>; }
   LinearWarmup(int64_t warmup_steps, double start_factor, Schedule after) : LinearWarmup(warmup_steps, start_factor) {
     after_ = [after](int64_t k, double base) { return after.lr_at(k, base); };
   }
