@@ -217,7 +217,13 @@ Tensor& Tensor::requires_grad_(bool on) {
   return *this;
 }
 bool Tensor::is_leaf() const { return impl()->grad_fn == nullptr; }
-Tensor Tensor::grad() const { return Tensor(impl()->grad); }
+Tensor Tensor::grad() const {
+  if (!impl()->requires_grad)
+    throw std::invalid_argument(fmt::format("grad: tensor of shape {} does not require grad, so it never gets a "
+                                            "gradient; call requires_grad_() on it before the forward pass",
+                                            shape().str()));
+  return Tensor(impl()->grad);
+}
 void Tensor::set_grad(const Tensor& g) {
   if (g.defined() && (!(g.shape() == shape()) || g.dtype() != dtype()))
     throw std::invalid_argument(fmt::format("set_grad: gradient {} {} does not match tensor {} {}", g.shape().str(),

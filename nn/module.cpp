@@ -117,7 +117,7 @@ void Module::to(DType dtype) {
     if (it == converted.end()) {
       Tensor t = slot->detach().to(dtype);
       if (slot->requires_grad()) t.requires_grad_();
-      if (slot->grad().defined()) t.set_grad(slot->grad().to(dtype));
+      if (slot->requires_grad() && slot->grad().defined()) t.set_grad(slot->grad().to(dtype));
       it = converted.emplace(slot->impl(), t).first;
     }
     *slot = it->second;

@@ -63,7 +63,7 @@ std::vector<Tensor> Optimizer::parameters_with_grad() const {
   std::vector<Tensor> out;
   for (const auto& g : groups_)
     for (const auto& p : g.params)
-      if (p.grad().defined()) out.push_back(p);
+      if (p.requires_grad() && p.grad().defined()) out.push_back(p);
   return out;
 }
 
@@ -101,6 +101,7 @@ Optimizer::ParamState& Optimizer::state(size_t group, size_t index) {
 }
 
 Tensor Optimizer::grad_for(const Tensor& param) const {
+  if (!param.requires_grad()) return Tensor();  // frozen: skipped like a parameter without a gradient
   Tensor g = param.grad();
   if (!g.defined()) return g;
   if (g.dtype() != param.dtype() || !(g.shape() == param.shape()))

@@ -51,6 +51,8 @@ TEST_CASE("bad inputs raise errors naming the op and shapes") {
   CHECK_THROWS_WITH_AS((x * 2.0).backward(), doctest::Contains("without a gradient"), std::invalid_argument);
   Tensor y = ones({2});
   CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("does not require grad"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(y.grad(), doctest::Contains("grad: tensor of shape [2] does not require grad"),
+                       std::invalid_argument);
   CHECK_THROWS_AS(a.reshape({4, 2}), std::invalid_argument);
   CHECK_THROWS_AS(zeros({1, 1, 1, 1, 1, 1, 1, 1, 1}), std::invalid_argument);
 }
