@@ -150,11 +150,8 @@ Tensor randint(int64_t low, int64_t high, const Shape& s) {
 
 // ---- accessors ---------------------------------------------------------------------------------
 
-int64_t Tensor::size(int64_t d) const {
-  int64_t r = dim();
-  if (d < -r || d >= r)
-    throw std::out_of_range(fmt::format("size: dim {} out of range for a tensor of shape {}", d, shape().str()));
-  return shape()[d < 0 ? d + r : d];
+int64_t Tensor::size_out_of_range(int64_t d) const {
+  throw std::out_of_range(fmt::format("size: dim {} out of range for a tensor of shape {}", d, shape().str()));
 }
 
 bool Tensor::is_contiguous() const {

@@ -69,7 +69,12 @@ class Tensor {
   const Shape& shape() const { return impl()->shape; }
   const Strides& strides() const { return impl()->strides; }
   int64_t dim() const { return shape().size(); }
-  int64_t size(int64_t d) const;  // negative d counts from the end
+  int64_t size(int64_t d) const {  // negative d counts from the end
+    const int64_t r = dim();
+    if (d >= 0 && d < r) return shape()[d];
+    if (d < 0 && d >= -r) return shape()[d + r];
+    return size_out_of_range(d);
+  }
   int64_t numel() const { return shape().numel(); }
   DType dtype() const { return impl()->dtype; }
   Device device() const { return impl()->storage->device(); }
@@ -129,6 +134,11 @@ class Tensor {
   Tensor abs() const;
 
   std::string str() const;  // fmt::format("{}", t) prints the same
+
+ private:
+  [[noreturn]] int64_t size_out_of_range(int64_t d) const;
+
+ public:
 
  private:
   Ref<TensorImpl> impl_;
