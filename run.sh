@@ -10,7 +10,8 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 
 PACKAGES=(cmake g++ make pkg-config libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
-          libopenblas-dev nlohmann-json3-dev gnuplot-nox python3-numpy bc)
+          libopenblas-dev nlohmann-json3-dev gnuplot-nox python3-numpy bc
+          libopenmpi-dev openmpi-bin libboost-mpi-dev)
 
 ensure_packages() {
   local missing=() p

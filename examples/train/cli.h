@@ -1,0 +1,102 @@
+#pragma once
+// tapegrad-train: shared pieces of the `train` and `predict` subcommands.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/batching.h"
+#include "data/vocab.h"
+#include "nn/text_classifier.h"
+#include "optim/optimizer.h"
+
+namespace tgcli {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// Every `train` option. JSON keys are the option names (config.json's "training" section).
+struct TrainOptions {
+  std::string train, dev;
+  std::string model = "lstm";
+  int64_t embed = 128, hidden = 256, layers = 1;
+  bool bidirectional = false;
+  double dropout = 0.5, embed_dropout = 0.0;
+  std::string pooling = "last";
+  int64_t epochs = 3, batch = 64;
+  double lr = 1e-3;
+  std::string optimizer = "adam";
+  double clip = 5.0, weight_decay = 0.0, momentum = 0.0;
+  uint64_t seed = 1;
+  int threads = 1;
+  int64_t max_len = 100, min_freq = 1;
+  bool bucket = false;
+  std::string save, resume;
+  int64_t eval_every = 0, eval_batch = 256;
+  bool skip_bad_lines = false;
+  int64_t max_train = 0;
+  bool quiet = false;
+  int64_t stop_after = 0;
+};
+json to_json(const TrainOptions& o);
+TrainOptions train_options_from_json(const json& j);  // missing keys keep their defaults
+tg::nn::TextClassifierOptions model_options(const TrainOptions& o, int64_t vocab_size);
+json to_json(const tg::nn::TextClassifierOptions& m);
+tg::nn::TextClassifierOptions model_options_from_json(const json& j);
+
+// Where training stands; trainer.json.
+struct TrainerState {
+  int64_t epoch = 1;       // epoch in progress, 1-based
+  int64_t batch_pos = 0;   // batches of `epoch` already trained on
+  int64_t step = 0;        // optimizer steps so far (skipped ones included)
+  int64_t examples = 0;    // training examples seen
+  int64_t skipped_steps = 0;
+  double loss_sum = 0;     // sum over examples of the training loss since the last evaluation
+  int64_t loss_count = 0;
+  double best_accuracy = -1;
+  int64_t best_epoch = 0, best_step = 0;
+  double last_dev_accuracy = -1, last_dev_loss = 0;
+  double train_seconds = 0, elapsed = 0;
+  std::string rng;         // tg::get_rng_state() bytes
+  std::vector<json> history;  // every evaluation record, in order
+};
+json to_json(const TrainerState& s);
+TrainerState trainer_state_from_json(const json& j, const std::string& source);
+
+// ---- files ----
+json read_json(const fs::path& path);                        // runtime_error naming the file
+void write_file_synced(const fs::path& path, const std::string& bytes);  // write + fsync (no rename)
+void write_file_atomic(const fs::path& path, const std::string& bytes);  // tmp + fsync + rename
+void fsync_dir(const fs::path& dir);
+// A checkpoint folder: `dir` itself when it holds config.json, else dir/<prefer>, else the other
+// of best/last. Throws std::runtime_error saying what was looked for.
+fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer);
+
+struct Checkpoint {
+  json config;
+  tg::data::Vocab vocab;
+  tg::nn::TextClassifierOptions model;
+};
+// config.json + vocab.txt, checked against each other.
+Checkpoint read_checkpoint_meta(const fs::path& dir);
+
+// ---- model evaluation ----
+struct Prediction {
+  float logit = 0;
+  double probability = 0;
+  int label = 0;
+};
+double probability_of(float logit);
+// Logits in the input's order, batches of `batch` in input order (the same for train-time dev
+// evaluation and `predict`, so they agree bit for bit).
+std::vector<Prediction> predict_all(tg::nn::TextClassifier& model,
+                                    const std::vector<tg::data::EncodedExample>& examples, int64_t batch);
+std::string prediction_json(const Prediction& p, const std::string& text);
+
+// Subcommands: return the process exit code.
+int run_train(int argc, char** argv);
+int run_predict(int argc, char** argv);
+
+}  // namespace tgcli

@@ -1,0 +1,277 @@
+// Options, trainer state and checkpoint files shared by `train` and `predict`.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "autograd/ops.h"
+#include "autograd/tape.h"
+#include "cli.h"
+
+namespace tgcli {
+
+using namespace tg;
+
+json to_json(const TrainOptions& o) {
+  return json{{"train", o.train},
+              {"dev", o.dev},
+              {"model", o.model},
+              {"embed", o.embed},
+              {"hidden", o.hidden},
+              {"layers", o.layers},
+              {"bidirectional", o.bidirectional},
+              {"dropout", o.dropout},
+              {"embed-dropout", o.embed_dropout},
+              {"pooling", o.pooling},
+              {"epochs", o.epochs},
+              {"batch", o.batch},
+              {"lr", o.lr},
+              {"optimizer", o.optimizer},
+              {"clip", o.clip},
+              {"weight-decay", o.weight_decay},
+              {"momentum", o.momentum},
+              {"seed", o.seed},
+              {"threads", o.threads},
+              {"max-len", o.max_len},
+              {"min-freq", o.min_freq},
+              {"bucket", o.bucket},
+              {"save", o.save},
+              {"eval-every", o.eval_every},
+              {"eval-batch", o.eval_batch},
+              {"skip-bad-lines", o.skip_bad_lines},
+              {"max-train", o.max_train}};
+}
+
+namespace {
+template <class T> void get_if(const json& j, const char* key, T& out) {
+  if (j.contains(key)) out = j.at(key).get<T>();
+}
+}  // namespace
+
+TrainOptions train_options_from_json(const json& j) {
+  TrainOptions o;
+  get_if(j, "train", o.train);
+  get_if(j, "dev", o.dev);
+  get_if(j, "model", o.model);
+  get_if(j, "embed", o.embed);
+  get_if(j, "hidden", o.hidden);
+  get_if(j, "layers", o.layers);
+  get_if(j, "bidirectional", o.bidirectional);
+  get_if(j, "dropout", o.dropout);
+  get_if(j, "embed-dropout", o.embed_dropout);
+  get_if(j, "pooling", o.pooling);
+  get_if(j, "epochs", o.epochs);
+  get_if(j, "batch", o.batch);
+  get_if(j, "lr", o.lr);
+  get_if(j, "optimizer", o.optimizer);
+  get_if(j, "clip", o.clip);
+  get_if(j, "weight-decay", o.weight_decay);
+  get_if(j, "momentum", o.momentum);
+  get_if(j, "seed", o.seed);
+  get_if(j, "threads", o.threads);
+  get_if(j, "max-len", o.max_len);
+  get_if(j, "min-freq", o.min_freq);
+  get_if(j, "bucket", o.bucket);
+  get_if(j, "save", o.save);
+  get_if(j, "eval-every", o.eval_every);
+  get_if(j, "eval-batch", o.eval_batch);
+  get_if(j, "skip-bad-lines", o.skip_bad_lines);
+  get_if(j, "max-train", o.max_train);
+  return o;
+}
+
+nn::TextClassifierOptions model_options(const TrainOptions& o, int64_t vocab_size) {
+  return nn::TextClassifierOptions{.vocab_size = vocab_size,
+                                   .embed = o.embed,
+                                   .hidden = o.hidden,
+                                   .layers = o.layers,
+                                   .cell = nn::parse_cell_type(o.model),
+                                   .bidirectional = o.bidirectional,
+                                   .dropout = o.dropout,
+                                   .embed_dropout = o.embed_dropout,
+                                   .pooling = nn::parse_pooling(o.pooling),
+                                   .padding_idx = data::Vocab::kPadId};
+}
+
+json to_json(const nn::TextClassifierOptions& m) {
+  return json{{"vocab_size", m.vocab_size},
+              {"embed", m.embed},
+              {"hidden", m.hidden},
+              {"layers", m.layers},
+              {"cell", nn::cell_type_name(m.cell)},
+              {"bidirectional", m.bidirectional},
+              {"dropout", m.dropout},
+              {"embed_dropout", m.embed_dropout},
+              {"pooling", nn::pooling_name(m.pooling)},
+              {"padding_idx", m.padding_idx}};
+}
+
+nn::TextClassifierOptions model_options_from_json(const json& j) {
+  nn::TextClassifierOptions m;
+  m.vocab_size = j.at("vocab_size").get<int64_t>();
+  m.embed = j.at("embed").get<int64_t>();
+  m.hidden = j.at("hidden").get<int64_t>();
+  m.layers = j.at("layers").get<int64_t>();
+  m.cell = nn::parse_cell_type(j.at("cell").get<std::string>());
+  m.bidirectional = j.at("bidirectional").get<bool>();
+  m.dropout = j.value("dropout", 0.0);
+  m.embed_dropout = j.value("embed_dropout", 0.0);
+  m.pooling = nn::parse_pooling(j.value("pooling", std::string("last")));
+  m.padding_idx = j.value("padding_idx", int64_t{0});
+  return m;
+}
+
+json to_json(const TrainerState& s) {
+  return json{{"epoch", s.epoch},
+              {"batch_pos", s.batch_pos},
+              {"step", s.step},
+              {"examples", s.examples},
+              {"skipped_steps", s.skipped_steps},
+              {"loss_sum", s.loss_sum},
+              {"loss_count", s.loss_count},
+              {"best_accuracy", s.best_accuracy},
+              {"best_epoch", s.best_epoch},
+              {"best_step", s.best_step},
+              {"last_dev_accuracy", s.last_dev_accuracy},
+              {"last_dev_loss", s.last_dev_loss},
+              {"train_seconds", s.train_seconds},
+              {"elapsed", s.elapsed},
+              {"rng", s.rng},
+              {"history", s.history}};
+}
+
+TrainerState trainer_state_from_json(const json& j, const std::string& source) {
+  try {
+    TrainerState s;
+    s.epoch = j.at("epoch").get<int64_t>();
+    s.batch_pos = j.at("batch_pos").get<int64_t>();
+    s.step = j.at("step").get<int64_t>();
+    s.examples = j.at("examples").get<int64_t>();
+    s.skipped_steps = j.at("skipped_steps").get<int64_t>();
+    s.loss_sum = j.at("loss_sum").get<double>();
+    s.loss_count = j.at("loss_count").get<int64_t>();
+    s.best_accuracy = j.at("best_accuracy").get<double>();
+    s.best_epoch = j.at("best_epoch").get<int64_t>();
+    s.best_step = j.at("best_step").get<int64_t>();
+    s.last_dev_accuracy = j.at("last_dev_accuracy").get<double>();
+    s.last_dev_loss = j.at("last_dev_loss").get<double>();
+    s.train_seconds = j.at("train_seconds").get<double>();
+    s.elapsed = j.at("elapsed").get<double>();
+    s.rng = j.at("rng").get<std::string>();
+    s.history = j.at("history").get<std::vector<json>>();
+    if (s.epoch < 1 || s.batch_pos < 0 || s.step < 0)
+      throw std::runtime_error("epoch, batch_pos or step out of range");
+    return s;
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: not a valid trainer state: {}", source, e.what()));
+  }
+}
+
+json read_json(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot open {}: {}", path.string(), std::strerror(errno)));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: invalid JSON: {}", path.string(), e.what()));
+  }
+}
+
+void write_file_synced(const fs::path& path, const std::string& bytes) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) throw std::runtime_error(fmt::format("cannot create {}: {}", path.string(), std::strerror(errno)));
+  bool ok = bytes.empty() || std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  ok = ok && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
+  std::string err = ok ? "" : std::strerror(errno);
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    err = std::strerror(errno);
+  }
+  if (!ok) throw std::runtime_error(fmt::format("writing {} failed: {}", path.string(), err));
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;  // best effort: some file systems refuse
+  (void)::fsync(fd);
+  ::close(fd);
+}
+
+void write_file_atomic(const fs::path& path, const std::string& bytes) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  write_file_synced(tmp, bytes);
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw std::runtime_error(fmt::format("renaming {} to {} failed: {}", tmp.string(), path.string(), ec.message()));
+  fsync_dir(path.parent_path());
+}
+
+fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer) {
+  auto is_ckpt = [](const fs::path& p) { return fs::is_regular_file(p / "config.json"); };
+  if (is_ckpt(dir)) return dir;
+  const std::string other = prefer == "best" ? "last" : "best";
+  for (const std::string& sub : {prefer, other, prefer + ".old", other + ".old"})
+    if (is_ckpt(dir / sub)) return dir / sub;
+  if (!fs::exists(dir)) throw std::runtime_error(fmt::format("checkpoint {} does not exist", dir.string()));
+  throw std::runtime_error(fmt::format("{} is not a checkpoint: no config.json in it, nor in {}/{} or {}/{}",
+                                       dir.string(), dir.string(), prefer, dir.string(), other));
+}
+
+Checkpoint read_checkpoint_meta(const fs::path& dir) {
+  Checkpoint c;
+  c.config = read_json(dir / "config.json");
+  try {
+    c.model = model_options_from_json(c.config.at("model"));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: bad \"model\" section: {}", (dir / "config.json").string(), e.what()));
+  }
+  c.vocab = data::Vocab::load(dir / "vocab.txt");
+  if (c.vocab.size() != c.model.vocab_size)
+    throw std::runtime_error(fmt::format("{}: vocab.txt has {} words but config.json says vocab_size {}", dir.string(),
+                                         c.vocab.size(), c.model.vocab_size));
+  return c;
+}
+
+double probability_of(float logit) { return 1.0 / (1.0 + std::exp(-static_cast<double>(logit))); }
+
+std::vector<Prediction> predict_all(nn::TextClassifier& model, const std::vector<data::EncodedExample>& examples,
+                                    int64_t batch) {
+  std::vector<Prediction> out(examples.size());
+  if (examples.empty()) return out;
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  for (const auto& b : data::make_batches(examples, batch, 0, 0, /*shuffle=*/false, /*bucket=*/false)) {
+    Tensor tokens = from_vector(b.tokens, Shape{b.batch, b.max_len});
+    Tensor logits = model.forward(tokens, b.lengths).contiguous();
+    const float* l = logits.data<float>();
+    for (int64_t i = 0; i < b.batch; ++i) {
+      Prediction& p = out[b.example_index[i]];
+      p.logit = l[i];
+      p.probability = probability_of(l[i]);
+      p.label = l[i] > 0 ? 1 : 0;
+    }
+  }
+  model.train(was_training);
+  return out;
+}
+
+std::string prediction_json(const Prediction& p, const std::string& text) {
+  // Keys in this order (nlohmann sorts them): label, logit, probability, text.
+  return json{{"label", p.label}, {"logit", static_cast<double>(p.logit)}, {"probability", p.probability},
+              {"text", text}}
+      .dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+}  // namespace tgcli

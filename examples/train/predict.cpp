@@ -1,0 +1,85 @@
+// `tapegrad-train predict`: classify sentences with a saved checkpoint.
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "autograd/tensor.h"
+#include "cli.h"
+#include "data/tokenizer.h"
+
+namespace po = boost::program_options;
+
+namespace tgcli {
+
+using namespace tg;
+
+int run_predict(int argc, char** argv) {
+  std::string checkpoint;
+  std::vector<std::string> sentences;
+  int64_t batch = 0;
+  int threads = 1;
+  bool as_json = false;
+  po::options_description desc(
+      "tapegrad-train predict: classify sentences with a checkpoint saved by `train`.\n"
+      "Usage: tapegrad-train predict --checkpoint DIR [options] [SENTENCE ...]\n"
+      "Without sentences, classifies each line of standard input. Prints one line per sentence:\n"
+      "  <probability of label 1, 4 decimals> <label 0|1> <sentence>\n\nOptions");
+  // clang-format off
+  desc.add_options()
+    ("help,h", "show this help")
+    ("checkpoint", po::value(&checkpoint), "checkpoint folder, or a run folder (then its best/ is used)")
+    ("batch", po::value(&batch)->default_value(batch), "batch size (0 = the checkpoint's --eval-batch, so "
+                                                       "results match train-time evaluation bit for bit)")
+    ("threads", po::value(&threads)->default_value(threads), "threads for matrix products (OpenBLAS)")
+    ("json", po::bool_switch(&as_json), "print JSON lines {label, logit, probability, text} at full precision");
+  // clang-format on
+  po::options_description hidden;
+  hidden.add_options()("sentence", po::value(&sentences)->composing());
+  po::options_description all;
+  all.add(desc).add(hidden);
+  po::positional_options_description pos;
+  pos.add("sentence", -1);
+  po::variables_map vm;
+  po::store(po::command_line_parser(argc, argv).options(all).positional(pos).run(), vm);
+  if (vm.count("help")) {
+    std::cout << desc << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  if (checkpoint.empty()) throw std::invalid_argument("--checkpoint DIR is required (see --help)");
+  if (batch < 0 || threads < 1) throw std::invalid_argument("--batch must be >= 0 and --threads >= 1");
+  set_num_threads(threads);
+
+  const fs::path dir = resolve_checkpoint(checkpoint, "best");
+  Checkpoint ck = read_checkpoint_meta(dir);
+  const json training = ck.config.value("training", json::object());
+  const int64_t max_len = training.value("max-len", int64_t{100});
+  if (batch == 0) batch = training.value("eval-batch", int64_t{256});
+  if (max_len < 1 || batch < 1) throw std::runtime_error(fmt::format("{}: bad max-len or eval-batch", dir.string()));
+
+  nn::TextClassifier model(ck.model);
+  nn::load_weights(model, dir / "model.safetensors");
+  model.eval();
+
+  if (sentences.empty() && !vm.count("sentence"))
+    for (std::string line; std::getline(std::cin, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      sentences.push_back(line);
+    }
+  std::vector<data::Example> rows;
+  rows.reserve(sentences.size());
+  for (const auto& s : sentences) rows.push_back({s, 0});
+  const auto encoded = data::encode_all(rows, ck.vocab, data::tokenize, max_len);
+  const auto preds = predict_all(model, encoded, batch);
+  std::string out;
+  for (size_t i = 0; i < preds.size(); ++i)
+    out += as_json ? prediction_json(preds[i], sentences[i]) + "\n"
+                   : fmt::format("{:.4f} {} {}\n", preds[i].probability, preds[i].label, sentences[i]);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+}  // namespace tgcli

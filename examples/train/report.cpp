@@ -1,0 +1,163 @@
+#include "report.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <sstream>
+
+namespace tgcli {
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+  return fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
+Progress::Progress(bool tty, bool quiet) : tty_(tty), quiet_(quiet) {}
+
+void Progress::start_epoch(int64_t epoch, int64_t epochs, int64_t batches, int64_t first_batch) {
+  epoch_ = epoch;
+  epochs_ = epochs;
+  batches_ = batches;
+  first_ = first_batch;
+  start_ = last_draw_ = Clock::now();
+}
+
+void Progress::update(int64_t done, int64_t examples, double loss, double grad_norm) {
+  if (quiet_) return;
+  const auto now = Clock::now();
+  const double secs = std::chrono::duration<double>(now - start_).count();
+  const int64_t steps = done - first_;
+  const double rate = secs > 0 ? static_cast<double>(examples) / secs : 0.0;
+  const double eta = steps > 0 ? secs / static_cast<double>(steps) * static_cast<double>(batches_ - done) : NAN;
+  if (tty_) {
+    if (done < batches_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    constexpr int kWidth = 28;
+    const auto filled = static_cast<int>(kWidth * done / std::max<int64_t>(batches_, 1));
+    std::string bar(static_cast<size_t>(filled), '=');
+    if (filled < kWidth) bar += '>' + std::string(static_cast<size_t>(kWidth - filled - 1), ' ');
+    fmt::print("\r\033[Kepoch {}/{} [{}] {}/{}  {:.0f} ex/s  loss {:.4f}  |g| {:.3g}  ETA {}", epoch_, epochs_, bar,
+               done, batches_, rate, loss, grad_norm, format_duration(eta));
+    std::fflush(stdout);
+    bar_shown_ = true;
+  } else {
+    const int64_t every = std::max<int64_t>(1, (batches_ + 9) / 10);
+    if (done % every != 0 && done != batches_) return;
+    fmt::print("epoch {}/{} step {}/{} ({:.0f}%): loss {:.4f}, grad norm {:.3g}, {:.0f} ex/s, ETA {}\n", epoch_,
+               epochs_, done, batches_, 100.0 * static_cast<double>(done) / static_cast<double>(batches_), loss,
+               grad_norm, rate, format_duration(eta));
+    std::fflush(stdout);
+  }
+}
+
+void Progress::message(const std::string& line) {
+  if (quiet_) return;
+  if (tty_ && bar_shown_) {
+    fmt::print("\r\033[K");
+    bar_shown_ = false;
+  }
+  fmt::print("{}\n", line);
+  std::fflush(stdout);
+}
+
+void Progress::end_epoch() {
+  if (quiet_ || !tty_ || !bar_shown_) return;
+  fmt::print("\n");
+  std::fflush(stdout);
+  bar_shown_ = false;
+}
+
+namespace {
+
+bool executable_on_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  if (!path) return false;
+  std::stringstream ss(path);
+  for (std::string dir; std::getline(ss, dir, ':');) {
+    const std::string p = (dir.empty() ? "." : dir) + "/" + name;
+    struct stat st {};
+    if (::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(p.c_str(), X_OK) == 0) return true;
+  }
+  return false;
+}
+
+// "pngcairo", "png" or "" (no gnuplot / no png terminal). Asked once.
+const std::string& png_terminal() {
+  static const std::string term = [] {
+    if (!executable_on_path("gnuplot")) return std::string();
+    std::FILE* p = ::popen("gnuplot -e 'set terminal' 2>&1 </dev/null", "r");
+    if (!p) return std::string();
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    ::pclose(p);
+    auto has = [&](const char* t) {
+      std::istringstream is(out);
+      for (std::string line; std::getline(is, line);) {
+        std::istringstream ls(line);
+        std::string first;
+        if (ls >> first && first == t) return true;
+      }
+      return false;
+    };
+    return std::string(has("pngcairo") ? "pngcairo" : has("png") ? "png" : "");
+  }();
+  return term;
+}
+
+std::string gp_quote(const std::string& s) {  // gnuplot single-quoted string
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
+}  // namespace
+
+void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
+                  const std::string& title) {
+  static bool warned = false;
+  auto warn = [&](const std::string& why) {
+    if (!warned) fmt::print(stderr, "tapegrad-train: warning: {}; metrics.png is not written\n", why);
+    warned = true;
+  };
+  if (history.empty()) return;
+  const std::string& term = png_terminal();
+  if (term.empty()) {
+    warn(executable_on_path("gnuplot") ? "gnuplot has no png terminal"
+                                       : "gnuplot not found (Debian: apt-get install gnuplot-nox)");
+    return;
+  }
+  const std::filesystem::path out = dir / "metrics.png", tmp = dir / "metrics.png.tmp";
+  std::string script = fmt::format(
+      "set terminal {} size 900,560\nset output {}\nset title {} noenhanced\nset xlabel 'optimizer step'\n"
+      "set ylabel 'loss (binary cross-entropy)'\nset y2label 'dev accuracy'\nset ytics nomirror\nset y2tics\n"
+      "set grid\nset key outside bottom center horizontal\n$m << EOD\n",
+      term, gp_quote(tmp.string()), gp_quote(title));
+  for (const auto& r : history)
+    script += fmt::format("{} {:.9g} {:.9g} {:.9g}\n", r.value("step", int64_t{0}), r.value("train_loss", 0.0),
+                          r.value("dev_loss", 0.0), r.value("dev_accuracy", 0.0));
+  script +=
+      "EOD\nplot $m using 1:2 with linespoints title 'train loss', $m using 1:3 with linespoints title 'dev loss', "
+      "$m using 1:4 axes x1y2 with linespoints title 'dev accuracy'\nset output\n";
+  std::FILE* p = ::popen("gnuplot >/dev/null 2>&1", "w");
+  if (!p) return warn("cannot start gnuplot");
+  std::fwrite(script.data(), 1, script.size(), p);
+  const int rc = ::pclose(p);
+  std::error_code ec;
+  if (rc != 0 || !std::filesystem::exists(tmp, ec)) {
+    std::filesystem::remove(tmp, ec);
+    return warn("gnuplot failed");
+  }
+  std::filesystem::rename(tmp, out, ec);
+  if (ec) warn("cannot rename " + tmp.string() + ": " + ec.message());
+}
+
+}  // namespace tgcli

@@ -1,0 +1,39 @@
+#pragma once
+// What `train` shows while it runs: a progress bar on a terminal, periodic lines otherwise, and
+// the metrics plot.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace tgcli {
+
+class Progress {
+ public:
+  // tty: redraw one line in place; otherwise print a line about every 10% of the epoch.
+  Progress(bool tty, bool quiet);
+  void start_epoch(int64_t epoch, int64_t epochs, int64_t batches, int64_t first_batch);
+  // After batch `done` (1-based count within the epoch) of the epoch.
+  void update(int64_t done, int64_t examples_since_start, double mean_loss, double grad_norm);
+  // A full line (clears the bar first on a terminal).
+  void message(const std::string& line);
+  void end_epoch();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  bool tty_, quiet_, bar_shown_ = false;
+  int64_t epoch_ = 0, epochs_ = 0, batches_ = 0, first_ = 0;
+  Clock::time_point start_, last_draw_;
+};
+
+std::string format_duration(double seconds);  // "1:05", "1:02:03"
+
+// Writes dir/metrics.png from the evaluation records with gnuplot (pngcairo, else png). Warns
+// once on stderr and does nothing when gnuplot is missing or fails.
+void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
+                  const std::string& title);
+
+}  // namespace tgcli
