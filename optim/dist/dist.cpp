@@ -321,18 +321,19 @@ void AllReduceGradients::operator()(optim::Optimizer& opt) const {
   s.stats.last_bytes = 0;
   if (s.ctx->size > 1) {
     const MPI_Comm comm = s.ctx->comm();
-    std::vector<Tensor>& all = s.params;
+    std::vector<Tensor>& all = s.params;  // the trainable parameters; frozen ones are skipped
     all.clear();
-    for (const auto& g : opt.param_groups()) all.insert(all.end(), g.params.begin(), g.params.end());
-    if (!s.checked) {  // first step: every rank is here, so one extra call is safe
-      check_same_layout(comm, layout_hash(all), "AllReduceGradients");
+    for (const auto& g : opt.param_groups())
+      for (const auto& p : g.params)
+        if (p.requires_grad()) all.push_back(p);
+    const uint64_t layout = layout_hash(all);
+    if (!s.checked || layout != s.checked_layout) {
+      // First step, or parameters were added, frozen or unfrozen since: compare with the other
+      // ranks (one small call). A deterministic program changes its parameters on every rank at
+      // the same step, so every rank makes this call together.
+      check_same_layout(comm, layout, "AllReduceGradients");
       s.checked = true;
-      s.checked_layout = layout_hash(all);
-    } else if (layout_hash(all) != s.checked_layout) {
-      // Parameters were added or changed since: the ranks may now disagree, and another
-      // collective here could hang, so this is a fatal error rather than an exception.
-      abort_job("AllReduceGradients: the optimizer's parameter list changed after the first step; "
-                "build one AllReduceGradients per parameter layout");
+      s.checked_layout = layout;
     }
     std::vector<Tensor> p32, p64;
     for (const auto& p : all) {

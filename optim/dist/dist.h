@@ -90,7 +90,10 @@ bool parameters_in_sync(const Context& ctx, const std::vector<Tensor>& params);
 // Register it before clipping so every rank clips the same averaged gradient:
 //   opt.add_hook(sync); opt.add_hook(optim::ClipGradNorm(5));   // hooks run in add order
 // Copies share the statistics (like ClipGradNorm): keep one, pass another to add_hook.
-// Every rank must step the same number of times with the same parameter list.
+// Parameters that do not require grad (frozen) are skipped. Every rank must step the same
+// number of times with the same parameter list; the lists are compared on the first step and
+// whenever the list of trainable parameters changes (which must then happen on every rank at
+// the same step), and a mismatch throws on every rank.
 class AllReduceGradients {
  public:
   static constexpr size_t kDefaultBucketBytes = 25u << 20;

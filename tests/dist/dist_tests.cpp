@@ -219,7 +219,8 @@ TEST_CASE("AllReduceGradients: undefined gradients, mixed dtypes, small buckets"
     Tensor b = zeros({7}, DType::Float64).requires_grad_();        // only rank 0 has one
     Tensor c = zeros({2}).requires_grad_();                        // nobody has one
     Tensor d = zeros({4, 2}, DType::Float64).requires_grad_();     // only the last rank has one
-    optim::SGD opt({a, b, c, d}, {.lr = 0.0});
+    Tensor e = zeros({3});                                         // frozen: skipped
+    optim::SGD opt({a, b, c, d, e}, {.lr = 0.0});
     a.set_grad(full({3, 5}, r + 1.0));
     if (r == 0) b.set_grad(full({7}, 2.0, DType::Float64));
     if (r == W - 1) d.set_grad(arange(0, 8, 1, DType::Float64).reshape({4, 2}));
@@ -229,6 +230,7 @@ TEST_CASE("AllReduceGradients: undefined gradients, mixed dtypes, small buckets"
     REQUIRE(b.grad().defined());
     REQUIRE(d.grad().defined());
     CHECK_FALSE(c.grad().defined());
+    CHECK_FALSE(e.requires_grad());
     for (double v : a.grad().to_vector()) CHECK(v == doctest::Approx((W + 1) / 2.0));
     for (double v : b.grad().to_vector()) CHECK(v == doctest::Approx(2.0 / W));
     const auto dv = d.grad().to_vector();
@@ -239,6 +241,13 @@ TEST_CASE("AllReduceGradients: undefined gradients, mixed dtypes, small buckets"
     const int calls = bucket >= 1000 ? 2 : static_cast<int>((n32 * 4 + 15) / 16 + (n64 * 8 + 15) / 16);
     CHECK(sync.stats().last_calls == calls);
     opt.step();  // the SGD update accepts what the hook installed
+
+    // Freezing a parameter on every rank changes the layout: compared again, then skipped.
+    d.requires_grad_(false);
+    a.set_grad(full({3, 5}, 2.0 * (r + 1)));
+    sync(opt);
+    for (double v : a.grad().to_vector()) CHECK(v == doctest::Approx(W + 1.0));
+    CHECK(sync.stats().last_bytes == (n32 * 4 + (n64 - 8 - 1) * 8));
   }
 }
 
