@@ -1,18 +1,24 @@
-// Why RNNs are hard to train, measured: the norm of dL/dh_t at every time step t.
+// Why RNNs are hard to train, measured: the norm of dL/dh_t at every time step t (docs/rnn.md).
 //
-// Task: a sequence of --seq-len one-hot tokens. The first token is 0 or 1 and is the label; the
-// other tokens are drawn uniformly from 2..V-1 and carry no information. A classifier on the last
-// hidden state h_T can only succeed if the label survives T-1 noisy updates, and the training
-// signal for that reaches the first step only through dL/dh_1 = (prod_t dh_{t+1}/dh_t)^T dL/dh_T.
+// Task: sequences of --seq-len one-hot tokens over 8 symbols. The first token is 0 or 1 and is the
+// label; the other tokens are drawn uniformly from 2..7 and carry no information. A classifier on
+// the last hidden state h_T can only succeed if the label survives T-1 noisy updates, and the
+// training signal for that reaches step 1 only by back-propagating through all T-1 updates.
 //
-// Each cell (tanh RNN, LSTM, GRU, and a tanh RNN whose W_hh starts as gain * an orthogonal matrix
-// to show explosion) is unrolled by hand with nn::*Cell::step, so every h_t is a tensor we can
-// hook. Each is trained twice from the same initial weights on the same batches, without and with
-// optim::ClipGradNorm. Written to --out:
-//   grad_flow.csv   cell,clip,train_step,t,grad_norm   ||dL/dh_t|| on a fixed probe batch
-//   grad_norm.csv   cell,clip,train_step,loss,grad_norm  global gradient norm before clipping
-//   summary.csv     cell,clip,final_loss,accuracy,ratio_init,ratio_final   (ratio: ||dL/dh_1||/||dL/dh_T||)
-//   grad_flow.png, grad_norm.png and the gnuplot script that draws them (plots.gp)
+// Six cells: rnn (tanh), rnn_big (tanh, W_hh = --gain * orthogonal: exploding), lstm and gru
+// (PyTorch's initialisation), lstm_fb and gru_zb (forget / update gate bias + --gate-bias, so the
+// gate starts near 1). Each is unrolled by hand with nn::*Cell::step, so every h_t (and the LSTM's
+// c_t) is a tensor we can hook, and trained twice from the same weights on the same batches:
+// without and with optim::ClipGradNorm (the hook also reports the norm before clipping).
+// Written to --out:
+//   grad_flow.csv  cell,clip,train_step,t,state,grad_norm,relative
+//                  ||dL/dh_t|| (state h; LSTMs also c) on a fixed probe batch at train steps 0,
+//                  steps/2 and steps; relative = grad_norm / grad_norm at t = T
+//   grad_norm.csv  cell,clip,train_step,loss,grad_norm   (global gradient norm before clipping)
+//   summary.csv    cell,clip,final_loss,accuracy,learned_at,ratio_init,ratio_final
+//                  accuracy on 1000 held-out sequences; learned_at: first step whose smoothed
+//                  training loss is < 0.1 (-1: never); ratio: ||dL/dh_1|| / ||dL/dh_T||
+//   plots.gp, and grad_flow.png and grad_norm.png drawn by it when gnuplot is installed
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
@@ -45,12 +51,12 @@ using namespace tg;
 namespace {
 
 struct Config {
-  int64_t steps = 2000, seq_len = 50, hidden = 32, vocab = 8, batch = 32, eval_size = 1000, probe_size = 256;
+  int64_t steps = 1500, seq_len = 50, hidden = 32, vocab = 8, batch = 32, eval_size = 1000, probe_size = 256;
   double lr = 0.003, clip = 1.0, gain = 2.0, gate_bias = 2.0;
   uint64_t seed = 1;
   std::string optimizer = "adam", out = "runs/gradient_flow";
   std::vector<std::string> cells;
-  bool quick = false, plot = true;
+  bool plot = true;
 };
 
 // A batch of the task: x [T, B, V] one-hot, y [B] in {0, 1}.
@@ -82,7 +88,7 @@ double l2(const Tensor& g) {
 // One recurrent cell unrolled step by step, then a linear read-out of h_T.
 class Classifier : public nn::Module {
  public:
-  Classifier(const std::string& kind, const Config& c) : kind_(kind) {
+  Classifier(const std::string& kind, const Config& c) {
     if (kind == "lstm" || kind == "lstm_fb") {
       lstm_ = register_module("cell", std::make_shared<nn::LSTMCell>(c.vocab, c.hidden));
       cell_ = lstm_.get();
@@ -109,8 +115,11 @@ class Classifier : public nn::Module {
     fc_ = register_module("fc", std::make_shared<nn::Linear>(c.hidden, 1));
   }
 
-  // x [T, B, V] -> logits [B]. With `norms` (size T), hooks store ||dL/dh_t|| in norms[t-1].
-  Tensor forward(const Tensor& x, std::vector<double>* norms = nullptr) {
+  bool has_cell_state() const { return bool(lstm_); }
+
+  // x [T, B, V] -> logits [B]. With `h_norms` (size T), hooks store ||dL/dh_t|| of time step t
+  // (1-based) in h_norms[t-1], and for the LSTM ||dL/dc_t|| in c_norms[t-1].
+  Tensor forward(const Tensor& x, std::vector<double>* h_norms = nullptr, std::vector<double>* c_norms = nullptr) {
     const Tensor px = cell_->project(x);  // all time steps' input projections in one call
     nn::LSTMState s;
     for (int64_t t = 0; t < x.size(0); ++t) {
@@ -118,16 +127,19 @@ class Classifier : public nn::Module {
       if (lstm_) s = lstm_->step(pt, s);
       else if (gru_) s.h = gru_->step(pt, s.h);
       else s.h = rnn_->step(pt, s.h);
-      if (norms) s.h.register_hook([norms, t](const Tensor& g) {
-        (*norms)[static_cast<size_t>(t)] = l2(g);
-        return Tensor();  // keep the gradient as it is
-      });
+      auto record_into = [t](std::vector<double>* norms) {
+        return [norms, t](const Tensor& g) {
+          (*norms)[static_cast<size_t>(t)] = l2(g);
+          return Tensor();  // keep the gradient as it is
+        };
+      };
+      if (h_norms) s.h.register_hook(record_into(h_norms));
+      if (c_norms && lstm_) s.c.register_hook(record_into(c_norms));
     }
     return (*fc_)(s.h).reshape({-1});
   }
 
  private:
-  std::string kind_;
   std::shared_ptr<nn::RNNCell> rnn_;
   std::shared_ptr<nn::LSTMCell> lstm_;
   std::shared_ptr<nn::GRUCell> gru_;
@@ -162,16 +174,19 @@ Result train(const std::string& kind, bool clip, const Config& c, const Batch& p
   Result r;
   // ||dL/dh_t|| on the fixed probe batch, measured without updating; returns ||dL/dh_1||/||dL/dh_T||.
   auto probe_flow = [&](int64_t step) {
-    std::vector<double> norms(static_cast<size_t>(c.seq_len), std::nan(""));
+    std::vector<double> h(static_cast<size_t>(c.seq_len), std::nan("")), cs = h;
     model.zero_grad();
-    binary_cross_entropy_with_logits(model.forward(probe.x, &norms), probe.y).backward();
+    binary_cross_entropy_with_logits(model.forward(probe.x, &h, &cs), probe.y).backward();
     model.zero_grad();
-    for (int64_t t = 0; t < c.seq_len; ++t) {
-      const double n = norms[static_cast<size_t>(t)];
-      flow_csv << fmt::format("{},{},{},{},{},{}\n", kind, clip_name, step, t + 1, fmt_double(n),
-                              fmt_double(n / norms.back()));
+    for (const auto& [state, norms] : {std::pair{"h", &h}, std::pair{"c", &cs}}) {
+      if (*state == 'c' && !model.has_cell_state()) continue;
+      for (int64_t t = 0; t < c.seq_len; ++t) {
+        const double n = (*norms)[static_cast<size_t>(t)];
+        flow_csv << fmt::format("{},{},{},{},{},{},{}\n", kind, clip_name, step, t + 1, state, fmt_double(n),
+                                fmt_double(n / norms->back()));
+      }
     }
-    return norms.front() / norms.back();
+    return h.front() / h.back();
   };
 
   std::mt19937_64 rng(c.seed * 7919 + 1);  // the same batch stream for every run
@@ -208,29 +223,30 @@ set format y '10^{%L}'
 set grid ytics
 set key bottom right font ',9' noenhanced
 cells = '@CELLS@'
-colour(i) = (c = word(cells, i), c eq 'rnn' ? '#d62728' : c eq 'rnn_big' ? '#ff7f0e' : c eq 'lstm' ? '#1f77b4' : \
-            c eq 'lstm_fb' ? '#17becf' : c eq 'gru' ? '#2ca02c' : '#bcbd22')
+colour(c) = c eq 'rnn' ? '#d62728' : c eq 'rnn_big' ? '#ff7f0e' : c eq 'lstm' ? '#1f77b4' : \
+            c eq 'lstm_fb' ? '#17becf' : c eq 'gru' ? '#2ca02c' : '#bcbd22'
 finite(x) = (x == x && abs(x) < 1e300) ? x : NaN
 
-# grad_flow.csv: cell,clip,train_step,t,grad_norm,relative
-set terminal pngcairo size 1200,420 font ',10'
+# grad_flow.csv: cell,clip,train_step,t,state,grad_norm,relative
+set terminal pngcairo size 1200,440 font ',10'
 set output 'grad_flow.png'
-sel(c, k, s) = (strcol(1) eq c && strcol(2) eq k && column(3) == s) ? finite(column(6)) : NaN
-set multiplot layout 1,3 title '||dL/dh_t|| / ||dL/dh_{@T@}|| on a fixed probe batch (label = first token, T = @T@)'
+ccells = '@CCELLS@'
+sel(c, k, s, st) = (strcol(1) eq c && strcol(2) eq k && column(3) == s && strcol(5) eq st) ? finite(column(7)) : NaN
+set multiplot layout 1,3 title "||dL/dh_t|| / ||dL/dh_{@T@}|| on a fixed probe batch (label = first token, T = @T@)\n".\
+  "dotted: the LSTM's cell state, ||dL/dc_t|| / ||dL/dc_{@T@}||"
 set xlabel 'time step t'
 set xrange [1:@T@]
 set yrange [1e-20:*]
 set ylabel '||dL/dh_t|| / ||dL/dh_{@T@}||'
-set title 'at initialisation'
-plot for [i=1:words(cells)] 'grad_flow.csv' using 4:(sel(word(cells,i), 'none', 0)) \
-     with lines lw 2 lc rgb colour(i) title word(cells,i)
-unset ylabel
-do for [s in '@MID@ @END@'] {
-  set title sprintf('after %s updates (dashed: clipped to @CLIP@)', s)
-  plot for [i=1:words(cells)] 'grad_flow.csv' using 4:(sel(word(cells,i), 'none', s+0)) \
-         with lines lw 2 lc rgb colour(i) title word(cells,i), \
-       for [i=1:words(cells)] 'grad_flow.csv' using 4:(sel(word(cells,i), '@CLIP@', s+0)) \
-         with lines lw 2 dt 2 lc rgb colour(i) notitle
+do for [s in '0 @MID@ @END@'] {
+  set title (s eq '0' ? 'at initialisation' : sprintf('after %s updates (dashed: clipped to @CLIP@)', s))
+  plot for [i=1:words(cells)] 'grad_flow.csv' using 4:(sel(word(cells,i), 'none', s+0, 'h')) \
+         with lines lw 2 lc rgb colour(word(cells,i)) title word(cells,i), \
+       for [i=1:(s eq '0' ? 0 : words(cells))] '' using 4:(sel(word(cells,i), '@CLIP@', s+0, 'h')) \
+         with lines lw 2 dt 2 lc rgb colour(word(cells,i)) notitle, \
+       for [i=1:words(ccells)] '' using 4:(sel(word(ccells,i), 'none', s+0, 'c')) \
+         with lines lw 2 dt 3 lc rgb colour(word(ccells,i)) title word(ccells,i).' c'
+  unset ylabel
 }
 unset multiplot
 
@@ -269,6 +285,8 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return s;
 }
 
+std::string shell_quote(const std::string& s) { return "'" + replace_all(s, "'", "'\\''") + "'"; }
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -280,7 +298,7 @@ int main(int argc, char** argv) try {
       ("seq-len", po::value(&c.seq_len)->default_value(c.seq_len), "sequence length T")
       ("hidden", po::value(&c.hidden)->default_value(c.hidden), "hidden state size")
       ("batch", po::value(&c.batch)->default_value(c.batch), "sequences per training step")
-      ("lr", po::value(&c.lr)->default_value(c.lr), "learning rate")
+      ("lr", po::value(&c.lr)->default_value(c.lr, "0.003"), "learning rate")
       ("optimizer", po::value(&c.optimizer)->default_value(c.optimizer), "adam or sgd (momentum 0.9)")
       ("clip", po::value(&c.clip)->default_value(c.clip), "max global gradient norm of the clipped runs")
       ("gain", po::value(&c.gain)->default_value(c.gain), "rnn_big: W_hh starts as gain * an orthogonal matrix")
@@ -307,7 +325,6 @@ int main(int argc, char** argv) try {
   }
   if (c.cells.empty()) throw std::invalid_argument("--cells: no cell given");
   if (vm.count("quick")) {
-    c.quick = true;
     if (vm["steps"].defaulted()) c.steps = 20;
     if (vm["hidden"].defaulted()) c.hidden = 16;
     if (vm["batch"].defaulted()) c.batch = 16;
@@ -323,7 +340,7 @@ int main(int argc, char** argv) try {
   const fs::path out(c.out);
   std::ofstream flow_csv(out / "grad_flow.csv"), norm_csv(out / "grad_norm.csv"), summary_csv(out / "summary.csv");
   if (!flow_csv || !norm_csv || !summary_csv) throw std::runtime_error("cannot write to " + c.out);
-  flow_csv << "cell,clip,train_step,t,grad_norm,relative\n";
+  flow_csv << "cell,clip,train_step,t,state,grad_norm,relative\n";
   norm_csv << "cell,clip,train_step,loss,grad_norm\n";
   summary_csv << "cell,clip,final_loss,accuracy,learned_at,ratio_init,ratio_final\n";
 
@@ -353,8 +370,12 @@ int main(int argc, char** argv) try {
   summary_csv.close();
 
   std::string script = replace_all(kPlotScript, "@T@", std::to_string(c.seq_len));
-  std::string cells;
-  for (const std::string& kind : c.cells) cells += (cells.empty() ? "" : " ") + kind;
+  std::string cells, ccells;
+  for (const std::string& kind : c.cells) {
+    cells += (cells.empty() ? "" : " ") + kind;
+    if (kind.starts_with("lstm")) ccells += (ccells.empty() ? "" : " ") + kind;
+  }
+  script = replace_all(script, "@CCELLS@", ccells);
   script = replace_all(script, "@CELLS@", cells);
   script = replace_all(script, "@MID@", std::to_string(c.steps / 2));
   script = replace_all(script, "@END@", std::to_string(c.steps));
@@ -366,7 +387,7 @@ int main(int argc, char** argv) try {
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
       fmt::print("gnuplot not found: skipping the plots (apt-get install gnuplot-nox, or ./run.sh gradient-flow)\n");
     } else {
-      const std::string cmd = fmt::format("cd '{}' && gnuplot plots.gp", c.out);
+      const std::string cmd = "cd " + shell_quote(c.out) + " && gnuplot plots.gp";
       if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gnuplot failed: " + cmd);
       fmt::print("wrote {}/grad_flow.png and grad_norm.png\n", c.out);
     }

@@ -14,25 +14,27 @@ check() {  # check NAME VERDICT
 }
 
 cells="rnn rnn_big lstm lstm_fb gru gru_zb"
-# grad_flow.csv: 3 probes (train steps 0, 10, 20) x T = 50 steps per cell and clip setting.
+# grad_flow.csv: 3 probes (train steps 0, 10, 20) x T = 50 steps of ||dL/dh_t|| per cell and clip
+# setting, and as many of ||dL/dc_t|| for the LSTMs.
 check grad_flow.csv "$(awk -F, -v cells="$cells" '
-  NR == 1 { if ($0 != "cell,clip,train_step,t,grad_norm,relative") bad = bad " bad header: " $0; next }
+  NR == 1 { if ($0 != "cell,clip,train_step,t,state,grad_norm,relative") bad = bad " bad header: " $0; next }
   {
-    n[$1 "," $2]++
-    if ($5 !~ /^[0-9.e+-]+$/ || $5 < 0 || $5 > 1e30) bad = bad " non-finite norm at line " NR
-    if ($1 == "rnn" && $2 == "none" && $3 == 0 && $4 == 1) first = $5
-    if ($1 == "rnn" && $2 == "none" && $3 == 0 && $4 == 50) last = $5
-    if ($1 == "rnn_big" && $2 == "none" && $3 == 0 && $4 == 1) bfirst = $5
-    if ($1 == "rnn_big" && $2 == "none" && $3 == 0 && $4 == 50) blast = $5
+    n[$1 "," $2 "," $5]++
+    if ($6 !~ /^[0-9.e+-]+$/ || $6 < 0 || $6 > 1e30) bad = bad " non-finite norm at line " NR
+    if ($2 == "none" && $3 == 0 && $5 == "h" && ($4 == 1 || $4 == 50)) at0[$1 "," $4] = $6
   }
   END {
     split(cells, cs, " ")
     for (i in cs) for (k = 0; k < 2; k++) {
       key = cs[i] "," (k ? "1" : "none")
-      if (n[key] != 150) bad = bad " " key ": " n[key] + 0 " rows, expected 150"
+      if (n[key ",h"] != 150) bad = bad " " key ",h: " n[key ",h"] + 0 " rows, expected 150"
+      want = cs[i] ~ /^lstm/ ? 150 : 0
+      if (n[key ",c"] != want) bad = bad " " key ",c: " n[key ",c"] + 0 " rows, expected " want
     }
+    first = at0["rnn,1"]; last = at0["rnn,50"]
     if (!(first > 0 && last > 0 && first < 1e-3 * last)) bad = bad " rnn: no vanishing at init (" first " vs " last ")"
-    if (!(bfirst > 10 * blast)) bad = bad " rnn_big: no explosion at init (" bfirst " vs " blast ")"
+    first = at0["rnn_big,1"]; last = at0["rnn_big,50"]
+    if (!(first > 10 * last)) bad = bad " rnn_big: no explosion at init (" first " vs " last ")"
     print bad == "" ? "ok" : bad
   }' "$dir/grad_flow.csv")"
 
