@@ -62,4 +62,4 @@ echo "|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo "$toy_row"
 echo
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) vCPUs; 1 thread; $(date -u +%Y-%m-%d)"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) vCPUs; 1 thread; load average at end $(cut -d" " -f1 /proc/loadavg); $(date -u +%Y-%m-%d)"
