@@ -44,6 +44,29 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
     cblas_dgemm(CblasRowMajor, fa, fb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 
+// Below this many multiply-adds a plain loop beats the BLAS call (dispatch and packing cost
+// more than the arithmetic): the toy benchmark's 1x16x16 products.
+constexpr int64_t kSmallGemm = 4096;
+
+template <class T>
+void small_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                T beta, T* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i) {
+    T* crow = c + i * ldc;
+    if (beta == T(0)) for (int64_t j = 0; j < n; ++j) crow[j] = T(0);
+    else if (beta != T(1)) for (int64_t j = 0; j < n; ++j) crow[j] *= beta;
+    for (int64_t p = 0; p < k; ++p) {
+      const T av = ta ? a[p * lda + i] : a[i * lda + p];
+      if (!tb) {
+        const T* brow = b + p * ldb;
+        for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) crow[j] += av * b[j * ldb + p];
+      }
+    }
+  }
+}
+
 // c[batch] (+)= a[batch] @ b[batch] for 2-D or 3-D views (3-D batch dims may be 1 to broadcast).
 void matmul_into(const Tensor& a_in, const Tensor& b_in, Tensor& c, double beta) {
   Tensor a = a_in, b = b_in;
@@ -71,7 +94,11 @@ void matmul_into(const Tensor& a_in, const Tensor& b_in, Tensor& c, double beta)
         if (beta == 0) for (int64_t j = 0; j < m * n; ++j) pc[j] = 0;
         continue;
       }
-      gemm<T>(oa.trans, ob.trans, m, n, k, T(1), pa, oa.ld, pb, ob.ld, T(beta), pc, n);
+      if (m * n * k <= kSmallGemm) {
+        small_gemm<T>(oa.trans, ob.trans, m, n, k, pa, oa.ld, pb, ob.ld, T(beta), pc, n);
+      } else {
+        gemm<T>(oa.trans, ob.trans, m, n, k, T(1), pa, oa.ld, pb, ob.ld, T(beta), pc, n);
+      }
     }
   });
 }

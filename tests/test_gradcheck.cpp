@@ -127,6 +127,10 @@ TEST_CASE("matrix products") {
   manual_seed(4);
   check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({3, 5}), rnd({5, 2})});
   check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({1, 4}), rnd({4, 1})});
+  // Large enough (> 4096 multiply-adds) to go through BLAS rather than the small-product loop.
+  check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({12, 30}), rnd({30, 14})});
+  check("matmul", [](auto& v) { return matmul(transpose(v[0], 0, 1), v[1]); }, {rnd({30, 12}), rnd({30, 14})});
+  check("linear", [](auto& v) { return linear(v[0], v[1], v[2]); }, {rnd({16, 20}), rnd({18, 20}), rnd({18})});
   check("matmul", [](auto& v) { return matmul(transpose(v[0], 0, 1), transpose(v[1], 0, 1)); },
         {rnd({5, 3}), rnd({2, 5})});
   check("matmul", [](auto& v) { return matmul(v[0], v[1]); }, {rnd({2, 3, 4}), rnd({4, 2})});
