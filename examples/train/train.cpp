@@ -205,8 +205,9 @@ struct Run {
     for (const auto& r : st.history) lines += r.dump() + "\n";
     write_file_atomic(save / "metrics.jsonl", lines);
     plot_metrics(save, st.history,
-                 fmt::format("tapegrad-train: {}{} embed {} hidden {} (seed {})", opts.bidirectional ? "bi" : "",
-                             opts.model, opts.embed, opts.hidden, opts.seed));
+                 fmt::format("tapegrad-train: {}{}, {} pooling, embed {}, hidden {}, {} layer(s), seed {}",
+                             opts.bidirectional ? "bi" : "", opts.model, opts.pooling, opts.embed, opts.hidden,
+                             opts.layers, opts.seed));
   }
 };
 
