@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tapegrad-train end to end on real SST-2 data (about 30 s on 2 cores, Release):
+# tapegrad-train end to end on real SST-2 data (15-40 s on 2 cores, Release):
 #  1. a small GRU on the first 16,000 training rows beats 70% dev accuracy, and the run folder
 #     holds every documented file;
 #  2. `predict` with the saved best checkpoint reproduces the training-time dev predictions
