@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <numeric>
 #include <stdexcept>
 
 #include "autograd/ops.h"
@@ -21,38 +23,8 @@ Lengths::Lengths(const Tensor& lengths) {
 
 namespace {
 
-// The T per-step slices of the input projection, in time linear in T. select() once per step
-// would be quadratic: every narrow backward builds a zero gradient the size of the whole
-// projection and adds it in. Here each slice adds its gradient into one shared buffer, and a
-// single node recorded before the slices (so its backward runs after all of theirs) hands the
-// buffer to x. The slices reach that node through a one-element token that only orders them.
-std::vector<Tensor> unbind(const Tensor& x, int64_t dim) {
-  Shape s = x.shape();
-  Strides st = x.strides(), buf_st = contiguous_strides(x.shape());
-  const int64_t n = s[dim], step = st[dim], buf_step = buf_st[dim];
-  s.erase(dim);
-  st.erase(dim);
-  buf_st.erase(dim);
-  auto buffer = std::make_shared<Tensor>();
-  Tensor token = record("unbind", {x}, zeros(Shape{1}, x.dtype()),
-                        [buffer, shape = x.shape(), dtype = x.dtype()](const Tensor&, Grads& gr) {
-                          Tensor g = buffer->defined() ? std::move(*buffer) : zeros(shape, dtype);
-                          *buffer = Tensor();  // ready for another backward through a retained graph
-                          gr.add(0, std::move(g));
-                        });
-  std::vector<Tensor> pieces;
-  pieces.reserve(static_cast<size_t>(n));
-  for (int64_t t = 0; t < n; ++t)
-    pieces.push_back(record("unbind_slice", {token}, make_view(x, s, st, x.offset() + t * step),
-                            [buffer, s, buf_st, offset = t * buf_step, shape = x.shape()](const Tensor& g,
-                                                                                          Grads& gr) {
-                              if (!buffer->defined()) *buffer = zeros(shape, g.dtype());
-                              Tensor window = make_view(*buffer, s, buf_st, offset);
-                              add_(window, g);
-                              gr.add(0, zeros(Shape{1}, g.dtype()));
-                            }));
-  return pieces;
-}
+// Concatenates pieces along dim 0, skipping the copy when there is only one.
+Tensor cat_rows(const std::vector<Tensor>& pieces) { return pieces.size() == 1 ? pieces[0] : cat(pieces, 0); }
 
 }  // namespace
 
@@ -125,58 +97,134 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
   Tensor h0 = initial_state("h0", h0_in, B, dtype);
   Tensor c0 = has_cell_state_ ? initial_state("c0", c0_in, B, dtype) : Tensor();
 
-  // masks[t]: [B, 1], 1 where step t is real; left undefined for steps where every sequence is.
-  std::vector<Tensor> masks(static_cast<size_t>(T));
+  // Packed like PyTorch's PackedSequence. Rows are ordered by length (longest first, stable), so
+  // the sequences still running at step t are the first active[t] rows, and the real tokens are
+  // gathered time-major into one [N, I] matrix: step t is the contiguous block of rows
+  // [offset[t], offset[t] + active[t]). Projections, steps and stacked layers touch real tokens
+  // only; a row that ends keeps its state (its h_n); padded outputs are zero.
+  std::vector<int64_t> len(static_cast<size_t>(B), T);
   if (lengths.given()) {
-    const auto& len = lengths.values();
-    if (static_cast<int64_t>(len.size()) != B)
-      throw std::invalid_argument(fmt::format("{}: lengths has {} entries for a batch of {}", type_, len.size(), B));
+    if (static_cast<int64_t>(lengths.values().size()) != B)
+      throw std::invalid_argument(
+          fmt::format("{}: lengths has {} entries for a batch of {}", type_, lengths.values().size(), B));
+    len = lengths.values();
     for (int64_t b = 0; b < B; ++b)
       if (len[b] < 1 || len[b] > T)
         throw std::invalid_argument(
             fmt::format("{}: lengths[{}] = {} is outside [1, {}] (the input's T)", type_, b, len[b], T));
-    for (int64_t t = 0; t < T; ++t) {
-      std::vector<double> m(static_cast<size_t>(B));
-      bool padded = false;
-      for (int64_t b = 0; b < B; ++b) {
-        m[b] = t < len[b] ? 1.0 : 0.0;
-        padded |= t >= len[b];
-      }
-      if (padded) masks[t] = from_vector(m, Shape{B, 1}).to(dtype);
-    }
+  }
+  std::vector<int64_t> order(static_cast<size_t>(B));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return len[a] > len[b]; });
+  const bool sorted = std::is_sorted(order.begin(), order.end());
+  std::vector<int64_t> active(static_cast<size_t>(T), 0), offset(static_cast<size_t>(T) + 1, 0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < len[b]; ++t) ++active[t];
+  for (int64_t t = 0; t < T; ++t) offset[t + 1] = offset[t] + active[t];
+  auto flat_index = [&](int64_t row, int64_t t) { return o.batch_first ? row * T + t : t * B + row; };
+  std::vector<int64_t> gather;  // packed row -> row of the flattened input
+  gather.reserve(static_cast<size_t>(offset[T]));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < active[t]; ++i) gather.push_back(flat_index(order[i], t));
+  bool identity = offset[T] == B * T;  // time-major, sorted and unpadded: the input itself
+  for (size_t j = 0; j < gather.size(); ++j) identity &= gather[j] == static_cast<int64_t>(j);
+
+  Tensor layer_in = reshape(input, {B * T, o.input_size});
+  if (!identity) layer_in = index_select(layer_in, 0, from_vector(gather, Shape{offset[T]}));
+  Tensor perm, unperm;
+  if (!sorted) {
+    std::vector<int64_t> inverse(static_cast<size_t>(B));
+    for (int64_t i = 0; i < B; ++i) inverse[order[i]] = i;
+    perm = from_vector(order, Shape{B});
+    unperm = from_vector(inverse, Shape{B});
+    if (h0_in.defined()) h0 = index_select(h0, 1, perm);
+    if (c0_in.defined()) c0 = index_select(c0, 1, perm);
   }
 
-  Tensor layer_in = input;
   std::vector<Tensor> h_n, c_n;
   for (int64_t l = 0; l < o.num_layers; ++l) {
+    const bool need_output = l + 1 < o.num_layers || o.output_sequence;
     std::vector<Tensor> dir_out;
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = l * D + d;
       RNNCellBase& cell = *cells_[k];
-      std::vector<Tensor> proj = unbind(cell.project(layer_in), tdim);  // all T steps in one linear call
-      LSTMState state{select(h0, 0, k), c0.defined() ? select(c0, 0, k) : Tensor()};
+      const Tensor proj = cell.project(layer_in);  // every real token of the layer in one linear call
+      auto px = [&](int64_t t) { return narrow(proj, 0, offset[t], active[t]); };
+      const Tensor h0k = select(h0, 0, k), c0k = c0.defined() ? select(c0, 0, k) : Tensor();
       std::vector<Tensor> out(static_cast<size_t>(T));
-      for (int64_t s = 0; s < T; ++s) {
-        const int64_t t = d == 0 ? s : T - 1 - s;
-        LSTMState next = cell.step_state(proj[t], state);
-        if (const Tensor& m = masks[t]; m.defined()) {
-          out[t] = next.h * m;
-          next.h = where(m, next.h, state.h);
-          if (next.c.defined()) next.c = where(m, next.c, state.c);
-        } else {
-          out[t] = next.h;
+      LSTMState state;
+      if (d == 0) {
+        // Forward: rows only ever leave, from the bottom; each leaving block's state is final.
+        std::vector<Tensor> done_h, done_c;
+        state = {h0k, c0k};
+        int64_t rows = B;
+        for (int64_t t = 0; t < T; ++t) {
+          if (active[t] < rows) {
+            done_h.push_back(narrow(state.h, 0, active[t], rows - active[t]));
+            state.h = narrow(state.h, 0, 0, active[t]);
+            if (state.c.defined()) {
+              done_c.push_back(narrow(state.c, 0, active[t], rows - active[t]));
+              state.c = narrow(state.c, 0, 0, active[t]);
+            }
+            rows = active[t];
+          }
+          state = cell.step_state(px(t), state);
+          if (need_output) out[t] = state.h;
         }
-        state = std::move(next);
+        done_h.push_back(state.h);
+        if (state.c.defined()) done_c.push_back(state.c);
+        std::reverse(done_h.begin(), done_h.end());
+        std::reverse(done_c.begin(), done_c.end());
+        state = {cat_rows(done_h), done_c.empty() ? Tensor() : cat_rows(done_c)};
+      } else {
+        // Reverse: each row joins, from its initial state, at its own last token.
+        int64_t rows = 0;
+        for (int64_t t = T - 1; t >= 0; --t) {
+          if (active[t] > rows) {
+            Tensor h_new = narrow(h0k, 0, rows, active[t] - rows);
+            state.h = rows == 0 ? h_new : cat({state.h, h_new}, 0);
+            if (c0k.defined()) {
+              Tensor c_new = narrow(c0k, 0, rows, active[t] - rows);
+              state.c = rows == 0 ? c_new : cat({state.c, c_new}, 0);
+            }
+            rows = active[t];
+          }
+          state = cell.step_state(px(t), state);
+          if (need_output) out[t] = state.h;
+        }
       }
       h_n.push_back(state.h);
       if (has_cell_state_) c_n.push_back(state.c);
-      dir_out.push_back(stack(out, tdim));
+      if (need_output) dir_out.push_back(cat_rows(out));  // packed [N, H], time-major like the input
     }
-    Tensor layer_out = D == 1 ? dir_out[0] : cat(dir_out, 2);
+    if (!need_output) {
+      layer_in = Tensor();
+      break;
+    }
+    Tensor layer_out = D == 1 ? dir_out[0] : cat(dir_out, 1);
     if (l + 1 < o.num_layers && o.dropout > 0 && is_training()) layer_out = dropout(layer_out, o.dropout, true);
     layer_in = layer_out;
   }
-  return {layer_in, stack(h_n, 0), has_cell_state_ ? stack(c_n, 0) : Tensor()};
+
+  Tensor output;
+  if (layer_in.defined()) {
+    const int64_t F = layer_in.size(1);
+    if (identity) {
+      output = reshape(layer_in, o.batch_first ? Shape{B, T, F} : Shape{T, B, F});
+    } else {  // back to the caller's layout: every padded position reads an appended zero row
+      std::vector<int64_t> scatter(static_cast<size_t>(B * T), offset[T]);
+      for (size_t j = 0; j < gather.size(); ++j) scatter[gather[j]] = static_cast<int64_t>(j);
+      Tensor with_zero = cat({layer_in, zeros(Shape{1, F}, dtype)}, 0);
+      output = reshape(index_select(with_zero, 0, from_vector(scatter, Shape{B * T})),
+                       o.batch_first ? Shape{B, T, F} : Shape{T, B, F});
+    }
+  }
+  Tensor hn = stack(h_n, 0), cn = has_cell_state_ ? stack(c_n, 0) : Tensor();
+  if (!sorted) {
+    hn = index_select(hn, 1, unperm);
+    if (cn.defined()) cn = index_select(cn, 1, unperm);
+  }
+  return {output, hn, cn};
 }
 
 namespace {

@@ -3,11 +3,12 @@
 // applied step by step and recorded on the tape like any other ops (no hand-written BPTT); per
 // layer and direction the input projection of all time steps is one linear call.
 //
-// Variable-length batches are handled by masking, not packing: with `lengths`, a step t >= len[b]
-// leaves sequence b's state unchanged and writes zeros to its output, so h_n holds each
-// sequence's state after its last real token. The reverse direction runs from T-1 down with the
-// same masking; padded steps keep its initial state until the real tokens begin, so it starts at
-// each sequence's own last token.
+// Variable-length batches are packed, as PyTorch's PackedSequence: with `lengths`, the rows are
+// sorted by length (stable, longest first) so the sequences still running at step t are a prefix
+// of the batch, every step computes only those rows, and results are put back in the caller's
+// order. h_n holds each sequence's state after its last real token; outputs at padded steps are
+// zero. The reverse direction starts each sequence from its initial state at its own last token.
+// The cost of a batch follows its real tokens, not B x T.
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -25,12 +26,16 @@ struct RNNOptions {
   int64_t input_size = 0, hidden_size = 0, num_layers = 1;
   bool bias = true, batch_first = false, bidirectional = false;
   double dropout = 0;  // between layers, while training; never after the last layer
+  // false: forward() leaves RNNOutput::output undefined and returns only the final states, which
+  // saves copying every step's state when only h_n is read (a classifier on the last state).
+  bool output_sequence = true;
   Nonlinearity nonlinearity = Nonlinearity::Tanh;  // RNN only
   DType dtype = DType::Float32;
 };
 
 struct RNNOutput {
   Tensor output;  // [T, B, D*H], or [B, T, D*H] when batch_first; zeros at padded steps
+                  // (undefined with output_sequence = false)
   Tensor h_n;     // [L*D, B, H], entry layer*D + direction (reverse = 1)
   Tensor c_n;     // same, LSTM only
 };

@@ -67,7 +67,8 @@ TextClassifier::TextClassifier(const TextClassifierOptions& o) : options(checked
                 .num_layers = o.layers,
                 .batch_first = true,
                 .bidirectional = o.bidirectional,
-                .dropout = o.layers > 1 ? o.dropout : 0.0};
+                .dropout = o.layers > 1 ? o.dropout : 0.0,
+                .output_sequence = o.pooling != Pooling::Last};
   switch (o.cell) {
     case CellType::RNN: rnn = register_module("rnn", std::make_shared<RNN>(ro)); break;
     case CellType::LSTM: rnn = register_module("rnn", std::make_shared<LSTM>(ro)); break;

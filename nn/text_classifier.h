@@ -2,7 +2,7 @@
 // A recurrent sentence classifier for binary labels (SST-2 and the like):
 //
 //   tokens [B, T] -> Embedding(padding_idx) -> dropout(embed_dropout)
-//                 -> RNN / LSTM / GRU (batch_first, masked by each row's length)
+//                 -> RNN / LSTM / GRU (batch_first, packed by each row's length)
 //                 -> features: last  = the last layer's h_n (forward and reverse concatenated
 //                                      when bidirectional): the state after each row's last
 //                                      real token, and for the reverse direction after reading

@@ -189,15 +189,15 @@ TEST_CASE("gradcheck: RNNCell (tanh, relu), LSTMCell, GRUCell") {
   check(gru, [&](auto& v) { return gru(v[0], v[1]); }, "GRUCell");
 }
 
-TEST_CASE("gradcheck: 2-layer bidirectional RNN, LSTM, GRU; batch_first both ways; with and without lengths") {
+TEST_CASE("gradcheck: 2-layer bidirectional RNN, LSTM, GRU; batch_first both ways; packed sorted and unsorted") {
   const int64_t I = 2, H = 3, T = 3, B = 2, L = 2;
   for (Kind k : {Kind::RNN, Kind::LSTM, Kind::GRU})
     for (bool batch_first : {false, true})
-      for (bool with_lengths : {false, true}) {
+      for (int lengths_case : {0, 1, 2}) {  // none, sorted {3, 2}, unsorted {1, 3}
         std::string kind = kind_name(k);
         CAPTURE(kind);
         CAPTURE(batch_first);
-        CAPTURE(with_lengths);
+        CAPTURE(lengths_case);
         manual_seed(14);
         auto m = make(k, {.input_size = I, .hidden_size = H, .num_layers = L, .batch_first = batch_first,
                           .bidirectional = true, .dtype = F64});
@@ -208,7 +208,9 @@ TEST_CASE("gradcheck: 2-layer bidirectional RNN, LSTM, GRU; batch_first both way
                                randn({2 * L, B, H}, F64).requires_grad_()};
         auto s = slots(*m);
         for (Tensor* p : s) in.push_back(*p);
-        nn::Lengths len = with_lengths ? nn::Lengths{3, 2} : nn::Lengths{};
+        nn::Lengths len = lengths_case == 0   ? nn::Lengths{}
+                          : lengths_case == 1 ? nn::Lengths{3, 2}
+                                              : nn::Lengths{1, 3};
         auto f = [&](const std::vector<Tensor>& v) {
           bind_params(s, v, 3);
           nn::RNNOutput r = run(*m, k, v[0], v[1], v[2], len);
@@ -272,6 +274,33 @@ TEST_CASE("masking: a padded batch equals per-sequence runs (outputs, h_n, c_n, 
         CAPTURE(i);
         CHECK(max_diff(g_batched[i], g_single[i]) < 1e-10);
       }
+    }
+}
+
+TEST_CASE("output_sequence = false: same final states, no output, same gradients") {
+  const int64_t I = 3, H = 4, T = 5, B = 4;
+  for (Kind k : {Kind::RNN, Kind::LSTM, Kind::GRU})
+    for (int64_t layers : {1, 2}) {
+      std::string kind = kind_name(k);
+      CAPTURE(kind);
+      CAPTURE(layers);
+      nn::RNNOptions o{.input_size = I, .hidden_size = H, .num_layers = layers, .batch_first = true,
+                       .bidirectional = true, .dtype = F64};
+      manual_seed(21);
+      auto full_model = make(k, o);
+      o.output_sequence = false;
+      auto lean_model = make(k, o);
+      lean_model->load_state_dict(full_model->state_dict());
+      Tensor x = randn({B, T, I}, F64);
+      const nn::Lengths len{2, 5, 1, 4};
+      nn::RNNOutput a = run(*full_model, k, x, Tensor(), Tensor(), len);
+      nn::RNNOutput b = run(*lean_model, k, x, Tensor(), Tensor(), len);
+      CHECK(a.output.defined());
+      CHECK_FALSE(b.output.defined());
+      CHECK(max_diff(a.h_n, b.h_n) == 0.0);
+      (sum(a.h_n) + sum(b.h_n)).backward();  // one graph: the models share no parameters
+      auto pa = full_model->parameters(), pb = lean_model->parameters();
+      for (size_t i = 0; i < pa.size(); ++i) CHECK(max_diff(pa[i].grad(), pb[i].grad()) == 0.0);
     }
 }
 
