@@ -6,7 +6,9 @@
 #     bit for bit;
 #  3. a run stopped mid-epoch (--stop-after) and resumed (--resume) ends bit-identical to the
 #     uninterrupted run: metrics, final weights, optimizer state;
-#  4. a malformed TSV line is reported as file:line; --skip-bad-lines skips it.
+#  4. a malformed TSV line is reported as file:line; --skip-bad-lines skips it;
+#  5. a non-finite training loss (resuming with --lr 1e30) stops the run with exit status 3 and a
+#     message naming the step and suggesting --lr / --clip, leaving last/ and best/ untouched.
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data). Without the
 # data the test prints SKIP and passes.
 # usage: test_train_cli.sh path/to/tapegrad-train
@@ -84,4 +86,22 @@ grep -q "bad.tsv:3:" "$tmp/warn.txt" || fail "--skip-bad-lines did not report th
 if "$bin" predict --checkpoint "$tmp/nowhere" x 2>"$tmp/err.txt"; then fail "predict without a checkpoint succeeded"; fi
 grep -q "nowhere" "$tmp/err.txt" || fail "predict error does not name the folder"
 echo "ok   malformed input reported: $bad_msg"
+
+# ---- 5. a non-finite loss stops the run and keeps the last good checkpoint ----
+cp -r "$tmp/b/last" "$tmp/last.before"
+cp -r "$tmp/b/best" "$tmp/best.before"
+set +e
+"$bin" train --resume "$tmp/b" --epochs 3 --lr 1e30 -q >"$tmp/nan.out" 2>"$tmp/nan.err"
+rc=$?
+set -e
+[ "$rc" -eq 3 ] || fail "--lr 1e30: exit status $rc, expected 3: $(cat "$tmp/nan.err")"
+nan_msg=$(cat "$tmp/nan.err")
+grep -Eq "error: step 10[0-9][0-9] \(epoch 3, batch [0-9]+/500\): the training loss is -?(nan|inf)" <<<"$nan_msg" ||
+  fail "non-finite loss message does not name the step: $nan_msg"
+grep -q -- "--lr" <<<"$nan_msg" && grep -q -- "--clip" <<<"$nan_msg" || fail "message does not suggest both --lr and --clip: $nan_msg"
+grep -q "last good checkpoint, $tmp/b/last (step 1000), is kept" <<<"$nan_msg" || fail "message does not name the kept checkpoint: $nan_msg"
+[ ! -s "$tmp/nan.out" ] || fail "a failed run printed a summary: $(cat "$tmp/nan.out")"
+diff -r "$tmp/last.before" "$tmp/b/last" >/dev/null || fail "last/ changed after the non-finite loss"
+diff -r "$tmp/best.before" "$tmp/b/best" >/dev/null || fail "best/ changed after the non-finite loss"
+echo "ok   non-finite loss: exit 3, checkpoints untouched: $(head -1 <<<"$nan_msg" | cut -c1-160)..."
 echo "test_train_cli: all checks passed in $((SECONDS - start)) s"

@@ -39,6 +39,9 @@ struct TrainOptions {
   int64_t max_train = 0;
   bool quiet = false;
   int64_t stop_after = 0;
+  // Launch options: not saved in config.json (a run may be resumed with another world size).
+  int np = 1;             // processes (MPI ranks); --batch stays the global batch
+  std::string hostfile;   // passed to mpirun as --hostfile
 };
 json to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const json& j);  // missing keys keep their defaults
@@ -59,7 +62,9 @@ struct TrainerState {
   int64_t best_epoch = 0, best_step = 0;
   double last_dev_accuracy = -1, last_dev_loss = 0;
   double train_seconds = 0, elapsed = 0;
-  std::string rng;         // tg::get_rng_state() bytes
+  std::string rng;         // tg::get_rng_state() bytes (rank 0's in a data-parallel run)
+  int64_t world_size = 1;  // processes that trained up to here
+  std::vector<std::string> rank_rng;  // world_size > 1: every rank's generator state, by rank
   std::vector<json> history;  // every evaluation record, in order
 };
 json to_json(const TrainerState& s);
@@ -90,12 +95,16 @@ struct Prediction {
 };
 double probability_of(float logit);
 // Logits in the input's order, batches of `batch` in input order (the same for train-time dev
-// evaluation and `predict`, so they agree bit for bit).
+// evaluation and `predict`, so they agree bit for bit). With shards > 1 only the batches k with
+// k % shards == shard are run (the others' predictions stay default): a data-parallel rank's
+// share of an evaluation, each batch computed exactly as in the unsharded call.
 std::vector<Prediction> predict_all(tg::nn::TextClassifier& model,
-                                    const std::vector<tg::data::EncodedExample>& examples, int64_t batch);
+                                    const std::vector<tg::data::EncodedExample>& examples, int64_t batch,
+                                    int shard = 0, int shards = 1);
 std::string prediction_json(const Prediction& p, const std::string& text);
 
-// Subcommands: return the process exit code.
+// Subcommands: return the process exit code. run_train takes main's argc/argv (argv[1] is
+// "train"; it re-executes them under mpirun for --np); run_predict takes them from the subcommand.
 int run_train(int argc, char** argv);
 int run_predict(int argc, char** argv);
 

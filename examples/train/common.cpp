@@ -145,6 +145,8 @@ json to_json(const TrainerState& s) {
               {"train_seconds", s.train_seconds},
               {"elapsed", s.elapsed},
               {"rng", s.rng},
+              {"world_size", s.world_size},
+              {"rank_rng", s.rank_rng},
               {"history", s.history}};
 }
 
@@ -167,8 +169,13 @@ TrainerState trainer_state_from_json(const json& j, const std::string& source) {
     s.elapsed = j.at("elapsed").get<double>();
     s.rng = j.at("rng").get<std::string>();
     s.history = j.at("history").get<std::vector<json>>();
+    s.world_size = j.value("world_size", int64_t{1});  // absent in checkpoints written before --np
+    if (j.contains("rank_rng")) s.rank_rng = j.at("rank_rng").get<std::vector<std::string>>();
     if (s.epoch < 1 || s.batch_pos < 0 || s.step < 0)
       throw std::runtime_error("epoch, batch_pos or step out of range");
+    if (s.world_size < 1 || (!s.rank_rng.empty() && static_cast<int64_t>(s.rank_rng.size()) != s.world_size))
+      throw std::runtime_error(fmt::format("world_size {} does not match {} saved generator states", s.world_size,
+                                           s.rank_rng.size()));
     return s;
   } catch (const json::exception& e) {
     throw std::runtime_error(fmt::format("{}: not a valid trainer state: {}", source, e.what()));
@@ -221,7 +228,9 @@ fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer) {
   auto is_ckpt = [](const fs::path& p) { return fs::is_regular_file(p / "config.json"); };
   if (is_ckpt(dir)) return dir;
   const std::string other = prefer == "best" ? "last" : "best";
-  for (const std::string& sub : {prefer, other, prefer + ".old", other + ".old"})
+  // DIR/<prefer>.old is the previous complete checkpoint when a write was killed between its two
+  // renames (see swap_in in train.cpp): newer than the other folder, so it comes second.
+  for (const std::string& sub : {prefer, prefer + ".old", other, other + ".old"})
     if (is_ckpt(dir / sub)) return dir / sub;
   if (!fs::exists(dir)) throw std::runtime_error(fmt::format("checkpoint {} does not exist", dir.string()));
   throw std::runtime_error(fmt::format("{} is not a checkpoint: no config.json in it, nor in {}/{} or {}/{}",
@@ -246,13 +255,16 @@ Checkpoint read_checkpoint_meta(const fs::path& dir) {
 double probability_of(float logit) { return 1.0 / (1.0 + std::exp(-static_cast<double>(logit))); }
 
 std::vector<Prediction> predict_all(nn::TextClassifier& model, const std::vector<data::EncodedExample>& examples,
-                                    int64_t batch) {
+                                    int64_t batch, int shard, int shards) {
   std::vector<Prediction> out(examples.size());
   if (examples.empty()) return out;
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
-  for (const auto& b : data::make_batches(examples, batch, 0, 0, /*shuffle=*/false, /*bucket=*/false)) {
+  const std::vector<data::Batch> batches = data::make_batches(examples, batch, 0, 0, /*shuffle=*/false, /*bucket=*/false);
+  for (size_t k = 0; k < batches.size(); ++k) {
+    if (shards > 1 && static_cast<int>(k % static_cast<size_t>(shards)) != shard) continue;
+    const data::Batch& b = batches[k];
     Tensor tokens = from_vector(b.tokens, Shape{b.batch, b.max_len});
     Tensor logits = model.forward(tokens, b.lengths).contiguous();
     const float* l = logits.data<float>();

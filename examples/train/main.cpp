@@ -25,7 +25,7 @@ int main(int argc, char** argv) try {
     return argc < 2 ? 2 : 0;
   }
   const std::string cmd = argv[1];
-  if (cmd == "train") return tgcli::run_train(argc - 1, argv + 1);
+  if (cmd == "train") return tgcli::run_train(argc, argv);
   if (cmd == "predict") return tgcli::run_predict(argc - 1, argv + 1);
   fmt::print(stderr, "tapegrad-train: unknown command '{}'\n{}", cmd, kUsage);
   return 2;

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -59,6 +60,11 @@ class Context {
   double all_reduce_max(double local) const;
   // Element-wise sum of `values` (same length on every rank), in place.
   void all_reduce_sum(std::vector<double>& values) const;
+  // Every rank's `local` (lengths may differ between ranks), concatenated in rank order, on
+  // every rank. E.g. per-rank predictions of a sharded evaluation.
+  std::vector<double> all_gather(const std::vector<double>& local) const;
+  // Every rank's string (any bytes; e.g. a saved RNG state), index = rank, on every rank.
+  std::vector<std::string> all_gather(const std::string& local) const;
 
   struct Impl;  // implementation detail (dist.cpp)
 
@@ -128,15 +134,23 @@ template <class F> int run_or_abort(F&& fn);
 // MPI_Abort with a message, from anywhere (e.g. a signal-free fatal path).
 [[noreturn]] void abort_job(const char* message, int code = 1);
 
-// For a CLI's `--np N`: when np > 1 and this process is not already an MPI rank, replaces
-// the process (execvp) with
-//   mpirun [--allow-run-as-root if root] [--oversubscribe if np > cores] -np N
-//          -x TG_DIST_CHILD=1 $TG_MPIRUN_ARGS <this executable> <argv[1..]>
+// For a CLI's `--np N`: when np > 1 and this process is not already an MPI rank, runs
+//   mpirun [--allow-run-as-root if root] [--oversubscribe if np > cores and no hostfile]
+//          [--stdin none if stdin is a terminal] -np N -x TG_DIST_CHILD=1 <mpirun_args>
+//          $TG_MPIRUN_ARGS <this executable> <argv[1..]>
+// as a child in its own process group, waits for it and exits (std::_Exit) with its status: it
+// does not return in the launching process. Signals: the first SIGINT (Ctrl-C) is relayed as
+// SIGUSR1, which mpirun forwards to every rank (a program may catch it to stop cleanly, e.g.
+// save a checkpoint; uncaught, it ends the job); a second SIGINT, or SIGTERM/SIGHUP, makes
+// mpirun end the job. If the launching process dies, mpirun gets SIGTERM (Linux).
 // Returns normally (doing nothing) when np <= 1, when TG_DIST_CHILD is set or when already
 // launched by mpirun (OMPI_COMM_WORLD_SIZE set); the caller then creates a Context.
-// $TG_MPIRUN overrides the mpirun program, $TG_MPIRUN_ARGS adds options (split on spaces,
-// e.g. "--hostfile hosts"). Throws std::runtime_error if mpirun cannot be executed.
-void maybe_relaunch_under_mpirun(int argc, char** argv, int np);
+// `mpirun_args` are extra mpirun options, e.g. {"--hostfile", "/abs/hosts"}. When they or
+// $TG_MPIRUN_ARGS name hosts (--hostfile, --machinefile, --host, -H), --oversubscribe is not
+// added: the hostfile's slots decide where ranks go. $TG_MPIRUN overrides the mpirun program,
+// $TG_MPIRUN_ARGS adds options (split on spaces). Throws std::runtime_error if it cannot fork;
+// if mpirun cannot be executed, says so on stderr and exits 127.
+void maybe_relaunch_under_mpirun(int argc, char** argv, int np, const std::vector<std::string>& mpirun_args = {});
 // True when launched by mpirun (Open MPI, MPICH or PMI environment variables present).
 bool launched_by_mpirun();
 

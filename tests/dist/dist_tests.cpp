@@ -96,6 +96,32 @@ TEST_CASE("context: rank, world size, metric reductions") {
   CHECK(again.rank() == r);
 }
 
+TEST_CASE("context: all_gather of doubles (ragged) and of strings") {
+  const int W = ctx().world_size(), r = ctx().rank();
+  // Rank r contributes r + 1 values r*10, r*10+1, ... (rank 1 includes -0.0 and a NaN-free
+  // negative, to see the bits come through unchanged).
+  std::vector<double> mine;
+  for (int i = 0; i <= r; ++i) mine.push_back(r * 10.0 + i);
+  if (r == 1) mine.push_back(-0.0);
+  const std::vector<double> all = ctx().all_gather(mine);
+  std::vector<double> expect;
+  for (int q = 0; q < W; ++q) {
+    for (int i = 0; i <= q; ++i) expect.push_back(q * 10.0 + i);
+    if (q == 1) expect.push_back(-0.0);
+  }
+  REQUIRE(all.size() == expect.size());
+  CHECK(std::memcmp(all.data(), expect.data(), all.size() * sizeof(double)) == 0);
+  CHECK(ctx().all_gather(std::vector<double>{}).empty());
+
+  // Strings of different lengths, with a NUL byte inside; an empty one from the last rank.
+  std::string s = r == W - 1 ? std::string() : fmt::format("rank {}", r) + std::string(1, '\0') + std::string(r, 'x');
+  const std::vector<std::string> strs = ctx().all_gather(s);
+  REQUIRE(strs.size() == static_cast<size_t>(W));
+  for (int q = 0; q < W; ++q)
+    CHECK(strs[static_cast<size_t>(q)] ==
+          (q == W - 1 ? std::string() : fmt::format("rank {}", q) + std::string(1, '\0') + std::string(q, 'x')));
+}
+
 TEST_CASE("broadcast_parameters copies root's values into every rank, any dtype") {
   manual_seed(100 + ctx().rank());  // different values on every rank
   std::vector<Tensor> ps = {randn({3, 4}), randn({5}, DType::Float64), randint(0, 1000, {7}),

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# tapegrad-train --np 2 (data-parallel over MPI) end to end on a slice of SST-2 (~30 s on 2 cores):
+#  1. `train --np 2` relaunches itself under mpirun, trains, and only rank 0 prints (mpirun's
+#     --tag-output shows which rank wrote each line); the final JSON line says world_size 2.
+#  2. 2 processes x batch 16 train like 1 process x batch 32 (dropout off): the first
+#     evaluation's train loss and dev loss agree to 1e-4 relative.
+#  3. --stop-after then --resume with --np 2 (through a hostfile "localhost slots=2") ends
+#     bit-identical to the uninterrupted 2-process run of 1.
+#  4. Only rank 0 writes: started by mpirun directly with a different --save per rank (MPMD),
+#     rank 1's folder is never created.
+#  5. A rank that fails (rank 1 cannot read its --train file) ends the whole job non-zero within
+#     30 s, with "rank 1: error: ..." on stderr.
+#  6. SIGINT to the launching process: every rank stops after the same step, rank 0 saves
+#     last/ there, the job exits 130; resumed with --np 2 it ends bit-identical to 1.
+# usage: train_np_check.sh MPIRUN path/to/tapegrad-train
+# TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data); without the
+# data the test prints SKIP and passes.
+set -euo pipefail
+mpirun=$1
+bin=$2
+here=$(cd "$(dirname "$0")" && pwd)
+data=${TAPEGRAD_DATA:-$here/../../../shared/data}/sst2
+if [ ! -f "$data/train.tsv" ] || [ ! -f "$data/dev.tsv" ]; then
+  echo "SKIP: SST-2 data not found in $data (set TAPEGRAD_DATA to the folder holding sst2/); train_np_check not run"
+  exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export TG_MPIRUN=$mpirun
+start=$SECONDS
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -1 | cut -d: -f2-; }
+deterministic() { sed -E 's/"(elapsed|examples_per_second)":[^,}]*,?//g' "$1"; }
+root=()
+[ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
+
+base=(--train "$data/train.tsv" --dev "$data/dev.tsv" --max-train 3000 --model gru --embed 32 --hidden 32
+      --pooling max --epochs 1 --batch 32 --lr 3e-3 --seed 3)
+args=("${base[@]}" --eval-every 30)
+
+# ---- 1. --np 2: runs, world_size 2, only rank 0 prints ----
+TG_MPIRUN_ARGS=--tag-output "$bin" train "${args[@]}" --np 2 --save "$tmp/a" >"$tmp/a.out" 2>"$tmp/a.err" ||
+  fail "train --np 2 exited $?: $(tail -5 "$tmp/a.err")"
+grep -q '^\[1,0\]<stdout>:tapegrad-train: 3000 train / 872 dev examples.*2 processes x batch 16' "$tmp/a.out" ||
+  fail "no rank-0 start line naming 2 processes x batch 16: $(head -3 "$tmp/a.out")"
+if grep -q '^\[1,1\]<std' "$tmp/a.out" "$tmp/a.err"; then
+  fail "rank 1 printed: $(grep -h '^\[1,1\]<std' "$tmp/a.out" "$tmp/a.err" | head -3)"
+fi
+summary=$(tail -n 1 "$tmp/a.out" | sed 's/^\[1,0\]<stdout>://')
+[ "$(field "$summary" world_size)" = 2 ] || fail "final JSON line lacks world_size 2: $summary"
+[ "$(grep -c '"world_size"' "$tmp/a.out")" -eq 1 ] || fail "expected exactly one JSON summary line"
+[ "$(wc -l <"$tmp/a/metrics.jsonl")" -eq 4 ] || fail "expected 4 evaluations (every 30 of 94 steps + end of epoch)"
+[ -s "$tmp/a/best/dev_predictions.jsonl" ] || fail "best/dev_predictions.jsonl missing"
+[ "$(wc -l <"$tmp/a/best/dev_predictions.jsonl")" -eq 872 ] || fail "best/dev_predictions.jsonl is not 872 lines"
+grep -Eq '"world_size": ?2' "$tmp/a/last/trainer.json" || fail "last/trainer.json lacks world_size 2"
+echo "ok   --np 2: world_size 2, only rank 0 printed, dev accuracy $(field "$summary" dev_accuracy), $(field "$summary" steps) steps"
+
+# ---- 2. 2 x batch 16 == 1 x batch 32 (no dropout) ----
+nodrop=(--dropout 0 --stop-after 30 -q)
+"$bin" train "${args[@]}" "${nodrop[@]}" --save "$tmp/one" >/dev/null || fail "1-process run failed"
+"$bin" train "${args[@]}" "${nodrop[@]}" --np 2 --save "$tmp/two" >/dev/null || fail "2-process run failed"
+for k in train_loss dev_loss; do
+  v1=$(field "$(head -1 "$tmp/one/metrics.jsonl")" "$k")
+  v2=$(field "$(head -1 "$tmp/two/metrics.jsonl")" "$k")
+  awk -v a="$v1" -v b="$v2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * (a < 0 ? -a : a)) }' ||
+    fail "$k after 30 steps: 1 process $v1, 2 processes $v2 (more than 1e-4 relative apart)"
+  echo "ok   $k after 30 steps: 1 process x 32 $v1, 2 processes x 16 $v2"
+done
+
+# ---- 3. stop, then resume with --np 2 through a hostfile: bit-identical ----
+"$bin" train "${args[@]}" --np 2 --save "$tmp/b" --stop-after 45 -q >"$tmp/b.out" || fail "--stop-after 45 failed"
+[ "$(field "$(tail -n 1 "$tmp/b.out")" steps)" = 45 ] || fail "did not stop at step 45"
+echo "localhost slots=2" >"$tmp/hosts"
+resumed=$("$bin" train --resume "$tmp/b" --np 2 --hostfile "$tmp/hosts" -q 2>"$tmp/b.err" | tail -n 1) ||
+  fail "resume --np 2 --hostfile failed: $(tail -5 "$tmp/b.err")"
+for k in dev_accuracy final_dev_loss steps world_size weights_checksum; do
+  [ "$(field "$resumed" "$k")" = "$(field "$summary" "$k")" ] ||
+    fail "resumed $k $(field "$resumed" "$k") != uninterrupted $(field "$summary" "$k")"
+done
+cmp -s <(deterministic "$tmp/a/metrics.jsonl") <(deterministic "$tmp/b/metrics.jsonl") ||
+  fail "metrics differ: $(diff <(deterministic "$tmp/a/metrics.jsonl") <(deterministic "$tmp/b/metrics.jsonl"))"
+cmp -s "$tmp/a/last/model.safetensors" "$tmp/b/last/model.safetensors" || fail "final weights differ"
+cmp -s "$tmp/a/last/optimizer.json" "$tmp/b/last/optimizer.json" || fail "final optimizer state differs"
+echo "ok   stopped at step 45, resumed with --np 2 --hostfile (localhost slots=2): bit-identical ($(field "$resumed" weights_checksum))"
+
+# ---- 4. only rank 0 writes (mpirun directly, a different --save per rank) ----
+"$mpirun" "${root[@]}" --oversubscribe \
+  -np 1 "$bin" train "${base[@]}" --stop-after 10 --eval-every 5 -q --save "$tmp/r0" : \
+  -np 1 "$bin" train "${base[@]}" --stop-after 10 --eval-every 5 -q --save "$tmp/r1" >"$tmp/m.out" 2>"$tmp/m.err" ||
+  fail "mpirun -np 1 ... : -np 1 ... failed: $(tail -5 "$tmp/m.err")"
+[ "$(field "$(tail -n 1 "$tmp/m.out")" world_size)" = 2 ] || fail "started by mpirun: world_size is not 2"
+[ -s "$tmp/r0/last/model.safetensors" ] || fail "rank 0 did not write its checkpoint"
+[ ! -e "$tmp/r1" ] || fail "rank 1 wrote to its --save folder: $(find "$tmp/r1" | head -5)"
+echo "ok   started by mpirun directly: only rank 0 wrote (rank 1's --save folder never created)"
+
+# ---- 5. a failing rank ends the job ----
+t0=$SECONDS
+set +e
+timeout 60 "$mpirun" "${root[@]}" --oversubscribe \
+  -np 1 "$bin" train "${args[@]}" -q : \
+  -np 1 "$bin" train "${args[@]/$data\/train.tsv/$tmp/missing.tsv}" -q >"$tmp/f.out" 2>"$tmp/f.err"
+rc=$?
+set -e
+((SECONDS - t0 <= 30)) || fail "the job took $((SECONDS - t0)) s to end after rank 1 failed"
+[ "$rc" -ne 0 ] || fail "mpirun exited 0 although rank 1 failed"
+[ "$rc" -ne 124 ] || fail "the job hung after rank 1 failed"
+grep -q "^rank 1: error: .*missing.tsv" "$tmp/f.err" || fail "no 'rank 1: error: ... missing.tsv' line: $(head -5 "$tmp/f.err")"
+echo "ok   rank 1 failed: mpirun exited $rc after $((SECONDS - t0)) s ($(grep -m1 '^rank 1: error' "$tmp/f.err"))"
+# ---- 6. Ctrl-C (SIGINT to the launcher) saves last/ on every rank's same step ----
+"$bin" train "${args[@]}" --np 2 --save "$tmp/c" -q >"$tmp/c.out" 2>"$tmp/c.err" &
+pid=$!
+for _ in $(seq 1 600); do
+  [ -s "$tmp/c/last/trainer.json" ] && break
+  kill -0 "$pid" 2>/dev/null || fail "the --np 2 run ended before its first checkpoint: $(tail -5 "$tmp/c.err")"
+  sleep 0.1
+done
+kill -INT "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+[ "$rc" -eq 130 ] || fail "SIGINT: the --np 2 job exited $rc, expected 130: $(tail -5 "$tmp/c.err")"
+msg=$(grep -h 'interrupted at step' "$tmp/c.err") || fail "SIGINT: no 'interrupted at step' message: $(tail -5 "$tmp/c.err")"
+[ "$(grep -c 'interrupted at step' "$tmp/c.err")" -eq 1 ] || fail "SIGINT: more than one rank reported the interrupt"
+at=$(sed -E 's/.*interrupted at step ([0-9]+).*/\1/' <<<"$msg")
+grep -Eq "^ \"step\": $at,\$" "$tmp/c/last/trainer.json" || fail "SIGINT at step $at but last/ holds another step"
+resumed=$("$bin" train --resume "$tmp/c" --np 2 -q 2>"$tmp/c.err2" | tail -n 1) || fail "resume after SIGINT failed"
+[ "$(field "$resumed" weights_checksum)" = "$(field "$summary" weights_checksum)" ] ||
+  fail "resumed after SIGINT at step $at: weights $(field "$resumed" weights_checksum) != $(field "$summary" weights_checksum)"
+cmp -s "$tmp/a/last/optimizer.json" "$tmp/c/last/optimizer.json" || fail "resumed after SIGINT: optimizer state differs"
+echo "ok   SIGINT to the --np 2 launcher: exit 130 at step $at with last/ saved; resumed: bit-identical"
+echo "train_np_check: all checks passed in $((SECONDS - start)) s"
