@@ -10,7 +10,7 @@
 #  5. a non-finite training loss (resuming with --lr 1e30) stops the run with exit status 3 and a
 #     message naming the step and suggesting --lr / --clip, leaving last/ and best/ untouched.
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data). Without the
-# data the test prints SKIP and passes.
+# data the test prints SKIP and exits 77, which CTest reports as skipped.
 # usage: test_train_cli.sh path/to/tapegrad-train
 set -euo pipefail
 bin=$1
@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 data=${TAPEGRAD_DATA:-$here/../../shared/data}/sst2
 if [ ! -f "$data/train.tsv" ] || [ ! -f "$data/dev.tsv" ]; then
   echo "SKIP: SST-2 data not found in $data (set TAPEGRAD_DATA to the folder holding sst2/); test_train_cli not run"
-  exit 0
+  exit 77  # CTest: skipped (SKIP_RETURN_CODE), not passed
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -14,7 +14,7 @@
 #     last/ there, the job exits 130; resumed with --np 2 it ends bit-identical to 1.
 # usage: train_np_check.sh MPIRUN path/to/tapegrad-train
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data); without the
-# data the test prints SKIP and passes.
+# data the test prints SKIP and exits 77, which CTest reports as skipped.
 set -euo pipefail
 mpirun=$1
 bin=$2
@@ -22,7 +22,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 data=${TAPEGRAD_DATA:-$here/../../../shared/data}/sst2
 if [ ! -f "$data/train.tsv" ] || [ ! -f "$data/dev.tsv" ]; then
   echo "SKIP: SST-2 data not found in $data (set TAPEGRAD_DATA to the folder holding sst2/); train_np_check not run"
-  exit 0
+  exit 77  # CTest: skipped (SKIP_RETURN_CODE), not passed
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
