@@ -5,6 +5,8 @@
 #   ./run.sh bench [CONFIG...]     RNN training-step benchmark, against libtorch when installed
 #   ./run.sh train ... | predict ... | sst2    the training CLI (see README)
 #   ./run.sh gradient-flow         the gradient-norm-per-time-step experiment and its plot
+#   ./run.sh fuzz [SECONDS]        libFuzzer targets (clang, ASan+UBSan), each for SECONDS (default 60)
+#   ./run.sh soak [STEPS [ASAN_STEPS]]  toy-model memory soak (100,000 steps), then under ASan/LSan
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -12,6 +14,9 @@ ROOT=$(pwd)
 PACKAGES=(cmake g++ make pkg-config libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
           libopenblas-dev nlohmann-json3-dev gnuplot-nox python3-numpy bc
           libopenmpi-dev openmpi-bin libboost-mpi-dev)
+# Only `./run.sh fuzz` needs these: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer,
+# only recommended by clang on Debian 12) and llvm-symbolizer for readable reports.
+FUZZ_PACKAGES=(clang libclang-rt-14-dev llvm)
 
 ensure_packages() {
   local missing=() p
@@ -83,8 +88,33 @@ case "$cmd" in
     build "$RELEASE"
     exec "$RELEASE/examples/autograd_basics"
     ;;
+  fuzz)
+    ensure_packages "${FUZZ_PACKAGES[@]}"
+    secs=${1:-60}
+    [[ "$secs" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh fuzz: SECONDS must be a positive integer, got '$secs'" >&2; exit 2; }
+    dir="$ROOT/build/fuzz"
+    CC=clang CXX=clang++ cmake -S "$ROOT/tests/fuzz" -B "$dir" >/dev/null
+    cmake --build "$dir" -j"$JOBS" >&2
+    exec bash "$ROOT/tests/fuzz/run_fuzz.sh" "$dir" "$secs"
+    ;;
+  soak)
+    ensure_packages
+    steps=${1:-100000}
+    asan_steps=${2:-100000}
+    cmake -S "$ROOT" -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$RELEASE" --target tapegrad_soak -j"$JOBS" >&2
+    "$RELEASE/tests/soak/tapegrad_soak" --steps "$steps"
+    dir="$ROOT/build/sanitize"
+    cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTG_SANITIZE=ON -DTG_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build "$dir" --target tapegrad_soak -j"$JOBS" >&2
+    # No quarantine: freed blocks are reused at once, so RSS must stay flat here too; LeakSanitizer
+    # runs at exit and makes the program fail if anything leaked.
+    ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=0:thread_local_quarantine_size_kb=0 \
+      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 "$dir/tests/soak/tapegrad_soak" --steps "$asan_steps"
+    echo "soak: LeakSanitizer reported no leak (ASan+UBSan build, $asan_steps steps)"
+    ;;
   *)
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     [ "$cmd" = help ] || exit 2
     ;;
 esac
