@@ -3,7 +3,7 @@
 #   ./run.sh sentiment [options]   train the seed sentiment example (options pass through)
 #   ./run.sh test [--sanitize]     build and run every test (CTest); --sanitize: ASan+UBSan build
 #   ./run.sh bench [CONFIG...]     RNN training-step benchmark, against libtorch when installed
-#   ./run.sh train ... | predict ... | sst2    the training CLI (see README)
+#   ./run.sh train ... | predict ... | sst2    the training CLI; sst2: the recommended SST-2 run
 #   ./run.sh gradient-flow         the gradient-norm-per-time-step experiment and its plot
 #   ./run.sh fuzz [SECONDS]        libFuzzer targets (clang, ASan+UBSan), each for SECONDS (default 60)
 #   ./run.sh soak [STEPS [ASAN_STEPS]]  toy-model memory soak (100,000 steps), then under ASan/LSan
@@ -75,8 +75,15 @@ case "$cmd" in
     ensure_packages
     build "$RELEASE"
     data="${TAPEGRAD_DATA:-$ROOT/../shared/data}/sst2"
-    exec "$RELEASE/examples/tapegrad-train" train --train "$data/train.tsv" --dev "$data/dev.tsv" \
-      --save "$ROOT/runs/sst2" "$@"
+    # The README's recommended configuration; an option given on the command line replaces its entry.
+    recommended=(--model lstm --pooling max --embed-dropout 0.25 --lr 2e-3 --min-freq 2 --save "$ROOT/runs/sst2")
+    args=()
+    for ((i = 0; i < ${#recommended[@]}; i += 2)); do
+      opt=${recommended[i]} given=0
+      for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* ]] && given=1; done
+      [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
+    done
+    exec "$RELEASE/examples/tapegrad-train" train --train "$data/train.tsv" --dev "$data/dev.tsv" "${args[@]}" "$@"
     ;;
   gradient-flow)
     ensure_packages
