@@ -229,7 +229,7 @@ fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer) {
   if (is_ckpt(dir)) return dir;
   const std::string other = prefer == "best" ? "last" : "best";
   // DIR/<prefer>.old is the previous complete checkpoint when a write was killed between its two
-  // renames (see swap_in in train.cpp): newer than the other folder, so it comes second.
+  // renames (see swap_in in checkpoint_io.cpp): newer than the other folder, so it comes second.
   for (const std::string& sub : {prefer, prefer + ".old", other, other + ".old"})
     if (is_ckpt(dir / sub)) return dir / sub;
   if (!fs::exists(dir)) throw std::runtime_error(fmt::format("checkpoint {} does not exist", dir.string()));

@@ -1,0 +1,74 @@
+#pragma once
+// `tapegrad-train train`: SST-2-style binary text classification with checkpoints and resume.
+// Shared by its files: train_options.cpp (command line, resume options, --np relaunch),
+// train.cpp (the training loop), evaluate.cpp (dev evaluation and the final summary),
+// checkpoint_io.cpp (checkpoints and the run folder) and parallel.cpp (the ranks).
+#include <boost/program_options/variables_map.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli.h"
+#include "data/dataset.h"
+#include "parallel.h"
+#include "report.h"
+
+namespace tgcli {
+
+struct Run {
+  TrainOptions opts;
+  json config;
+  tg::data::Vocab vocab;
+  std::vector<tg::data::Example> train_rows, dev_rows;
+  std::vector<tg::data::EncodedExample> train, dev;
+  std::unique_ptr<tg::nn::TextClassifier> model;
+  std::unique_ptr<tg::optim::Optimizer> opt;
+  TrainerState st;
+  fs::path save;
+  // Seconds since the run began, over resumes: the elapsed time saved before this process
+  // started plus this process's time since `started`.
+  std::chrono::steady_clock::time_point started;
+  double elapsed_before = 0;
+  double elapsed() const {
+    return elapsed_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  }
+
+  // A full checkpoint in dir (replaced as a whole), plus `extra` files (name, content).
+  void write_checkpoint(const fs::path& dir, const std::vector<std::pair<std::string, std::string>>& extra = {});
+  void write_metrics();
+};
+
+// Exit status of a run stopped by a non-finite training loss.
+constexpr int kExitNonFinite = 3;
+
+// Everything after the options are settled, on every rank; returns the exit code.
+int train_body(Run& r, World& world, const boost::program_options::variables_map& vm, const fs::path& resume_dir);
+
+// ---- evaluate.cpp ----
+// Called on every rank at the same steps. Each rank predicts its share of the dev batches; the
+// logits are gathered so every rank holds the same predictions and trainer state; only rank 0
+// prints and writes (best/ when the accuracy improved, last/, the metrics).
+void evaluate(Run& r, const World& world, Progress& progress, int64_t epoch, int64_t done, int64_t batches);
+json final_summary(const Run& r, bool stopped, const World& world);
+
+// ---- checkpoint_io.cpp ----
+// Loads resume_dir's weights, optimizer and trainer state into r (a --lr given on the command
+// line replaces the saved one) and sets this rank's random generator. Returns a note for the
+// start message when the checkpoint was written by another number of processes, else "".
+std::string restore_checkpoint(Run& r, const World& world, const boost::program_options::variables_map& vm,
+                               const fs::path& resume_dir);
+// Rank 0, with --save: creates the run folder; a fresh run clears what an earlier one left
+// there, a resumed one into another folder brings the source run's best/ along.
+void prepare_run_folder(const Run& r, const fs::path& resume_dir);
+// Every rank's generator state into the trainer state (a collective: every rank calls it).
+void capture_rng(Run& r, const World& world);
+// With --save, writes last/ (every rank calls it; rank 0 writes).
+void save_last(Run& r, const World& world);
+// What a failed run leaves behind, for its error message, and whether it can be resumed.
+std::pair<std::string, bool> describe_last_checkpoint(const Run& r);
+
+}  // namespace tgcli
