@@ -32,7 +32,7 @@ std::string to_dot(const Tensor& root) {
         ++next;
         if (e.kind == Edge::Interior) stack.push_back(e.node);
         else {
-          const std::string& nm = e.leaf->name;
+          const std::string& nm = Tensor(e.leaf).name();
           out += fmt::format("  n{} [label=\"{}{}\", style=filled, fillcolor=lightblue];\n", it->second,
                              nm.empty() ? "leaf " : nm + " ", e.shape.str());
         }

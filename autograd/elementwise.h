@@ -14,6 +14,15 @@ void check_same_dtype(const char* op, const Tensor& a, const Tensor& b);
 int64_t normalize_dim(const char* op, int64_t dim, int64_t rank);
 // c = beta * c + a^T @ b for 2-D a [M, P], b [M, Q], c [P, Q] contiguous (BLAS, no copies of a, b).
 void addmm_tn(Tensor& c, const Tensor& a, const Tensor& b, double beta);
+// t itself when it is a 2-D matrix BLAS can read (unit column stride, rows apart), else a copy;
+// row_stride(t) is then its leading dimension.
+Tensor blas_rows(const Tensor& t);
+int64_t row_stride(const Tensor& t);
+// c = beta * c + op(a) @ op(b) on raw row-major matrices (op: transpose when ta / tb), m x n x k;
+// tiny products run a plain loop, the rest go to BLAS. No tensors, no checks: for fused kernels.
+template <class T>
+void gemm_raw(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+              T beta, T* c, int64_t ldc);
 
 // out = f(a, b) elementwise with broadcasting; the output dtype is R (defaults to the inputs').
 template <class T, class R = T, class F>

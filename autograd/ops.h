@@ -111,4 +111,16 @@ Tensor dropout(const Tensor& x, double p, bool training = true);
 // Fused tanh(a + b) (the Elman cell's non-linearity on two projections); same as the composite.
 Tensor add_tanh(const Tensor& a, const Tensor& b);
 
+// ---- fused recurrent cell steps (ops_rnn.cpp): what the nn cells run, one recorded op per step ----
+// px is the input projection x W_ih^T + b_ih of the step [B, G*H]; w is W_hh [G*H, H], b is b_hh
+// [G*H] or undefined. Every operand may be a row-strided view (a slice of a larger buffer).
+// Elman: act(px + h w^T + b), act = tanh, or relu when `relu`. -> [B, H]
+Tensor rnn_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b, bool relu = false);
+// LSTM, gates i, f, g, o: c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c').
+// -> [2, B, H]: entry 0 is h', entry 1 is c' (select them: both are contiguous).
+Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tensor& w, const Tensor& b);
+// GRU, gates r, z, n (PyTorch's): q = h w^T + b; r, z = sigmoid(px + q); n = tanh(px_n + r q_n);
+// h' = (1 - z) n + z h. -> [B, H]
+Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b);
+
 }  // namespace tg

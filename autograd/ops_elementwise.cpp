@@ -242,8 +242,7 @@ TG_COMPARISON(le, x <= y)
 
 void add_(Tensor& dst, const Tensor& src, double alpha) {
   check_same_dtype("add_", dst, src);
-  broadcast_shapes("add_", dst.shape(), src.shape());
-  if (!(broadcast_shapes("add_", dst.shape(), src.shape()) == dst.shape()))
+  if (!(src.shape() == dst.shape()) && !(broadcast_shapes("add_", dst.shape(), src.shape()) == dst.shape()))
     throw std::invalid_argument(fmt::format("add_: source {} does not broadcast to destination {}",
                                             src.shape().str(), dst.shape().str()));
   dispatch("add_", dst.device(), dst.dtype(), [&]<class T>() {
@@ -270,6 +269,10 @@ void mul_(Tensor& dst, double factor) {
   dispatch("mul_", dst.device(), dst.dtype(), [&]<class T>() {
     T* d = dst.data<T>();
     const T f = static_cast<T>(factor);
+    if (dst.is_contiguous()) {
+      for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] *= f;
+      return;
+    }
     Strides sd = dst.strides();
     const Strides* st[1] = {&sd};
     const int64_t base[1] = {0};

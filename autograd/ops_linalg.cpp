@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 
 #include "autograd/elementwise.h"
 #include "autograd/ops.h"
@@ -19,6 +20,8 @@ void ensure_threads() {
   const char* env = std::getenv("TG_NUM_THREADS");
   set_num_threads(env && std::atoi(env) > 0 ? std::atoi(env) : 1);
 }
+
+Tensor dense(const Tensor& t) { return t.is_contiguous() ? t : t.detach().contiguous(); }
 
 // A 2-D operand as BLAS sees it: pointer, transpose flag, leading dimension.
 struct Operand {
@@ -48,22 +51,84 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
 // more than the arithmetic): the toy benchmark's 1x16x16 products.
 constexpr int64_t kSmallGemm = 4096;
 
+// dot(a, b) over k elements; float32 runs 8 lanes (a different summation order than BLAS, which
+// is fine: no caller depends on bit-identical products).
+template <class T> inline T dot(const T* a, const T* b, int64_t k) {
+  int64_t p = 0;
+  T s = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using f8 = float __attribute__((vector_size(32)));
+    if (k >= 8) {
+      f8 acc{};
+      for (; p + 8 <= k; p += 8) {
+        f8 va, vb;
+        std::memcpy(&va, a + p, sizeof va);
+        std::memcpy(&vb, b + p, sizeof vb);
+        acc += va * vb;
+      }
+      s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    }
+  }
+  for (; p < k; ++p) s += a[p] * b[p];
+  return s;
+}
+// c[j] = av * b[j] (kSet) or c[j] += av * b[j], 8 float lanes at a time (written out: at these
+// sizes the auto-vectoriser's alias checks and epilogues cost more than the arithmetic).
+template <bool kSet, class T> inline void axpy(T* c, const T* b, T av, int64_t n) {
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using f8 = float __attribute__((vector_size(32)));
+    const f8 va = f8{} + av;
+    for (; j + 8 <= n; j += 8) {
+      f8 vb, vc;
+      std::memcpy(&vb, b + j, sizeof vb);
+      if constexpr (kSet) {
+        vc = va * vb;
+      } else {
+        std::memcpy(&vc, c + j, sizeof vc);
+        vc += va * vb;
+      }
+      std::memcpy(c + j, &vc, sizeof vc);
+    }
+  }
+  for (; j < n; ++j) c[j] = kSet ? av * b[j] : c[j] + av * b[j];
+}
+
 template <class T>
 void small_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
                 T beta, T* c, int64_t ldc) {
-  for (int64_t i = 0; i < m; ++i) {
-    T* crow = c + i * ldc;
-    if (beta == T(0)) for (int64_t j = 0; j < n; ++j) crow[j] = T(0);
-    else if (beta != T(1)) for (int64_t j = 0; j < n; ++j) crow[j] *= beta;
-    for (int64_t p = 0; p < k; ++p) {
-      const T av = ta ? a[p * lda + i] : a[i * lda + p];
-      if (!tb) {
-        const T* brow = b + p * ldb;
-        for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
-      } else {
-        for (int64_t j = 0; j < n; ++j) crow[j] += av * b[j * ldb + p];
+  if (!ta && tb) {  // a @ b^T (the recurrent h W^T, x W^T): contiguous dot products
+    for (int64_t i = 0; i < m; ++i) {
+      const T* arow = a + i * lda;
+      T* crow = c + i * ldc;
+      for (int64_t j = 0; j < n; ++j) {
+        const T s = dot(arow, b + j * ldb, k);
+        crow[j] = beta == T(0) ? s : (beta == T(1) ? crow[j] + s : beta * crow[j] + s);
       }
     }
+    return;
+  }
+  if (tb) {  // a^T @ b^T: rare, plain loops
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        T s = 0;
+        for (int64_t p = 0; p < k; ++p) s += a[p * lda + i] * b[j * ldb + p];
+        T& cij = c[i * ldc + j];
+        cij = beta == T(0) ? s : beta * cij + s;
+      }
+    return;
+  }
+  // a @ b and a^T @ b: rows of c as sums of scaled rows of b
+  for (int64_t i = 0; i < m; ++i) {
+    T* crow = c + i * ldc;
+    int64_t p = 0;
+    if (beta == T(0)) {
+      axpy<true>(crow, b, ta ? a[i] : a[i * lda], n);  // k >= 1 here
+      p = 1;
+    } else if (beta != T(1)) {
+      for (int64_t j = 0; j < n; ++j) crow[j] *= beta;
+    }
+    for (; p < k; ++p) axpy<false>(crow, b + p * ldb, ta ? a[p * lda + i] : a[i * lda + p], n);
   }
 }
 
@@ -115,8 +180,37 @@ Tensor matmul_2d_or_3d(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 namespace detail {
-void addmm_tn(Tensor& c, const Tensor& a, const Tensor& b, double beta) {
-  matmul_into(a.detach().t(), b.detach(), c, beta);
+template <class T>
+void gemm_raw(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+              T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    if (beta == T(0)) for (int64_t i = 0; i < m; ++i) for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = T(0);
+    else if (beta != T(1)) for (int64_t i = 0; i < m; ++i) for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= beta;
+    return;
+  }
+  if (m * n * k <= kSmallGemm) return small_gemm<T>(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+  ensure_threads();
+  gemm<T>(ta, tb, m, n, k, T(1), a, std::max<int64_t>(lda, 1), b, std::max<int64_t>(ldb, 1), beta, c, ldc);
+}
+template void gemm_raw<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
+                              float, float*, int64_t);
+template void gemm_raw<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,
+                               double, double*, int64_t);
+
+Tensor blas_rows(const Tensor& t) {
+  const bool ok = t.dim() == 2 && (t.size(1) <= 1 || t.strides()[1] == 1) &&
+                  (t.size(0) <= 1 || t.strides()[0] >= std::max<int64_t>(t.size(1), 1));
+  return ok ? t : t.detach().contiguous();
+}
+int64_t row_stride(const Tensor& t) { return t.size(0) > 1 ? t.strides()[0] : std::max<int64_t>(t.size(1), 1); }
+
+void addmm_tn(Tensor& c, const Tensor& a_in, const Tensor& b_in, double beta) {
+  const Tensor a = blas_rows(a_in), b = blas_rows(b_in);
+  const int64_t M = a.size(0), P = a.size(1), Q = b.size(1);
+  dispatch_float("addmm_tn", c.device(), c.dtype(), [&]<class T>() {
+    gemm_raw<T>(true, false, P, Q, M, a.data<T>(), row_stride(a), b.data<T>(), row_stride(b), T(beta), c.data<T>(), Q);
+  });
 }
 }  // namespace detail
 
@@ -176,23 +270,46 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                                               weight.size(0), weight.shape().str()));
   }
   const int64_t in = weight.size(1), outf = weight.size(0);
-  Tensor x2 = x.detach().reshape(Shape{-1, in});
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  // x as [rows, in] with unit-stride rows (a copy only for a strided x), the output written once:
+  // bias rows, then the product accumulated on top (beta = 1). No transposed views are built.
+  Tensor x2 = x.dim() == 2 ? blas_rows(x) : dense(x).detach().reshape(Shape{rows, in});
+  const Tensor w = dense(weight);
   Shape out_shape = x.shape();
   out_shape[out_shape.size() - 1] = outf;
-  Tensor out2 = empty(Shape{x2.size(0), outf}, x.dtype());
-  if (bias.defined()) {  // seed the rows with the bias, then accumulate the product on top (beta = 1)
-    copy_(out2, bias.detach());
-    matmul_into(x2, weight.detach().t(), out2, 1.0);
-  } else {
-    matmul_into(x2, weight.detach().t(), out2, 0.0);
-  }
-  Tensor out = make_view(out2, out_shape, contiguous_strides(out_shape), 0);
-  return record("linear", {x, weight, bias}, out, [x2, weight, has_bias = bias.defined(), xs = x.shape()](
-                                                       const Tensor& g, Grads& gr) {
-    Tensor g2 = g.reshape(Shape{-1, g.size(-1)});
-    if (gr.needs(0)) gr.add(0, matmul_2d_or_3d(g2, weight).reshape(xs));
-    if (gr.needs(1)) gr.add_product(1, g2, x2);
-    if (has_bias && gr.needs(2)) gr.add(2, sum(g2, {0}));
+  Tensor out = empty(out_shape, x.dtype());
+  const bool has_bias = bias.defined();
+  dispatch_float("linear", x.device(), x.dtype(), [&]<class T>() {
+    T* o = out.data<T>();
+    if (has_bias) {
+      const Tensor bc = dense(bias);
+      const T* pb = bc.data<T>();
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(o + r * outf, pb, sizeof(T) * static_cast<size_t>(outf));
+    }
+    gemm_raw<T>(false, true, rows, outf, in, x2.data<T>(), row_stride(x2), w.data<T>(), std::max<int64_t>(in, 1),
+                T(has_bias ? 1 : 0), o, std::max<int64_t>(outf, 1));
+  });
+  return record("linear", {x, weight, bias}, out, [x2, w, has_bias, xs = x.shape(), rows, in, outf](
+                                                      const Tensor& g_in, Grads& gr) {
+    Tensor g = dense(g_in);
+    if (g.dim() != 2) g = g.reshape(Shape{rows, outf});
+    dispatch_float("linear_backward", g.device(), g.dtype(), [&]<class T>() {
+      const T* pg = g.data<T>();
+      if (gr.needs(0)) {
+        Tensor dx = empty(xs, g.dtype());
+        gemm_raw<T>(false, false, rows, in, outf, pg, std::max<int64_t>(outf, 1), w.data<T>(), std::max<int64_t>(in, 1),
+                    T(0), dx.data<T>(), std::max<int64_t>(in, 1));
+        gr.add(0, std::move(dx));
+      }
+      if (gr.needs(1)) gr.add_product(1, g, x2);
+      if (has_bias && gr.needs(2)) {
+        Tensor gb = zeros(Shape{outf}, g.dtype());
+        T* o = gb.data<T>();
+        for (int64_t r = 0; r < rows; ++r) axpy<false>(o, pg + r * outf, T(1), outf);
+        gr.add(2, std::move(gb));
+      }
+    });
   });
 }
 

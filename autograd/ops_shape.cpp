@@ -134,10 +134,20 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
 }
 
 TG_REGISTER_OP("select", "shape");
-Tensor select(const Tensor& x, int64_t dim, int64_t index) {
+Tensor select(const Tensor& x, int64_t dim, int64_t index) {  // one view and one node (not narrow + squeeze)
+  if (x.dim() == 0) throw std::invalid_argument("select: cannot select from a rank-0 tensor");
   int64_t d = normalize_dim("select", dim, x.dim());
   if (index < 0) index += x.size(d);
-  return squeeze(narrow(x, d, index, 1), d);
+  if (index < 0 || index >= x.size(d))
+    throw std::out_of_range(fmt::format("select: index {} is outside dim {} of size {} (shape {})", index, d,
+                                        x.size(d), x.shape().str()));
+  Shape s = x.shape();
+  Strides st = x.strides();
+  const int64_t off = x.offset() + index * st[d];
+  s.erase(d);
+  st.erase(d);
+  Tensor out = make_view(x, s, st, off);
+  return record("select", {x}, out, [d, index](const Tensor& g, Grads& gr) { gr.add_window(0, d, index, g, true); });
 }
 
 TG_REGISTER_OP("cat", "shape");
@@ -160,8 +170,9 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   Tensor out = empty(s, first.dtype());
   std::vector<int64_t> sizes;
   int64_t at = 0;
+  const int64_t step = out.strides()[d];
   for (auto& x : xs) {
-    Tensor window = out.detach().narrow(d, at, x.size(d));
+    Tensor window = make_view(out, x.shape(), out.strides(), at * step);
     copy_(window, x);
     sizes.push_back(x.size(d));
     at += x.size(d);
@@ -176,17 +187,35 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 TG_REGISTER_OP("stack", "shape");
-Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {  // one node; a single tensor is an unsqueeze view
   if (xs.empty()) throw std::invalid_argument("stack: needs at least one tensor");
   int64_t d = normalize_dim("stack", dim, xs[0].dim() + 1);
-  for (size_t i = 1; i < xs.size(); ++i)
+  for (size_t i = 1; i < xs.size(); ++i) {
     if (!(xs[i].shape() == xs[0].shape()))
       throw std::invalid_argument(fmt::format("stack: tensor {} has shape {}, expected {} like tensor 0", i,
                                               xs[i].shape().str(), xs[0].shape().str()));
-  std::vector<Tensor> parts;
-  parts.reserve(xs.size());
-  for (auto& x : xs) parts.push_back(unsqueeze(x, d));
-  return cat(parts, d);
+    check_same_dtype("stack", xs[0], xs[i]);
+  }
+  if (xs.size() == 1) return unsqueeze(xs[0], d);
+  Shape s = xs[0].shape();
+  s.insert(d, static_cast<int64_t>(xs.size()));
+  Tensor out = empty(s, xs[0].dtype());
+  Strides part = out.strides();  // entry i of the output: drop dim d, start at i * stride(d)
+  const int64_t step = part[d];
+  part.erase(d);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    Tensor window = make_view(out, xs[i].shape(), part, static_cast<int64_t>(i) * step);
+    copy_(window, xs[i]);
+  }
+  return record("stack", std::span<const Tensor>(xs), out, [d, n = xs.size()](const Tensor& g, Grads& gr) {
+    Strides st = g.strides();
+    const int64_t gstep = st[d];
+    st.erase(d);
+    Shape s = g.shape();
+    s.erase(d);
+    for (size_t i = 0; i < n; ++i)
+      if (gr.needs(static_cast<int>(i))) gr.add(static_cast<int>(i), make_view(g, s, st, g.offset() + static_cast<int64_t>(i) * gstep));
+  });
 }
 
 TG_REGISTER_OP("split", "shape");

@@ -54,7 +54,8 @@ void accumulate(Tensor& slot, bool& exclusive, Tensor g, bool must_own) {
 }
 
 void run_hooks(TensorImpl* t, Tensor& g) {
-  for (auto& hook : t->hooks) {
+  if (!t->meta) return;
+  for (auto& hook : t->meta->hooks) {
     Tensor r = hook(g);
     if (r.defined()) {
       if (!(r.shape() == g.shape()))
@@ -73,17 +74,17 @@ void accumulate_leaf(TensorImpl* leaf, Tensor g) {
 }
 
 // The staging slot of a leaf for the running pass (reset on the first touch of each pass).
-TensorImpl* stage(const Ref<TensorImpl>& leaf) {
-  TensorImpl* t = leaf.get();
+AutogradMeta* stage(const Ref<TensorImpl>& leaf) {
   if (!tl_pass) return nullptr;
-  if (t->pending_pass != tl_pass->id) {
-    t->pending_pass = tl_pass->id;
-    t->pending.reset();
-    t->pending_exclusive = false;
-    t->pending_products.clear();
+  AutogradMeta* m = &leaf->autograd_meta();
+  if (m->pending_pass != tl_pass->id) {
+    m->pending_pass = tl_pass->id;
+    m->pending.reset();
+    m->pending_exclusive = false;
+    m->pending_products.clear();
     tl_pass->leaves.push_back(leaf);
   }
-  return t;
+  return m;
 }
 
 bool all_finite(const Tensor& g) {
@@ -95,40 +96,45 @@ bool all_finite(const Tensor& g) {
   });
 }
 
+// Products this small in total are accumulated one by one (plain loops); larger ones are stacked
+// into one GEMM, where one large product beats T small BLAS calls by more than the stacking copy.
+constexpr int64_t kDirectProductMacs = 65536;
+
 // End of a pass: each touched leaf gets its summed contributions plus its stacked products
 // (one GEMM), then its hooks see the total once, then the total joins leaf.grad.
 void flush_leaves(BackwardPass& pass) {
   for (auto& leaf_ref : pass.leaves) {
     TensorImpl* leaf = leaf_ref.get();
-    Tensor total(leaf->pending);
-    bool exclusive = leaf->pending_exclusive;
-    auto& products = leaf->pending_products;
+    AutogradMeta& meta = *leaf->meta;
+    Tensor total(meta.pending);
+    bool exclusive = meta.pending_exclusive;
+    auto& products = meta.pending_products;
     if (!products.empty()) {
-      Tensor a, b;
-      if (products.size() == 1) {
-        a = Tensor(products[0].first);
-        b = Tensor(products[0].second);
+      Tensor target = total.defined() && exclusive ? total : total.defined() ? total.clone() : empty(leaf->shape, leaf->dtype);
+      double beta = total.defined() ? 1.0 : 0.0;
+      int64_t macs = 0;
+      for (auto& [pa, pb] : products) macs += pa->shape[0] * pa->shape[1] * pb->shape[1];
+      if (products.size() == 1 || macs <= kDirectProductMacs) {  // small: accumulate each, no stacking copies
+        for (auto& [pa, pb] : products) {
+          detail::addmm_tn(target, Tensor(pa), Tensor(pb), beta);
+          beta = 1.0;
+        }
       } else {
         std::vector<Tensor> as, bs;
+        as.reserve(products.size());
+        bs.reserve(products.size());
         for (auto& [pa, pb] : products) { as.emplace_back(pa); bs.emplace_back(pb); }
-        a = cat(as, 0);
-        b = cat(bs, 0);
+        detail::addmm_tn(target, cat(as, 0), cat(bs, 0), beta);
       }
-      if (!total.defined() || !exclusive) {
-        Tensor fresh = total.defined() ? total.clone() : empty(leaf->shape, leaf->dtype);
-        detail::addmm_tn(fresh, a, b, total.defined() ? 1.0 : 0.0);
-        total = fresh;
-      } else {
-        detail::addmm_tn(total, a, b, 1.0);
-      }
+      total = std::move(target);
       exclusive = true;
     }
-    leaf->pending.reset();
+    meta.pending.reset();
     products.clear();
     if (!total.defined()) continue;
     if (tl_anomaly && !all_finite(total))
       throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
-                                           leaf->shape.str(), leaf->name.empty() ? "" : " ('" + leaf->name + "')"));
+                                           leaf->shape.str(), meta.name.empty() ? "" : " ('" + meta.name + "')"));
     run_hooks(leaf, total);
     Tensor slot(leaf->grad);
     accumulate(slot, leaf->grad_exclusive, std::move(total), /*must_own=*/true);
@@ -160,7 +166,11 @@ void Grads::add(int i, Tensor g) {
   switch (e.kind) {
     case Edge::Interior: accumulate(e.node->grad, e.node->grad_exclusive, std::move(g), false); break;
     case Edge::Leaf: {
-      TensorImpl* leaf = stage(e.leaf);
+      AutogradMeta* leaf = stage(e.leaf);
+      if (!leaf) {  // no pass running (a backward formula called outside backward): accumulate directly
+        accumulate_leaf(e.leaf.get(), std::move(g));
+        break;
+      }
       Tensor slot(leaf->pending);
       accumulate(slot, leaf->pending_exclusive, std::move(g), false);
       leaf->pending = slot.ref();
@@ -178,9 +188,10 @@ void Grads::add_product(int i, const Tensor& a, const Tensor& b) {
       throw std::logic_error(fmt::format("backward of '{}': add_product needs a [M, P] and b [M, Q], got {} and {}",
                                          node_->op, a.shape().str(), b.shape().str()));
     checked_edge(node_, i, Shape{a.size(1), b.size(1)}, a.dtype(), "product gradient");
-    TensorImpl* leaf = stage(e.leaf);
-    leaf->pending_products.emplace_back(a.contiguous().ref(), b.contiguous().ref());
-    return;
+    if (AutogradMeta* leaf = stage(e.leaf)) {
+      leaf->pending_products.emplace_back(a.contiguous().ref(), b.contiguous().ref());
+      return;
+    }
   }
   if (e.kind == Edge::None) return;
   Tensor g = empty(Shape{a.size(1), b.size(1)}, a.dtype());
@@ -188,14 +199,18 @@ void Grads::add_product(int i, const Tensor& a, const Tensor& b) {
   add(i, std::move(g));
 }
 
-void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g) {
+void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool squeezed) {
   Edge& e = node_->inputs[i];
   if (e.kind == Edge::None) return;
   if (e.kind == Edge::Freed) throw std::runtime_error(freed_graph_message(node_->op, i, e.shape));
   Shape window_shape = e.shape;
-  bool fits = dim >= 0 && dim < e.shape.size() && g.dim() == e.shape.size() && start >= 0 &&
-              start + g.size(dim) <= e.shape[dim] && g.dtype() == e.dtype;
-  if (fits) window_shape[dim] = g.size(dim);
+  const int64_t len = squeezed ? 1 : (dim >= 0 && dim < g.dim() ? g.size(dim) : -1);
+  bool fits = dim >= 0 && dim < e.shape.size() && g.dim() == e.shape.size() - (squeezed ? 1 : 0) && start >= 0 &&
+              len >= 0 && start + len <= e.shape[dim] && g.dtype() == e.dtype;
+  if (fits) {
+    if (squeezed) window_shape.erase(dim);
+    else window_shape[dim] = len;
+  }
   if (!fits || !(window_shape == g.shape()))
     throw std::logic_error(fmt::format("backward of '{}': window gradient {} {} at [{}, ...) along dim {} does not fit "
                                        "input {} {}",
@@ -208,12 +223,22 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g) {
   Tensor* slot;
   bool* exclusive;
   Tensor leaf_slot;
-  TensorImpl* leaf = nullptr;
+  AutogradMeta* leaf = nullptr;
   if (e.kind == Edge::Interior) {
     slot = &e.node->grad;
     exclusive = &e.node->grad_exclusive;
   } else {
     leaf = stage(e.leaf);
+    if (!leaf) {  // no pass running: a full-size gradient through add()
+      Tensor full = zeros(e.shape, g.dtype());
+      Strides fst = full.strides();
+      const int64_t off = start * fst[dim];
+      if (squeezed) fst.erase(dim);
+      Tensor w = make_view(full, window_shape, fst, off);
+      add_(w, g);
+      add(i, std::move(full));
+      return;
+    }
     leaf_slot = Tensor(leaf->pending);
     slot = &leaf_slot;
     exclusive = &leaf->pending_exclusive;
@@ -225,7 +250,11 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g) {
     *slot = slot->clone();
     *exclusive = true;
   }
-  Tensor window = make_view(*slot, slot->shape(), slot->strides(), slot->offset()).narrow(dim, start, g.size(dim));
+  // The window as one view of the slot (contiguous: it is ours, zeros() or clone()).
+  Strides st = slot->strides();
+  const int64_t offset = slot->offset() + start * st[dim];
+  if (squeezed) st.erase(dim);
+  Tensor window = make_view(*slot, window_shape, st, offset);
   add_(window, g);
   if (leaf) leaf->pending = slot->ref();
 }
@@ -389,8 +418,8 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
     ~PassScope() {
       tl_pass = previous;
       for (auto& leaf : pass->leaves) {  // after an error: drop what was staged
-        leaf->pending.reset();
-        leaf->pending_products.clear();
+        leaf->meta->pending.reset();
+        leaf->meta->pending_products.clear();
       }
     }
   } pass_scope(&pass);
@@ -413,7 +442,7 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
     n->grad = Tensor();
     if (n->watched) {
       run_hooks(n->watched.get(), g);
-      if (n->watched->retains_grad) {
+      if (n->watched->meta && n->watched->meta->retains_grad) {
         Tensor slot(n->watched->grad);
         accumulate(slot, n->watched->grad_exclusive, g, true);
         n->watched->grad = slot.ref();
@@ -448,14 +477,14 @@ void Tensor::register_hook(GradHook hook) {
   if (!requires_grad())
     throw std::invalid_argument("register_hook: tensor of shape " + shape().str() +
                                 " does not require grad, so no gradient will flow to the hook");
-  impl()->hooks.push_back(std::move(hook));
+  impl()->autograd_meta().hooks.push_back(std::move(hook));
   if (impl()->grad_fn && impl()->segment->alive) impl()->grad_fn->watched = ref();
 }
 
 void Tensor::retain_grad() {
   if (!requires_grad())
     throw std::invalid_argument("retain_grad: tensor of shape " + shape().str() + " does not require grad");
-  impl()->retains_grad = true;
+  impl()->autograd_meta().retains_grad = true;
   if (impl()->grad_fn && impl()->segment->alive) impl()->grad_fn->watched = ref();
 }
 

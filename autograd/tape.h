@@ -56,7 +56,8 @@ class Grads {
   void add_product(int i, const Tensor& a, const Tensor& b);
   // Adds g into the window [start, start + g.size(dim)) along `dim` of input i's gradient, without
   // materialising a full-size zero gradient per call (narrow/select backward in a loop stays linear).
-  void add_window(int i, int64_t dim, int64_t start, const Tensor& g);
+  // `squeezed`: g lacks `dim` (a select's gradient), the window is one index wide.
+  void add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool squeezed = false);
 
  private:
   Node* node_;

@@ -213,6 +213,10 @@ Tensor& Tensor::requires_grad_(bool on) {
   impl()->requires_grad = on;
   return *this;
 }
+const std::string& Tensor::name() const {
+  static const std::string none;
+  return impl()->meta ? impl()->meta->name : none;
+}
 bool Tensor::is_leaf() const { return impl()->grad_fn == nullptr; }
 Tensor Tensor::grad() const {
   if (!impl()->requires_grad)

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,23 @@ class TapeSegment : public RefCounted {
 };
 using GradHook = std::function<Tensor(const Tensor&)>;  // returns the replacement, or an undefined tensor to keep it
 
+struct TensorImpl;
+
+// Autograd state most tensors never use (hooks, names, a leaf's staged gradient): allocated on
+// first use so that creating and destroying the impl of an ordinary op output stays cheap.
+struct AutogradMeta {
+  std::vector<GradHook> hooks;
+  std::string name;              // optional, shown by to_dot and anomaly errors
+  bool retains_grad = false;
+  // Leaves stage their gradient during one backward pass (see Grads): contributions are summed
+  // here, products a^T b are stacked and computed in one GEMM at the end of the pass, then hooks
+  // run once on the total and it is added to `grad`.
+  uint64_t pending_pass = 0;
+  Ref<TensorImpl> pending;
+  bool pending_exclusive = false;
+  std::vector<std::pair<Ref<TensorImpl>, Ref<TensorImpl>>> pending_products;
+};
+
 struct TensorImpl : RefCounted {
   static void* operator new(size_t n) { return alloc::allocate(n); }
   static void operator delete(void* p, size_t n) { alloc::deallocate(p, n); }
@@ -40,21 +58,16 @@ struct TensorImpl : RefCounted {
 
   // autograd
   bool requires_grad = false;
-  bool retains_grad = false;
   bool grad_exclusive = false;   // grad's storage is ours alone, so it may be accumulated in place
   Ref<TensorImpl> grad;
   Node* grad_fn = nullptr;       // valid only while `segment` is alive
   Ref<TapeSegment> segment;
-  std::vector<GradHook> hooks;
-  std::string name;              // optional, shown by to_dot and anomaly errors
+  std::unique_ptr<AutogradMeta> meta;  // null until hooks, a name, retain_grad or a leaf gradient need it
 
-  // Leaves stage their gradient during one backward pass (see Grads): contributions are summed
-  // here, products a^T b are stacked and computed in one GEMM at the end of the pass, then hooks
-  // run once on the total and it is added to `grad`.
-  uint64_t pending_pass = 0;
-  Ref<TensorImpl> pending;
-  bool pending_exclusive = false;
-  std::vector<std::pair<Ref<TensorImpl>, Ref<TensorImpl>>> pending_products;
+  AutogradMeta& autograd_meta() {
+    if (!meta) meta = std::make_unique<AutogradMeta>();
+    return *meta;
+  }
 };
 
 class Tensor {
@@ -106,8 +119,8 @@ class Tensor {
   void register_hook(GradHook hook);
   void backward(bool retain_graph = false) const;
   void backward(const Tensor& gradient, bool retain_graph = false) const;
-  Tensor& set_name(std::string n) { impl()->name = std::move(n); return *this; }
-  const std::string& name() const { return impl()->name; }
+  Tensor& set_name(std::string n) { impl()->autograd_meta().name = std::move(n); return *this; }
+  const std::string& name() const;
 
   // method forms of common ops (free functions in ops.h are the primary API)
   Tensor reshape(const Shape& s) const;

@@ -42,7 +42,8 @@ class Net : public nn::Module {
  public:
   Net(const Config& c) : lstm_(c.lstm) {
     emb_ = register_module("emb", std::make_shared<nn::Embedding>(c.V, c.E));
-    nn::RNNOptions o{.input_size = c.E, .hidden_size = c.H, .batch_first = true};
+    // Only h_n is read, so the module is told not to assemble the per-step output sequence.
+    nn::RNNOptions o{.input_size = c.E, .hidden_size = c.H, .batch_first = true, .output_sequence = false};
     if (lstm_) lstm_mod_ = register_module("lstm", std::make_shared<nn::LSTM>(o));
     else rnn_ = register_module("rnn", std::make_shared<nn::RNN>(o));
     fc_ = register_module("fc", std::make_shared<nn::Linear>(c.H, 1));

@@ -124,7 +124,7 @@ class Classifier : public nn::Module {
     nn::LSTMState s;
     for (int64_t t = 0; t < x.size(0); ++t) {
       const Tensor pt = select(px, 0, t);
-      if (lstm_) s = lstm_->step(pt, s);
+      if (lstm_) s = lstm_step(pt, s);
       else if (gru_) s.h = gru_->step(pt, s.h);
       else s.h = rnn_->step(pt, s.h);
       auto record_into = [t](std::vector<double>* norms) {
@@ -140,6 +140,17 @@ class Classifier : public nn::Module {
   }
 
  private:
+  // LSTMCell::step is one fused op, inside which c_t also feeds h_t; a hook on its c_t output sees
+  // only the gradient arriving through c_{t+1}. Written out with composite ops, c_t feeds h_t on
+  // the tape, so the hook sees the whole dL/dc_t (through h_t and c_{t+1}), as docs/rnn.md plots.
+  nn::LSTMState lstm_step(const Tensor& px, const nn::LSTMState& s) const {
+    const int64_t B = px.size(0), H = lstm_->hidden_size;
+    const Tensor h = s.h.defined() ? s.h : zeros({B, H}), c = s.c.defined() ? s.c : zeros({B, H});
+    std::vector<Tensor> q = split(px + linear(h, lstm_->weight_hh, lstm_->bias_hh), H, 1);  // i, f, g, o
+    Tensor c_next = sigmoid(q[1]) * c + sigmoid(q[0]) * tanh(q[2]);
+    return {sigmoid(q[3]) * tanh(c_next), c_next};
+  }
+
   std::shared_ptr<nn::RNNCell> rnn_;
   std::shared_ptr<nn::LSTMCell> lstm_;
   std::shared_ptr<nn::GRUCell> gru_;

@@ -57,7 +57,8 @@ class SentimentNet : public nn::Module {
  public:
   SentimentNet(int64_t vocab, int64_t embed, int64_t hidden, const std::string& cell) : cell_(cell) {
     emb_ = register_module("embedding", std::make_shared<nn::Embedding>(vocab, embed));
-    nn::RNNOptions o{.input_size = embed, .hidden_size = hidden, .batch_first = true};
+    // Only the final state is read: no per-step output sequence is assembled.
+    nn::RNNOptions o{.input_size = embed, .hidden_size = hidden, .batch_first = true, .output_sequence = false};
     if (cell == "lstm") rnn_ = register_module("rnn", std::make_shared<nn::LSTM>(o));
     else if (cell == "gru") rnn_ = register_module("rnn", std::make_shared<nn::GRU>(o));
     else if (cell == "rnn") rnn_ = register_module("rnn", std::make_shared<nn::RNN>(o));

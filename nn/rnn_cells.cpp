@@ -74,8 +74,7 @@ Tensor RNNCell::forward(const Tensor& x, const Tensor& h) {
 
 Tensor RNNCell::step(const Tensor& px, const Tensor& h_in) {
   Tensor h = check_step(px, h_in);
-  if (nonlinearity == Nonlinearity::Tanh) return add_tanh(px, recurrent(h));
-  return relu(px + recurrent(h));
+  return rnn_cell(px, h, weight_hh, bias_hh, nonlinearity == Nonlinearity::ReLU);  // one fused op
 }
 
 LSTMCell::LSTMCell(int64_t in, int64_t hidden, bool bias, DType dtype)
@@ -89,13 +88,8 @@ LSTMState LSTMCell::forward(const Tensor& x, const LSTMState& state) {
 LSTMState LSTMCell::step(const Tensor& px, const LSTMState& state) {
   Tensor h = check_step(px, state.h, "h");
   Tensor c = check_step(px, state.c, "c");
-  const int64_t H = hidden_size;
-  Tensor gates_ = px + recurrent(h);
-  Tensor i_f = sigmoid(narrow(gates_, 1, 0, 2 * H));  // i and f are adjacent: one sigmoid for both
-  Tensor g = tanh(narrow(gates_, 1, 2 * H, H));
-  Tensor o = sigmoid(narrow(gates_, 1, 3 * H, H));
-  Tensor c_new = narrow(i_f, 1, H, H) * c + narrow(i_f, 1, 0, H) * g;
-  return {o * tanh(c_new), c_new};
+  Tensor hc = lstm_cell(px, h, c, weight_hh, bias_hh);  // one fused op: [2, B, H] = h', c'
+  return {select(hc, 0, 0), select(hc, 0, 1)};
 }
 
 GRUCell::GRUCell(int64_t in, int64_t hidden, bool bias, DType dtype)
@@ -108,11 +102,7 @@ Tensor GRUCell::forward(const Tensor& x, const Tensor& h) {
 
 Tensor GRUCell::step(const Tensor& px, const Tensor& h_in) {
   Tensor h = check_step(px, h_in);
-  const int64_t H = hidden_size;
-  Tensor ph = recurrent(h);
-  Tensor rz = sigmoid(narrow(px, 1, 0, 2 * H) + narrow(ph, 1, 0, 2 * H));
-  Tensor n = add_tanh(narrow(px, 1, 2 * H, H), narrow(rz, 1, 0, H) * narrow(ph, 1, 2 * H, H));
-  return n + narrow(rz, 1, H, H) * (h - n);  // (1-z)*n + z*h with one multiply
+  return gru_cell(px, h, weight_hh, bias_hh);  // one fused op
 }
 
 }  // namespace tg::nn

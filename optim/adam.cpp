@@ -95,14 +95,20 @@ void Adam::update() {
     s.eps = grp.option("eps");
     s.amsgrad = grp.option("amsgrad") != 0;
     s.decoupled = decoupled_;
+    double cached_t = -1, cached_step_size = 0, cached_bc2 = 0;  // parameters usually share a step count
     for (size_t i = 0; i < grp.params.size(); ++i) {
       const Tensor& p = grp.params[i];
       Tensor g = grad_for(p);
       if (!g.defined()) continue;
       ParamState& st = state(gi, i);
       const double t = static_cast<double>(++st.step);
-      s.step_size = s.lr / (1.0 - std::pow(s.beta1, t));
-      s.bc2_sqrt = std::sqrt(1.0 - std::pow(s.beta2, t));
+      if (t != cached_t) {
+        cached_t = t;
+        cached_step_size = s.lr / (1.0 - std::pow(s.beta1, t));
+        cached_bc2 = std::sqrt(1.0 - std::pow(s.beta2, t));
+      }
+      s.step_size = cached_step_size;
+      s.bc2_sqrt = cached_bc2;
       Tensor& m = buffer(st, kExpAvg, p);
       Tensor& v = buffer(st, kExpAvgSq, p);
       Tensor* vmax = s.amsgrad ? &buffer(st, kMaxExpAvgSq, p) : nullptr;

@@ -178,6 +178,70 @@ TEST_CASE("neural-network ops and losses") {
   check("add_tanh", [](auto& v) { return add_tanh(v[0], v[1]); }, {rnd({3, 4}), rnd({4})});
 }
 
+TEST_CASE("fused recurrent cells: gradients, strided operands, and the composite they replace") {
+  manual_seed(9);
+  const int64_t B = 3, H = 4;
+  check("rnn_cell", [](auto& v) { return rnn_cell(v[0], v[1], v[2], v[3]); },
+        {rnd({B, H}), rnd({B, H}), rnd({H, H}), rnd({H})});
+  // px a column window of a wider tensor, h a row-strided view, no bias, relu (pre-activations away from 0)
+  check("rnn_cell", [](auto& v) { return rnn_cell(narrow(v[0], 1, 1, 4), narrow(v[1], 1, 2, 4), v[2] * 0.1, Tensor(), true); },
+        {away({B, 6}, 0.5, 2.0), rnd({B, 6}), rnd({H, H})});
+  check("lstm_cell", [](auto& v) { return lstm_cell(v[0], v[1], v[2], v[3], v[4]); },
+        {rnd({B, 4 * H}), rnd({B, H}), rnd({B, H}), rnd({4 * H, H}), rnd({4 * H})});
+  check("lstm_cell",
+        [](auto& v) { return lstm_cell(v[0], narrow(v[1], 1, 0, H), narrow(v[1], 1, H, H), v[2], Tensor()); },
+        {rnd({B, 4 * H}), rnd({B, 2 * H}), rnd({4 * H, H})});
+  check("gru_cell", [](auto& v) { return gru_cell(v[0], v[1], v[2], v[3]); },
+        {rnd({B, 3 * H}), rnd({B, H}), rnd({3 * H, H}), rnd({3 * H})});
+  check("gru_cell", [](auto& v) { return gru_cell(narrow(v[0], 1, 1, 3 * H), narrow(v[1], 1, 1, H), v[2], Tensor()); },
+        {rnd({B, 3 * H + 2}), rnd({B, H + 1}), rnd({3 * H, H})});
+
+  // Same values as the composite ops, in float64 and float32 (float32 within the vmath tolerance).
+  for (DType dt : {F64, DType::Float32}) {
+    CAPTURE(dtype_name(dt));
+    const double tol = dt == F64 ? 1e-12 : 2e-6;
+    auto close = [&](const Tensor& a, const Tensor& b) {
+      auto x = a.to_vector(), y = b.to_vector();
+      REQUIRE(x.size() == y.size());
+      for (size_t i = 0; i < x.size(); ++i) CHECK(x[i] == doctest::Approx(y[i]).epsilon(tol).scale(1.0));
+    };
+    Tensor px1 = randn({B, H}, dt), px4 = randn({B, 4 * H}, dt), px3 = randn({B, 3 * H}, dt);
+    Tensor h = randn({B, H}, dt), c = randn({B, H}, dt);
+    Tensor w1 = randn({H, H}, dt) * 0.5, w4 = randn({4 * H, H}, dt) * 0.5, w3 = randn({3 * H, H}, dt) * 0.5;
+    Tensor b1 = randn({H}, dt), b4 = randn({4 * H}, dt), b3 = randn({3 * H}, dt);
+    close(rnn_cell(px1, h, w1, b1), tanh(px1 + matmul(h, w1.t()) + b1));
+    close(rnn_cell(px1, h, w1, b1, true), relu(px1 + matmul(h, w1.t()) + b1));
+    Tensor gates = px4 + matmul(h, w4.t()) + b4;
+    Tensor c_new = sigmoid(narrow(gates, 1, H, H)) * c + sigmoid(narrow(gates, 1, 0, H)) * tanh(narrow(gates, 1, 2 * H, H));
+    Tensor hc = lstm_cell(px4, h, c, w4, b4);
+    close(select(hc, 0, 0), sigmoid(narrow(gates, 1, 3 * H, H)) * tanh(c_new));
+    close(select(hc, 0, 1), c_new);
+    Tensor q = matmul(h, w3.t()) + b3;
+    Tensor r = sigmoid(narrow(px3, 1, 0, H) + narrow(q, 1, 0, H)), z = sigmoid(narrow(px3, 1, H, H) + narrow(q, 1, H, H));
+    Tensor n = tanh(narrow(px3, 1, 2 * H, H) + r * narrow(q, 1, 2 * H, H));
+    close(gru_cell(px3, h, w3, b3), (1.0 - z) * n + z * h);
+  }
+  CHECK_THROWS_AS(rnn_cell(randn({B, H}), randn({B, H + 1}), randn({H, H}), Tensor()), std::invalid_argument);
+  CHECK_THROWS_AS(lstm_cell(randn({B, 4 * H}), randn({B, H}), randn({B, H}), randn({H, H}), Tensor()), std::invalid_argument);
+}
+
+TEST_CASE("stack and select are one node each, with gradients") {
+  manual_seed(10);
+  check("stack", [](auto& v) { return stack({v[0], v[1] * 2.0, v[0]}, 1); }, {rnd({2, 3}), rnd({2, 3})});
+  check("stack", [](auto& v) { return stack({v[0]}, 0); }, {rnd({2, 3})});
+  check("select", [](auto& v) { return select(v[0], 0, 1) + select(v[0], 2, 0); }, {rnd({2, 2, 2})});
+  Tensor x = randn({3, 4}).requires_grad_();
+  Tape& tape = Tape::current();
+  const size_t before = tape.size();
+  Tensor y = select(x, 0, 2);
+  CHECK(tape.size() == before + 1);
+  Tensor s = stack({y, y}, 0);
+  CHECK(tape.size() == before + 2);
+  s.sum().backward();
+  CHECK(x.grad().to_vector() == std::vector<double>{0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2});
+  CHECK_THROWS_AS(select(x, 0, 3), std::out_of_range);
+}
+
 TEST_CASE("every registered op has a gradient check") {
   // doctest runs test cases in file order, so the cases above have filled checked_ops().
   std::vector<std::string> missing;
