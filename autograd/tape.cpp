@@ -14,6 +14,7 @@ namespace {
 
 thread_local bool tl_grad_enabled = true;
 thread_local bool tl_anomaly = false;
+thread_local std::vector<const std::string*> tl_name_scopes;
 thread_local bool tl_in_backward = false;  // backward formulas are checked per gradient, in Grads::add
 thread_local Tape* tl_scoped_tape = nullptr;
 
@@ -152,6 +153,17 @@ Edge& checked_edge(Node* node, int i, const Shape& expected, DType dtype, const 
   return e;
 }
 
+std::string backward_anomaly_message(const Node* node, int i) {
+  std::string shapes;
+  for (uint32_t k = 0; k < node->n_inputs; ++k)
+    shapes += (k ? ", " : "") + (node->inputs[k].kind == Edge::None ? std::string("(no grad)")
+                                                                    : node->inputs[k].shape.str());
+  const std::string* scope = Tape::current().scope_of(node);
+  return fmt::format("anomaly: backward of op '{}'{} (tape index {}) produced a non-finite gradient for input {} "
+                     "(input shapes {})",
+                     node->op, scope ? " in module '" + *scope + "'" : "", node->index, i, shapes);
+}
+
 }  // namespace
 
 // ---- Grads -------------------------------------------------------------------------------------
@@ -160,9 +172,7 @@ void Grads::add(int i, Tensor g) {
   Edge& e = checked_edge(node_, i, g.shape(), g.dtype(), "gradient");
   if (e.kind == Edge::None) return;
   if (tl_anomaly && !all_finite(g))
-    throw std::runtime_error(fmt::format("anomaly: backward of op '{}' (tape index {}) produced a non-finite "
-                                         "gradient for input {} of shape {}",
-                                         node_->op, node_->index, i, e.shape.str()));
+    throw std::runtime_error(backward_anomaly_message(node_, i));
   switch (e.kind) {
     case Edge::Interior: accumulate(e.node->grad, e.node->grad_exclusive, std::move(g), false); break;
     case Edge::Leaf: {
@@ -217,9 +227,7 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
                                        node_->op, g.shape().str(), dtype_name(g.dtype()), start, dim, e.shape.str(),
                                        dtype_name(e.dtype)));
   if (tl_anomaly && !all_finite(g))
-    throw std::runtime_error(fmt::format("anomaly: backward of op '{}' (tape index {}) produced a non-finite "
-                                         "gradient for input {} of shape {}",
-                                         node_->op, node_->index, i, e.shape.str()));
+    throw std::runtime_error(backward_anomaly_message(node_, i));
   Tensor* slot;
   bool* exclusive;
   Tensor leaf_slot;
@@ -300,7 +308,21 @@ void Tape::release() {
   segment_->alive = false;
   segment_ = make_ref<TapeSegment>();
   segment_->tape = this;
+  scopes_.clear();
 }
+
+const std::string* Tape::scope_of(const Node* n) const {
+  auto it = scopes_.find(n);
+  return it == scopes_.end() ? nullptr : &it->second;
+}
+
+NameScope::NameScope(const std::string& name) : pushed_(!name.empty()) {
+  if (pushed_) tl_name_scopes.push_back(&name);
+}
+NameScope::~NameScope() {
+  if (pushed_) tl_name_scopes.pop_back();
+}
+const std::string* current_name_scope() { return tl_name_scopes.empty() ? nullptr : tl_name_scopes.back(); }
 
 TapeScope::TapeScope(Tape& tape) : previous_(tl_scoped_tape) { tl_scoped_tape = &tape; }
 TapeScope::~TapeScope() { tl_scoped_tape = previous_; }
@@ -328,10 +350,11 @@ void check_finite_output(const char* op, std::span<const Tensor> inputs, const T
     shapes += (shapes.empty() ? "" : ", ") + t.shape().str();
     if (t.defined() && !t.name().empty()) names += (names.empty() ? "" : ", ") + t.name();
   }
-  throw std::runtime_error(fmt::format("anomaly: forward of op '{}' (would be tape index {}) produced NaN or Inf; "
+  const std::string* scope = current_name_scope();
+  throw std::runtime_error(fmt::format("anomaly: forward of op '{}'{} (would be tape index {}) produced NaN or Inf; "
                                        "input shapes {}{}",
-                                       op, Tape::current().size(), shapes,
-                                       names.empty() ? "" : "; named inputs: " + names));
+                                       op, scope ? " in module '" + *scope + "'" : "", Tape::current().size(),
+                                       shapes, names.empty() ? "" : "; named inputs: " + names));
 }
 
 // ---- recording ---------------------------------------------------------------------------------
@@ -348,6 +371,7 @@ bool should_record(std::span<const Tensor> inputs) {
 void link(Node* n, std::span<const Tensor> inputs, Tensor& out, const char* op) {
   Tape& tape = Tape::current();
   n->op = op;
+  if (tl_anomaly && !tl_name_scopes.empty()) tape.set_scope(n, *tl_name_scopes.back());
   n->n_inputs = static_cast<uint32_t>(inputs.size());
   n->inputs = static_cast<Edge*>(tape.allocate(sizeof(Edge) * inputs.size(), alignof(Edge)));
   for (size_t i = 0; i < inputs.size(); ++i) new (&n->inputs[i]) Edge();

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <initializer_list>
 #include <span>
+#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -75,6 +76,9 @@ class Tape {
   Node* node(size_t i) const { return nodes_[i]; }
   const Ref<TapeSegment>& segment() const { return segment_; }
   size_t arena_bytes() const { return arena_capacity_; }
+  // The NameScope a node was recorded in, kept only while anomaly detection is on; null if none.
+  const std::string* scope_of(const Node* n) const;
+  void set_scope(const Node* n, const std::string& scope) { scopes_[n] = scope; }
   // Destroys every node; tensors recorded here become detached-by-release (see Edge::Freed).
   void release();
 
@@ -93,6 +97,7 @@ class Tape {
   std::vector<Chunk> chunks_;
   size_t chunk_ = 0, used_ = 0, arena_capacity_ = 0;
   Ref<TapeSegment> segment_;
+  std::unordered_map<const Node*, std::string> scopes_;
 };
 
 // Makes `tape` current on this thread for the scope's lifetime; the previous one is restored after.
@@ -121,7 +126,7 @@ class NoGradGuard {
 bool grad_enabled();
 
 // Inside it, the first op whose forward output or backward gradient holds NaN/Inf throws,
-// naming the op, its input shapes and its index on the tape.
+// naming the op, its input shapes, its index on the tape and the module it was recorded in.
 class DetectAnomalyGuard {
  public:
   DetectAnomalyGuard();
@@ -133,6 +138,21 @@ class DetectAnomalyGuard {
   bool previous_;
 };
 bool anomaly_detection_enabled();
+
+// Names what is recorded inside it (the innermost scope wins), for anomaly errors: "in module
+// 'rnn.cell0'". nn::Module's forward functions open one with the module's name. `name` must
+// outlive the scope; an empty name is ignored.
+class NameScope {
+ public:
+  explicit NameScope(const std::string& name);
+  ~NameScope();
+  NameScope(const NameScope&) = delete;
+  NameScope& operator=(const NameScope&) = delete;
+
+ private:
+  bool pushed_;
+};
+const std::string* current_name_scope();  // innermost, or null
 void check_finite_output(const char* op, std::span<const Tensor> inputs, const Tensor& out);
 
 namespace detail {

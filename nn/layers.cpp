@@ -7,6 +7,7 @@
 #include <string>
 
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 #include "nn/init.h"
 
 namespace tg::nn {
@@ -35,6 +36,7 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias, DType dtype)
       bias(register_parameter("bias", init_linear_bias(in, out, has_bias, dtype))) {}
 
 Tensor Linear::forward(const Tensor& x) {
+  NameScope scope(name());
   if (x.dim() < 1 || x.size(-1) != in_features)
     throw std::invalid_argument(fmt::format("Linear({}, {}): input must be [..., {}], got {}", in_features,
                                             out_features, in_features, x.shape().str()));
@@ -52,7 +54,10 @@ Embedding::Embedding(int64_t num, int64_t dim, int64_t pad, DType dtype)
   if (pad >= 0) init::zeros_(weight.detach().narrow(0, pad, 1));  // detached: a view op would be recorded
 }
 
-Tensor Embedding::forward(const Tensor& indices) { return embedding(weight, indices, padding_idx); }
+Tensor Embedding::forward(const Tensor& indices) {
+  NameScope scope(name());
+  return embedding(weight, indices, padding_idx);
+}
 
 Dropout::Dropout(double p_) : p(p_) {
   if (!(p >= 0.0 && p <= 1.0)) throw std::invalid_argument(fmt::format("Dropout: p must be in [0, 1], got {}", p));

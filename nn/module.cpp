@@ -53,7 +53,14 @@ void Module::add_child(std::string name, std::shared_ptr<Module> m) {
   check_new_name(name, "register_module");
   if (!m) throw std::invalid_argument(fmt::format("register_module: '{}' is a null module", name));
   if (m.get() == this) throw std::invalid_argument(fmt::format("register_module: '{}' is the module itself", name));
+  m->set_name(name_.empty() ? name : name_ + "." + name);
   children_.emplace_back(std::move(name), std::move(m));
+}
+
+// Recursion is fine: module trees are a few levels deep.
+void Module::set_name(std::string name) {
+  name_ = std::move(name);
+  for (auto& [key, child] : children_) child->set_name(name_.empty() ? key : name_ + "." + key);
 }
 
 // Recursion is fine: module trees are a few levels deep.

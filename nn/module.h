@@ -38,6 +38,12 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> named_buffers() const;
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const { return children_; }
 
+  // Dotted path given by register_module ("rnn.cell0"), or set by the user on a top-level model;
+  // setting it renames the submodules below. Forward functions record their ops under it, so
+  // anomaly errors (DetectAnomalyGuard) say which module an op came from.
+  const std::string& name() const { return name_; }
+  void set_name(std::string name);
+
   void train(bool on = true);  // recursive
   void eval() { train(false); }
   bool is_training() const { return training_; }
@@ -82,6 +88,7 @@ class Module {
   std::vector<Slot> params_, buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  std::string name_;
 };
 
 }  // namespace tg::nn

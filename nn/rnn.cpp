@@ -80,6 +80,7 @@ Tensor RNNBase::initial_state(const char* what, const Tensor& s, int64_t batch, 
 }
 
 RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c0_in, const Lengths& lengths) {
+  NameScope scope(name());
   const RNNOptions& o = options;
   const int64_t D = num_directions();
   const int64_t tdim = o.batch_first ? 1 : 0;  // everything stays in the caller's layout: no transposes

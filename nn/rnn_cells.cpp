@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 
 namespace tg::nn {
 
@@ -31,6 +32,7 @@ RNNCellBase::RNNCellBase(const char* type, int64_t in, int64_t hidden, int64_t g
       type_(type) {}
 
 Tensor RNNCellBase::project(const Tensor& x) const {
+  NameScope scope(name());
   if (x.dim() < 1 || x.size(-1) != input_size)
     throw std::invalid_argument(fmt::format("{}: input must be [..., {}] (input_size), got {}", type_, input_size,
                                             x.shape().str()));
@@ -73,6 +75,7 @@ Tensor RNNCell::forward(const Tensor& x, const Tensor& h) {
 }
 
 Tensor RNNCell::step(const Tensor& px, const Tensor& h_in) {
+  NameScope scope(name());
   Tensor h = check_step(px, h_in);
   return rnn_cell(px, h, weight_hh, bias_hh, nonlinearity == Nonlinearity::ReLU);  // one fused op
 }
@@ -86,6 +89,7 @@ LSTMState LSTMCell::forward(const Tensor& x, const LSTMState& state) {
 }
 
 LSTMState LSTMCell::step(const Tensor& px, const LSTMState& state) {
+  NameScope scope(name());
   Tensor h = check_step(px, state.h, "h");
   Tensor c = check_step(px, state.c, "c");
   Tensor hc = lstm_cell(px, h, c, weight_hh, bias_hh);  // one fused op: [2, B, H] = h', c'
@@ -101,6 +105,7 @@ Tensor GRUCell::forward(const Tensor& x, const Tensor& h) {
 }
 
 Tensor GRUCell::step(const Tensor& px, const Tensor& h_in) {
+  NameScope scope(name());
   Tensor h = check_step(px, h_in);
   return gru_cell(px, h, weight_hh, bias_hh);  // one fused op
 }

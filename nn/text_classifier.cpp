@@ -107,6 +107,7 @@ RNNOutput TextClassifier::run_rnn(const Tensor& x, const Lengths& lengths) {
 }
 
 Tensor TextClassifier::forward(const Tensor& tokens, const Lengths& lengths) {
+  NameScope scope(name());
   if (tokens.dim() != 2 || tokens.dtype() != DType::Int64)
     throw std::invalid_argument(fmt::format("TextClassifier: tokens must be int64 [batch, time], got {} {}",
                                             dtype_name(tokens.dtype()), tokens.shape().str()));

@@ -192,4 +192,40 @@ TEST_CASE("anomaly detection names the op that produced NaN") {
   Tape::current().release();
 }
 
+TEST_CASE("anomaly errors give the op, its input shapes, its tape index and the name scope") {
+  DetectAnomalyGuard guard;
+  Tensor a = ones({2, 3}).requires_grad_();
+  Tensor s = (a * 2.0).sum();  // tape indices 0 and 1
+  Tensor c = full({2, 3}, -1.0).requires_grad_();
+  CHECK_THROWS_WITH_AS(sqrt(c), doctest::Contains("forward of op 'sqrt' (would be tape index 2) produced NaN or Inf; "
+                                                  "input shapes [2, 3]"),
+                       std::runtime_error);
+  Tensor named = full({3}, 3e38).set_name("enc.bias");
+  CHECK_THROWS_WITH_AS(named * 10.0, doctest::Contains("input shapes [3], []; named inputs: enc.bias"),
+                       std::runtime_error);
+  const std::string module = "encoder.cell0";
+  {
+    NameScope scope(module);
+    CHECK_THROWS_WITH_AS(sqrt(c), doctest::Contains("forward of op 'sqrt' in module 'encoder.cell0'"),
+                         std::runtime_error);
+  }
+  Tape::current().release();
+
+  Tensor z = zeros({4}).requires_grad_();
+  Tensor w = ones({4}).requires_grad_();
+  Tensor y = (z * 1.0).sum();
+  Tensor r;
+  {
+    NameScope scope(module);
+    r = (sqrt(z) * w).sum() + y;  // sqrt is tape index 2, recorded in the scope
+  }
+  CHECK_THROWS_WITH_AS(r.backward(), doctest::Contains("backward of op 'sqrt' in module 'encoder.cell0' (tape index 2) "
+                                                       "produced a non-finite gradient for input 0 (input shapes [4])"),
+                       std::runtime_error);
+  Tape::current().release();
+  CHECK(current_name_scope() == nullptr);  // scopes are popped; an empty name pushes nothing
+  NameScope unnamed{std::string()};
+  CHECK(current_name_scope() == nullptr);
+}
+
 }

@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 #include "nn/nn.h"
+#include "nn/text_classifier.h"
 
 using namespace tg;
 
@@ -302,6 +305,27 @@ TEST_CASE("output_sequence = false: same final states, no output, same gradients
       auto pa = full_model->parameters(), pb = lean_model->parameters();
       for (size_t i = 0; i < pa.size(); ++i) CHECK(max_diff(pa[i].grad(), pb[i].grad()) == 0.0);
     }
+}
+
+TEST_CASE("modules name their ops for anomaly errors: register_module paths, set_name on the model") {
+  manual_seed(22);
+  nn::TextClassifier model({.vocab_size = 5, .embed = 3, .hidden = 4, .cell = nn::CellType::LSTM});
+  CHECK(model.name().empty());
+  CHECK(model.rnn->name() == "rnn");
+  CHECK(static_cast<nn::RNNBase&>(*model.rnn).cell(0).name() == "rnn.cell0");
+  model.set_name("clf");
+  CHECK(model.fc->name() == "clf.fc");
+  CHECK(static_cast<nn::RNNBase&>(*model.rnn).cell(0).name() == "clf.rnn.cell0");
+  {
+    NoGradGuard no_grad;
+    Tensor& w = static_cast<nn::RNNBase&>(*model.rnn).cell(0).weight_hh;
+    fill_(w, std::numeric_limits<double>::infinity());
+  }
+  DetectAnomalyGuard guard;
+  Tensor tokens = from_vector(std::vector<int64_t>{1, 2, 3, 4}, {2, 2});
+  CHECK_THROWS_WITH_AS(model.forward(tokens, nn::Lengths{2, 1}), doctest::Contains("in module 'clf.rnn.cell0'"),
+                       std::runtime_error);
+  Tape::current().release();
 }
 
 TEST_CASE("Module: names, counts, state_dict round trip, load errors leave the model unchanged") {
