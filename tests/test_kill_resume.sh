@@ -12,12 +12,8 @@
 # usage: test_kill_resume.sh path/to/tapegrad-train
 set -euo pipefail
 bin=$1
-here=$(cd "$(dirname "$0")" && pwd)
-data=${TAPEGRAD_DATA:-$here/../../shared/data}/sst2
-if [ ! -f "$data/train.tsv" ] || [ ! -f "$data/dev.tsv" ]; then
-  echo "SKIP: SST-2 data not found in $data (set TAPEGRAD_DATA to the folder holding sst2/); test_kill_resume not run"
-  exit 77  # CTest: skipped (SKIP_RETURN_CODE), not passed
-fi
+source "$(dirname "$0")/cli_lib.sh"
+require_sst2 test_kill_resume
 tmp=$(mktemp -d)
 pid=""
 cleanup() {
@@ -31,8 +27,6 @@ RANDOM=$seed
 echo "kill seed $seed (TG_KILL_SEED=$seed replays it)"
 
 fail() { echo "FAIL: $* (TG_KILL_SEED=$seed)" >&2; exit 1; }
-field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -1 | cut -d: -f2-; }
-deterministic() { sed -E 's/"(elapsed|examples_per_second)":[^,}]*,?//g' "$1"; }
 # The step of the newest complete checkpoint in run folder $1 (empty if none yet).
 ckpt_step() {
   local t

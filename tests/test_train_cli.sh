@@ -14,19 +14,11 @@
 # usage: test_train_cli.sh path/to/tapegrad-train
 set -euo pipefail
 bin=$1
-here=$(cd "$(dirname "$0")" && pwd)
-data=${TAPEGRAD_DATA:-$here/../../shared/data}/sst2
-if [ ! -f "$data/train.tsv" ] || [ ! -f "$data/dev.tsv" ]; then
-  echo "SKIP: SST-2 data not found in $data (set TAPEGRAD_DATA to the folder holding sst2/); test_train_cli not run"
-  exit 77  # CTest: skipped (SKIP_RETURN_CODE), not passed
-fi
+source "$(dirname "$0")/cli_lib.sh"
+require_sst2 test_train_cli
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
-field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -1 | cut -d: -f2-; }
-# metrics.jsonl without the timing fields, which differ run to run
-deterministic() { sed -E 's/"(elapsed|examples_per_second)":[^,}]*,?//g' "$1"; }
 
 args=(--train "$data/train.tsv" --dev "$data/dev.tsv" --max-train 16000 --model gru --embed 64 --hidden 64
       --pooling max --epochs 2 --batch 32 --lr 3e-3 --eval-every 250 --seed 1 -q)
@@ -68,10 +60,7 @@ for k in dev_accuracy epoch_of_best step_of_best final_dev_accuracy final_dev_lo
   [ "$(field "$resumed" "$k")" = "$(field "$summary" "$k")" ] ||
     fail "resumed $k $(field "$resumed" "$k") != uninterrupted $(field "$summary" "$k")"
 done
-cmp -s <(deterministic "$tmp/a/metrics.jsonl") <(deterministic "$tmp/b/metrics.jsonl") ||
-  fail "metrics differ: $(diff <(deterministic "$tmp/a/metrics.jsonl") <(deterministic "$tmp/b/metrics.jsonl"))"
-cmp -s "$tmp/a/last/model.safetensors" "$tmp/b/last/model.safetensors" || fail "final weights differ"
-cmp -s "$tmp/a/last/optimizer.json" "$tmp/b/last/optimizer.json" || fail "final optimizer state differs"
+same_run_folders "$tmp/a" "$tmp/b"
 cmp -s "$tmp/a/best/model.safetensors" "$tmp/b/best/model.safetensors" || fail "best weights differ"
 echo "ok   stopped at step 700 and resumed: bit-identical to the uninterrupted run ($(field "$resumed" weights_checksum))"
 

@@ -18,20 +18,13 @@
 set -euo pipefail
 mpirun=$1
 bin=$2
-here=$(cd "$(dirname "$0")" && pwd)
-data=${TAPEGRAD_DATA:-$here/../../../shared/data}/sst2
-if [ ! -f "$data/train.tsv" ] || [ ! -f "$data/dev.tsv" ]; then
-  echo "SKIP: SST-2 data not found in $data (set TAPEGRAD_DATA to the folder holding sst2/); train_np_check not run"
-  exit 77  # CTest: skipped (SKIP_RETURN_CODE), not passed
-fi
+source "$(dirname "$0")/../cli_lib.sh"
+require_sst2 train_np_check
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export TG_MPIRUN=$mpirun
 start=$SECONDS
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
-field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -1 | cut -d: -f2-; }
-deterministic() { sed -E 's/"(elapsed|examples_per_second)":[^,}]*,?//g' "$1"; }
 root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 
@@ -78,10 +71,7 @@ for k in dev_accuracy final_dev_loss steps world_size weights_checksum; do
   [ "$(field "$resumed" "$k")" = "$(field "$summary" "$k")" ] ||
     fail "resumed $k $(field "$resumed" "$k") != uninterrupted $(field "$summary" "$k")"
 done
-cmp -s <(deterministic "$tmp/a/metrics.jsonl") <(deterministic "$tmp/b/metrics.jsonl") ||
-  fail "metrics differ: $(diff <(deterministic "$tmp/a/metrics.jsonl") <(deterministic "$tmp/b/metrics.jsonl"))"
-cmp -s "$tmp/a/last/model.safetensors" "$tmp/b/last/model.safetensors" || fail "final weights differ"
-cmp -s "$tmp/a/last/optimizer.json" "$tmp/b/last/optimizer.json" || fail "final optimizer state differs"
+same_run_folders "$tmp/a" "$tmp/b"
 echo "ok   stopped at step 45, resumed with --np 2 --hostfile (localhost slots=2): bit-identical ($(field "$resumed" weights_checksum))"
 
 # ---- 4. only rank 0 writes (mpirun directly, a different --save per rank) ----
