@@ -94,6 +94,37 @@ template <bool kSet, class T> inline void axpy(T* c, const T* b, T av, int64_t n
   for (; j < n; ++j) c[j] = kSet ? av * b[j] : c[j] + av * b[j];
 }
 
+// c[i, :] (beta)= sum_p a(i, p) * b[p, :] for rows of exactly 8 * NV floats, accumulated in
+// registers; a(i, p) is a[p * lda + i] when ta, else a[i * lda + p].
+template <int NV>
+void rows_in_registers(bool ta, int64_t m, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                       float beta, float* c, int64_t ldc) {
+  using f8 = float __attribute__((vector_size(32)));
+  for (int64_t i = 0; i < m; ++i) {
+    float* crow = c + i * ldc;
+    f8 acc[NV];
+    for (int v = 0; v < NV; ++v) {
+      acc[v] = f8{};
+      if (beta != 0.0f) {
+        std::memcpy(&acc[v], crow + 8 * v, sizeof(f8));
+        if (beta != 1.0f) acc[v] *= beta;
+      }
+    }
+    const int64_t a_step = ta ? lda : 1;
+    const float* ap = ta ? a + i : a + i * lda;
+    for (int64_t p = 0; p < k; ++p) {
+      const f8 av = f8{} + ap[p * a_step];
+      const float* brow = b + p * ldb;
+      for (int v = 0; v < NV; ++v) {
+        f8 vb;
+        std::memcpy(&vb, brow + 8 * v, sizeof vb);
+        acc[v] += av * vb;
+      }
+    }
+    for (int v = 0; v < NV; ++v) std::memcpy(crow + 8 * v, &acc[v], sizeof(f8));
+  }
+}
+
 template <class T>
 void small_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
                 T beta, T* c, int64_t ldc) {
@@ -119,6 +150,16 @@ void small_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, i
     return;
   }
   // a @ b and a^T @ b: rows of c as sums of scaled rows of b
+  if constexpr (std::is_same_v<T, float>) {
+    // Rows of up to 32 floats stay in registers across all k terms (one load of c, not k).
+    switch (n) {
+      case 8: return rows_in_registers<1>(ta, m, k, a, lda, b, ldb, beta, c, ldc);
+      case 16: return rows_in_registers<2>(ta, m, k, a, lda, b, ldb, beta, c, ldc);
+      case 24: return rows_in_registers<3>(ta, m, k, a, lda, b, ldb, beta, c, ldc);
+      case 32: return rows_in_registers<4>(ta, m, k, a, lda, b, ldb, beta, c, ldc);
+      default: break;
+    }
+  }
   for (int64_t i = 0; i < m; ++i) {
     T* crow = c + i * ldc;
     int64_t p = 0;
