@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 
 PACKAGES=(cmake g++ make pkg-config libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
-          libopenblas-dev nlohmann-json3-dev gnuplot-nox python3-numpy bc
+          libopenblas-dev nlohmann-json3-dev gnuplot-nox python3 python3-numpy bc procps
           libopenmpi-dev openmpi-bin libboost-mpi-dev)
 # Only `./run.sh fuzz` needs these: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer,
 # only recommended by clang on Debian 12) and llvm-symbolizer for readable reports.
@@ -62,7 +62,7 @@ case "$cmd" in
     fi
     ;;
   bench)
-    ensure_packages
+    ensure_packages libtorch-dev  # the libtorch reference the ratios are taken against
     build "$RELEASE"
     exec bash "$ROOT/bench/run_bench.sh" "$RELEASE" "$@"
     ;;
