@@ -13,23 +13,19 @@
 #include <string>
 
 #include "autograd/ops.h"
-#include "nn/nn.h"
+#include "bench/bench_model.h"
 #include "optim/adam.h"
 #include "optim/clip.h"
 #include "optim/sgd.h"
 
 using namespace tg;
 using Clock = std::chrono::steady_clock;
+using bench::Config;
+using bench::kConfigs;
+using bench::Net;
 
 namespace {
 
-struct Config { int64_t V, E, H, T, B; bool lstm; int warm, N; };
-const std::map<std::string, Config> kConfigs = {
-    {"toy", {16, 8, 16, 4, 1, false, 200, 5000}},
-    {"small", {5000, 64, 128, 32, 32, false, 20, 200}},
-    {"medium", {20000, 128, 256, 64, 64, false, 20, 30}},
-    {"lstm-small", {5000, 64, 128, 32, 32, true, 20, 100}},
-};
 constexpr int kRepeats = 5;
 
 double flops_per_step(const Config& c) {  // SPEC.md's nominal count: matmuls only, backward = 2x forward
@@ -37,30 +33,6 @@ double flops_per_step(const Config& c) {  // SPEC.md's nominal count: matmuls on
   double fwd = c.T * (2.0 * c.B * c.E * G * c.H + 2.0 * c.B * c.H * G * c.H) + 2.0 * c.B * c.H;
   return 3 * fwd;
 }
-
-class Net : public nn::Module {
- public:
-  Net(const Config& c) : lstm_(c.lstm) {
-    emb_ = register_module("emb", std::make_shared<nn::Embedding>(c.V, c.E));
-    // Only h_n is read, so the module is told not to assemble the per-step output sequence.
-    nn::RNNOptions o{.input_size = c.E, .hidden_size = c.H, .batch_first = true, .output_sequence = false};
-    if (lstm_) lstm_mod_ = register_module("lstm", std::make_shared<nn::LSTM>(o));
-    else rnn_ = register_module("rnn", std::make_shared<nn::RNN>(o));
-    fc_ = register_module("fc", std::make_shared<nn::Linear>(c.H, 1));
-  }
-  Tensor forward(const Tensor& x) {
-    Tensor e = (*emb_)(x);
-    Tensor h = lstm_ ? (*lstm_mod_)(e).h_n : (*rnn_)(e).h_n;
-    return (*fc_)(select(h, 0, -1)).reshape({-1});
-  }
-
- private:
-  bool lstm_;
-  std::shared_ptr<nn::Embedding> emb_;
-  std::shared_ptr<nn::RNN> rnn_;
-  std::shared_ptr<nn::LSTM> lstm_mod_;
-  std::shared_ptr<nn::Linear> fc_;
-};
 
 double peak_rss_mb() {
   rusage u{};

@@ -18,42 +18,20 @@
 #include <vector>
 
 #include "autograd/ops.h"
-#include "nn/nn.h"
+#include "bench/bench_model.h"
 #include "optim/adam.h"
 #include "optim/clip.h"
 #include "optim/dist/dist.h"
 
 using namespace tg;
 using Clock = std::chrono::steady_clock;
+using bench::Config;
+using bench::kConfigs;
+using bench::Net;
 
 namespace {
 
-struct Config { int64_t V, E, H, T, B; };
-const std::map<std::string, Config> kConfigs = {
-    {"small", {5000, 64, 128, 32, 32}},
-    {"medium", {20000, 128, 256, 64, 64}},
-};
-
-class Net : public nn::Module {
- public:
-  explicit Net(const Config& c) {
-    emb_ = register_module("emb", std::make_shared<nn::Embedding>(c.V, c.E));
-    rnn_ = register_module("rnn", std::make_shared<nn::RNN>(nn::RNNOptions{.input_size = c.E, .hidden_size = c.H,
-                                                                             .batch_first = true}));
-    fc_ = register_module("fc", std::make_shared<nn::Linear>(c.H, 1));
-  }
-  Tensor forward(const Tensor& x) {
-    Tensor h = (*rnn_)((*emb_)(x)).h_n;
-    return (*fc_)(select(h, 0, -1)).reshape({-1});
-  }
-
- private:
-  std::shared_ptr<nn::Embedding> emb_;
-  std::shared_ptr<nn::RNN> rnn_;
-  std::shared_ptr<nn::Linear> fc_;
-};
-
-int bench(dist::Context& ctx, int argc, char** argv) {
+int run_bench(dist::Context& ctx, int argc, char** argv) {
   std::string config = "medium";
   int warm = 20, steps = 30, repeats = 5, threads = 1;
   double bucket_mb = 25;
@@ -68,7 +46,8 @@ int bench(dist::Context& ctx, int argc, char** argv) {
     else if (k == "--bucket-mb") bucket_mb = std::atof(v);
     else throw std::invalid_argument("unknown option " + k + " (--config --warm --steps --repeats --threads --bucket-mb)");
   }
-  if (!kConfigs.count(config)) throw std::invalid_argument("unknown config '" + config + "': small, medium");
+  if (!kConfigs.count(config))
+    throw std::invalid_argument("unknown config '" + config + "': toy, small, medium, lstm-small");
   if (steps < 1 || repeats < 1 || warm < 0) throw std::invalid_argument("--steps and --repeats must be >= 1");
   set_num_threads(threads);
   const Config c = kConfigs.at(config);
@@ -136,5 +115,5 @@ int bench(dist::Context& ctx, int argc, char** argv) {
 
 int main(int argc, char** argv) {
   dist::Context ctx(argc, argv);
-  return dist::run_or_abort([&] { return bench(ctx, argc, argv); });
+  return dist::run_or_abort([&] { return run_bench(ctx, argc, argv); });
 }
