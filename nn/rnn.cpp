@@ -100,7 +100,7 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
 
   // Packed like PyTorch's PackedSequence. Rows are ordered by length (longest first, stable), so
   // the sequences still running at step t are the first active[t] rows, and the real tokens are
-  // gathered time-major into one [N, I] matrix: step t is the contiguous block of rows
+  // gathered time-major into one [N, I] matrix: step t is the block of rows
   // [offset[t], offset[t] + active[t]). Projections, steps and stacked layers touch real tokens
   // only; a row that ends keeps its state (its h_n); padded outputs are zero.
   std::vector<int64_t> len(static_cast<size_t>(B), T);
@@ -122,16 +122,19 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < len[b]; ++t) ++active[t];
   for (int64_t t = 0; t < T; ++t) offset[t + 1] = offset[t] + active[t];
-  auto flat_index = [&](int64_t row, int64_t t) { return o.batch_first ? row * T + t : t * B + row; };
+  // Without padding the rows stay in the caller's layout (time- or batch-major; nothing to
+  // gather or scatter back); with padding the real tokens are gathered time-major.
+  const bool unpadded = offset[T] == B * T;
+  const bool batch_major = unpadded && o.batch_first;
   std::vector<int64_t> gather;  // packed row -> row of the flattened input
-  gather.reserve(static_cast<size_t>(offset[T]));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < active[t]; ++i) gather.push_back(flat_index(order[i], t));
-  bool identity = offset[T] == B * T;  // time-major, sorted and unpadded: the input itself
-  for (size_t j = 0; j < gather.size(); ++j) identity &= gather[j] == static_cast<int64_t>(j);
+  if (!unpadded) {
+    gather.reserve(static_cast<size_t>(offset[T]));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < active[t]; ++i) gather.push_back(o.batch_first ? order[i] * T + t : t * B + order[i]);
+  }
 
   Tensor layer_in = reshape(input, {B * T, o.input_size});
-  if (!identity) layer_in = index_select(layer_in, 0, from_vector(gather, Shape{offset[T]}));
+  if (!unpadded) layer_in = index_select(layer_in, 0, from_vector(gather, Shape{offset[T]}));
   Tensor perm, unperm;
   if (!sorted) {
     std::vector<int64_t> inverse(static_cast<size_t>(B));
@@ -150,7 +153,10 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       const int64_t k = l * D + d;
       RNNCellBase& cell = *cells_[k];
       const Tensor proj = cell.project(layer_in);  // every real token of the layer in one linear call
-      auto px = [&](int64_t t) { return narrow(proj, 0, offset[t], active[t]); };
+      const Tensor proj_bt = batch_major ? reshape(proj, {B, T, proj.size(1)}) : Tensor();
+      auto px = [&](int64_t t) {
+        return batch_major ? select(proj_bt, 1, t) : narrow(proj, 0, offset[t], active[t]);
+      };
       const Tensor h0k = select(h0, 0, k), c0k = c0.defined() ? select(c0, 0, k) : Tensor();
       std::vector<Tensor> out(static_cast<size_t>(T));
       LSTMState state;
@@ -196,7 +202,8 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       }
       h_n.push_back(state.h);
       if (has_cell_state_) c_n.push_back(state.c);
-      if (need_output) dir_out.push_back(cat_rows(out));  // packed [N, H], time-major like the input
+      if (need_output)  // [N, H], rows in the same order as layer_in's
+        dir_out.push_back(batch_major ? reshape(stack(out, 1), {B * T, o.hidden_size}) : cat_rows(out));
     }
     if (!need_output) {
       layer_in = Tensor();
@@ -210,7 +217,7 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
   Tensor output;
   if (layer_in.defined()) {
     const int64_t F = layer_in.size(1);
-    if (identity) {
+    if (unpadded) {
       output = reshape(layer_in, o.batch_first ? Shape{B, T, F} : Shape{T, B, F});
     } else {  // back to the caller's layout: every padded position reads an appended zero row
       std::vector<int64_t> scatter(static_cast<size_t>(B * T), offset[T]);
