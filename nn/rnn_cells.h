@@ -55,6 +55,9 @@ class RNNCell : public RNNCellBase {
 };
 
 // Gates i, f, g, o: c' = f*c + i*g, h' = o*tanh(c').
+// step() is one fused op returning h' and c'; inside it c' also feeds h', so a hook on the
+// returned c' sees only the gradient that reaches it through later steps, not through this h'
+// (examples/gradient_flow.cpp writes the step out with composite ops to see the whole dL/dc_t).
 class LSTMCell : public RNNCellBase {
  public:
   LSTMCell(int64_t input_size, int64_t hidden_size, bool bias = true, DType dtype = DType::Float32);
