@@ -1,7 +1,9 @@
 #pragma once
 // Storage: a refcounted block of bytes with a device tag, shared by a tensor and its views.
 // Blocks come from a per-thread caching allocator so steady-state training does no malloc.
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 #include "autograd/dtype.h"
 #include "autograd/ref.h"
@@ -25,8 +27,14 @@ class Storage : public RefCounted {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  // Bumped by every in-place write into these bytes (add_, mul_, fill_, copy_, optimizer updates,
+  // load_state_dict). A tensor saved for backward remembers the version it saw (tg::Saved), so a
+  // backward that would read modified data throws instead of computing a wrong gradient.
+  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
+  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
+  std::atomic<uint64_t> version_{0};
   size_t nbytes_;
   Device device_;
   void* data_;

@@ -17,6 +17,7 @@ thread_local bool tl_anomaly = false;
 thread_local std::vector<const std::string*> tl_name_scopes;
 thread_local bool tl_in_backward = false;  // backward formulas are checked per gradient, in Grads::add
 thread_local Tape* tl_scoped_tape = nullptr;
+thread_local const Node* tl_current_node = nullptr;  // the node whose backward is running (for errors)
 
 // The backward pass running on this thread: leaves it touched stage their gradients until its end.
 struct BackwardPass {
@@ -165,6 +166,21 @@ std::string backward_anomaly_message(const Node* node, int i) {
 }
 
 }  // namespace
+
+// ---- Saved ---------------------------------------------------------------------------------------
+
+void Saved::throw_modified() const {
+  const Node* n = tl_current_node;
+  const std::string what = input_ == kOutput     ? std::string("its output")
+                           : input_ == kInternal ? std::string("a tensor it computed for backward")
+                                                 : fmt::format("its input {}", input_);
+  throw std::runtime_error(fmt::format(
+      "backward of op '{}': {} (shape {}, {}), saved for the backward pass, was modified by an in-place operation "
+      "after the op was recorded: its version is now {}, it was {} when saved, so the gradient would be computed "
+      "from the wrong values. Do the in-place write after backward() (e.g. optimizer.step() after "
+      "loss.backward()), or write into a clone() (x = x.clone()) or use the out-of-place op.",
+      n ? n->op : "?", what, t_.shape().str(), dtype_name(t_.dtype()), t_.impl()->storage->version(), version_));
+}
 
 // ---- Grads -------------------------------------------------------------------------------------
 
@@ -473,6 +489,7 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
       }
     }
     Grads grads(n);
+    tl_current_node = n;
     n->backward(g, grads);
   }
   flush_leaves(pass);

@@ -64,6 +64,39 @@ class Grads {
   Node* node_;
 };
 
+// A tensor an op's backward reads, with the version its storage had when the op was recorded.
+// Every tensor a backward lambda captures is held as a Saved: if an in-place write (add_, mul_,
+// fill_, copy_, an optimizer step, load_state_dict) changed its bytes before backward runs, get()
+// throws, naming the op, which input (or the output) it was, its shape and both versions,
+// instead of letting backward compute a wrong gradient from the new values. Shape and dtype
+// cannot change in place, so reading them needs no check.
+class Saved {
+ public:
+  static constexpr int kOutput = -1;    // the op's result
+  static constexpr int kInternal = -2;  // something the op computed for its backward (a mask, ...)
+  Saved() = default;
+  // `input`: which input of the op this is (0, 1, ...), or kOutput / kInternal.
+  Saved(const Tensor& t, int input)
+      : t_(t), version_(t.defined() ? t.impl()->storage->version() : 0), input_(input) {}
+  const Tensor& get() const {
+    if (t_.defined() && t_.impl()->storage->version() != version_) throw_modified();
+    return t_;
+  }
+  const Tensor& operator*() const { return get(); }
+  bool defined() const { return t_.defined(); }
+  const Shape& shape() const { return t_.shape(); }
+  DType dtype() const { return t_.dtype(); }
+  int64_t dim() const { return t_.dim(); }
+  int64_t size(int64_t d) const { return t_.size(d); }
+  int64_t numel() const { return t_.numel(); }
+
+ private:
+  [[noreturn]] void throw_modified() const;
+  Tensor t_;
+  uint64_t version_ = 0;
+  int input_ = kOutput;
+};
+
 class Tape {
  public:
   Tape();
