@@ -1,11 +1,15 @@
 #pragma once
-// The tape: every op recorded while gradients are on becomes a Node, appended in creation order
-// to an arena owned by the thread's current Tape. backward() walks that list in reverse (a valid
-// topological order by construction: no sorting, no recursion) and then frees it in one sweep.
+// The tape: every op recorded while gradients are on becomes a Node that points at the nodes (or
+// leaves) that produced its inputs. backward() walks the graph below one root in a topological
+// order found by counting each node's consumers (Kahn's algorithm: no sorting, no recursion), and
+// frees what it walked unless retain_graph. Nodes are reference counted, so a graph that no live
+// tensor can reach is freed at once, and independent graphs on one thread stay independent.
+#include <atomic>
 #include <cstddef>
+#include <memory>
+#include <new>
 #include <initializer_list>
 #include <span>
-#include <unordered_map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,34 +18,62 @@
 
 namespace tg {
 
-class Tape;
-
-
 struct Edge {
   enum Kind : uint8_t { None, Interior, Leaf, Freed };
   Kind kind = None;
-  Node* node = nullptr;       // Interior: the producing node
+  NodeRef node;               // Interior: the producing node (owned: a graph keeps what it needs)
   Ref<TensorImpl> leaf;       // Leaf: where the gradient accumulates
   Shape shape;                // the input's shape, checked against every gradient
   DType dtype = DType::Float32;
+  Edge() = default;
+  Edge(const Edge&) = delete;
+  Edge& operator=(const Edge&) = delete;
+  ~Edge();
 };
 
 class Grads;
 
-struct Node {
+// Rarely used per-node state: hooks and retain_grad() of the output, the anomaly name scope.
+struct NodeExtras {
+  std::vector<GradHook> hooks;
+  TensorImpl* retain_target = nullptr;  // not owned: cleared when that tensor dies
+  std::string scope;
+};
+
+// One recorded op. Owned by reference counts: the tensor it produced holds it, and so does every
+// node that consumed that tensor, so a node lives exactly as long as something can still reach it
+// (the last reference frees it, iteratively, so freeing a deep unrolled graph never recurses).
+// A backward without retain_graph releases what the nodes it walked saved, unless another live
+// graph still reaches them.
+struct Node : NodeBase {
   const char* op = "";
-  uint32_t index = 0;
+  uint64_t index = 0;         // position in this thread's recording order (errors, to_dot)
   uint32_t n_inputs = 0;
-  Edge* inputs = nullptr;     // arena-allocated array
+  uint32_t alloc_bytes = 0;
+  Edge* inputs = nullptr;     // allocated with the node
   Shape out_shape;
   DType out_dtype = DType::Float32;
-  Tensor grad;                // gradient of the output, accumulated during backward
+  bool released = false;      // a backward freed what it saved: walking it again is an error
+  // Walk state, owned by the backward pass that claimed the node (`walker`).
   bool grad_exclusive = false;
-  Ref<TensorImpl> watched;    // set when the output has hooks or retain_grad()
-  virtual void backward(const Tensor& grad_out, Grads& grads) = 0;
-  virtual ~Node() {
-    for (uint32_t i = 0; i < n_inputs; ++i) inputs[i].~Edge();  // the arena holds only their bytes
+  bool keep = false;
+  uint32_t deps = 0;
+  std::atomic<uint64_t> walker{0};
+  std::atomic<uint32_t> consumers{0};  // edges of other nodes that point here
+  Tensor grad;
+  std::unique_ptr<NodeExtras> extras;
+  Node* dying_next = nullptr;  // detail::destroy_node's queue
+  NodeExtras& ensure_extras() {
+    if (!extras) extras = std::make_unique<NodeExtras>();
+    return *extras;
   }
+  virtual void backward(const Tensor& grad_out, Grads& grads) = 0;
+  // Drops what backward needed (saved tensors, input edges): after a backward without retain_graph.
+  virtual void release_saved() = 0;
+  virtual ~Node();
+
+ protected:
+  void drop_inputs();
 };
 
 // What an op's backward sees: which inputs want a gradient, and where to add it.
@@ -97,53 +129,9 @@ class Saved {
   int input_ = kOutput;
 };
 
-class Tape {
- public:
-  Tape();
-  ~Tape();
-  Tape(const Tape&) = delete;
-  Tape& operator=(const Tape&) = delete;
-
-  static Tape& current();  // this thread's tape: the innermost TapeScope's, else a thread-local default
-  size_t size() const { return nodes_.size(); }
-  Node* node(size_t i) const { return nodes_[i]; }
-  const Ref<TapeSegment>& segment() const { return segment_; }
-  size_t arena_bytes() const { return arena_capacity_; }
-  // The NameScope a node was recorded in, kept only while anomaly detection is on; null if none.
-  const std::string* scope_of(const Node* n) const;
-  void set_scope(const Node* n, const std::string& scope) { scopes_[n] = scope; }
-  // Destroys every node; tensors recorded here become detached-by-release (see Edge::Freed).
-  void release();
-
-  template <class N, class... Args> N* emplace(Args&&... args) {
-    void* p = allocate(sizeof(N), alignof(N));
-    N* n = new (p) N(std::forward<Args>(args)...);
-    n->index = static_cast<uint32_t>(nodes_.size());
-    nodes_.push_back(n);
-    return n;
-  }
-  void* allocate(size_t bytes, size_t align);
-
- private:
-  struct Chunk { char* data; size_t size; };
-  std::vector<Node*> nodes_;
-  std::vector<Chunk> chunks_;
-  size_t chunk_ = 0, used_ = 0, arena_capacity_ = 0;
-  Ref<TapeSegment> segment_;
-  std::unordered_map<const Node*, std::string> scopes_;
-};
-
-// Makes `tape` current on this thread for the scope's lifetime; the previous one is restored after.
-class TapeScope {
- public:
-  explicit TapeScope(Tape& tape);
-  ~TapeScope();
-  TapeScope(const TapeScope&) = delete;
-  TapeScope& operator=(const TapeScope&) = delete;
-
- private:
-  Tape* previous_;
-};
+// How many recorded nodes are alive in the process (tests and soak runs: graphs that nobody can
+// reach any more must not keep any).
+int64_t live_nodes();
 
 // Nothing is recorded inside a NoGradGuard (per thread).
 class NoGradGuard {
@@ -190,23 +178,40 @@ void check_finite_output(const char* op, std::span<const Tensor> inputs, const T
 
 namespace detail {
 template <class F> struct LambdaNode final : Node {
-  explicit LambdaNode(F&& f) : fn(std::move(f)) {}
-  void backward(const Tensor& g, Grads& grads) override { fn(g, grads); }
-  F fn;
+  explicit LambdaNode(F&& f) { new (storage) F(std::move(f)); }
+  ~LambdaNode() override {
+    if (!released) fn().~F();
+  }
+  void backward(const Tensor& g, Grads& grads) override { fn()(g, grads); }
+  void release_saved() override {
+    if (released) return;
+    released = true;
+    fn().~F();  // the saved tensors go now, not when the last tensor handle of the output does
+    drop_inputs();
+  }
+  F& fn() { return *std::launder(reinterpret_cast<F*>(storage)); }
+  alignas(F) unsigned char storage[sizeof(F)];
 };
 bool should_record(std::span<const Tensor> inputs);
-void link(Node* n, std::span<const Tensor> inputs, Tensor& out, const char* op);
+void* allocate_node(size_t node_bytes, size_t n_inputs, uint32_t* total_bytes);
+void link(Node* n, size_t node_bytes, uint32_t total_bytes, std::span<const Tensor> inputs, Tensor& out,
+          const char* op);
 }  // namespace detail
 
 // Records `out = op(inputs)` with its backward: `backward(grad_out, grads)` calls grads.add(i, g)
 // for each input i that grads.needs(i). This is how every built-in op is written, and the public
-// way to add a differentiable op of your own (see README, "Writing an op").
+// way to add a differentiable op of your own (see README, "Writing an op"). Capture the tensors
+// backward reads as tg::Saved, so an in-place write between forward and backward is detected.
 template <class F>
 Tensor record(const char* op, std::span<const Tensor> inputs, Tensor out, F&& backward) {
   if (anomaly_detection_enabled()) check_finite_output(op, inputs, out);
   if (!detail::should_record(inputs)) return out;
-  Node* n = Tape::current().emplace<detail::LambdaNode<std::decay_t<F>>>(std::forward<F>(backward));
-  detail::link(n, inputs, out, op);
+  using N = detail::LambdaNode<std::decay_t<F>>;
+  static_assert(alignof(N) <= 64, "record: backward captures need at most 64-byte alignment");
+  uint32_t total = 0;
+  void* p = detail::allocate_node(sizeof(N), inputs.size(), &total);
+  N* n = new (p) N(std::forward<F>(backward));
+  detail::link(n, sizeof(N), total, inputs, out, op);
   return out;
 }
 template <class F>

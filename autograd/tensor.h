@@ -2,10 +2,13 @@
 // Tensor: a refcounted handle to (storage, offset, shape, strides, dtype) plus autograd state.
 // Views (reshape of contiguous data, transpose, permute, narrow, squeeze, unsqueeze, expand)
 // share storage; contiguous() copies only when the layout requires it.
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -18,15 +21,45 @@ namespace tg {
 
 class Tensor;
 struct Node;
-class Tape;
 
-// Identifies one lifetime of a tape: after release() tensors recorded on it see `alive == false`
-// and a backward that reaches them reports a freed graph instead of touching freed memory.
-class TapeSegment : public RefCounted {
- public:
-  Tape* tape = nullptr;
-  bool alive = true;
+
+// The reference count of a recorded node (tape.h). Tensors hold their producing node through a
+// NodeRef; the last reference frees the node (detail::destroy_node, iterative, so a long chain of
+// nodes is freed without recursion).
+struct NodeBase {
+  std::atomic<int32_t> refs{0};
 };
+namespace detail {
+void destroy_node(NodeBase* n);
+}
+class NodeRef {
+ public:
+  NodeRef() = default;
+  explicit NodeRef(Node* n);
+  NodeRef(const NodeRef& o) : p_(o.p_) { retain(); }
+  NodeRef(NodeRef&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  ~NodeRef() { release(); }
+  NodeRef& operator=(const NodeRef& o) {
+    if (p_ != o.p_) { NodeRef tmp(o); std::swap(p_, tmp.p_); }
+    return *this;
+  }
+  NodeRef& operator=(NodeRef&& o) noexcept {
+    if (this != &o) { release(); p_ = std::exchange(o.p_, nullptr); }
+    return *this;
+  }
+  void reset() { release(); p_ = nullptr; }
+  Node* get() const { return p_; }
+  Node* operator->() const { return p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+  bool operator==(std::nullptr_t) const { return p_ == nullptr; }
+  bool operator==(const Node* o) const { return p_ == o; }
+
+ private:
+  void retain();
+  void release();
+  Node* p_ = nullptr;
+};
+
 using GradHook = std::function<Tensor(const Tensor&)>;  // returns the replacement, or an undefined tensor to keep it
 
 struct TensorImpl;
@@ -37,13 +70,6 @@ struct AutogradMeta {
   std::vector<GradHook> hooks;
   std::string name;              // optional, shown by to_dot and anomaly errors
   bool retains_grad = false;
-  // Leaves stage their gradient during one backward pass (see Grads): contributions are summed
-  // here, products a^T b are stacked and computed in one GEMM at the end of the pass, then hooks
-  // run once on the total and it is added to `grad`.
-  uint64_t pending_pass = 0;
-  Ref<TensorImpl> pending;
-  bool pending_exclusive = false;
-  std::vector<std::pair<Ref<TensorImpl>, Ref<TensorImpl>>> pending_products;
 };
 
 struct TensorImpl : RefCounted {
@@ -60,9 +86,11 @@ struct TensorImpl : RefCounted {
   bool requires_grad = false;
   bool grad_exclusive = false;   // grad's storage is ours alone, so it may be accumulated in place
   Ref<TensorImpl> grad;
-  Node* grad_fn = nullptr;       // valid only while `segment` is alive
-  Ref<TapeSegment> segment;
+  NodeRef grad_fn;               // the op that produced this tensor; null for leaves and constants
   std::unique_ptr<AutogradMeta> meta;  // null until hooks, a name, retain_grad or a leaf gradient need it
+
+  TensorImpl() = default;
+  ~TensorImpl();  // a retain_grad() target tells its node it is gone
 
   AutogradMeta& autograd_meta() {
     if (!meta) meta = std::make_unique<AutogradMeta>();

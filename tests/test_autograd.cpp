@@ -41,20 +41,33 @@ TEST_CASE("backward(gradient) on a non-scalar, and a leaf as root") {
 TEST_CASE("a chain of 200,000 ops backwards without recursion") {
   Tensor x = scalar(0.5, DType::Float64).requires_grad_();
   Tensor y = x;
+  const int64_t base = live_nodes();
   for (int i = 0; i < 200000; ++i) y = y * 1.0;
+  CHECK(live_nodes() == base + 200000);
   y.backward();
   CHECK(x.grad().item() == 1.0);
-  CHECK(Tape::current().size() == 0);  // released after backward
+  CHECK(live_nodes() <= base + 1);  // backward freed what it walked; only y's own node is left
+  y = Tensor();
+  CHECK(live_nodes() == base);
+
+  // A forward-only chain as deep is freed by its last handle, iteratively (no stack overflow).
+  Tensor z = x;
+  for (int i = 0; i < 200000; ++i) z = z * 1.0;
+  CHECK(live_nodes() == base + 200000);
+  z = Tensor();
+  CHECK(live_nodes() == base);
 }
 
-TEST_CASE("the tape is released after backward unless retain_graph") {
+TEST_CASE("backward frees the graph it walked unless retain_graph") {
+  const int64_t base = live_nodes();
   Tensor x = tensor({2.0}).requires_grad_();
   Tensor y = (x * x).sum();
+  CHECK(live_nodes() == base + 2);
   y.backward(/*retain_graph=*/true);
-  CHECK(Tape::current().size() > 0);
+  CHECK(live_nodes() == base + 2);
   y.backward();
   CHECK(x.grad().item() == 8.0);
-  CHECK(Tape::current().size() == 0);
+  CHECK(live_nodes() == base + 1);  // the mul node is gone; y's node stays, marked freed
   CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("retain_graph=true"), std::runtime_error);
 }
 
@@ -72,17 +85,18 @@ TEST_CASE("backward through a freed graph names detach() on a carried hidden sta
 }
 
 TEST_CASE("NoGradGuard records nothing; detach cuts the graph") {
+  const int64_t base = live_nodes();
   Tensor x = ones({2}).requires_grad_();
   {
     NoGradGuard ng;
     Tensor y = x * 2.0;
     CHECK_FALSE(y.requires_grad());
-    CHECK(Tape::current().size() == 0);
+    CHECK(live_nodes() == base);
   }
   Tensor d = (x * 2.0).detach();
   CHECK_FALSE(d.requires_grad());
+  CHECK(live_nodes() == base);  // the temporary's node died with it
   CHECK(grad_enabled());
-  Tape::current().release();
 }
 
 TEST_CASE("retain_grad and hooks on non-leaf tensors") {
@@ -156,19 +170,9 @@ TEST_CASE("to_dot draws the unrolled graph") {
   CHECK(dot.find("digraph") != std::string::npos);
   CHECK(dot.find("matmul") != std::string::npos);
   CHECK(dot.find("W [2, 2]") != std::string::npos);
-  Tape::current().release();
 }
 
-TEST_CASE("tapes are per thread and scoped") {
-  Tape mine;
-  {
-    TapeScope scope(mine);
-    Tensor x = ones({2}).requires_grad_();
-    Tensor y = (x * 2.0).sum();
-    CHECK(mine.size() == 2);
-    y.backward();
-    CHECK(mine.size() == 0);
-  }
+TEST_CASE("graphs on different threads are independent") {
   auto work = [](double* out) {
     Tensor x = tensor({3.0}).requires_grad_();
     (x * x * x).sum().backward();
@@ -189,11 +193,13 @@ TEST_CASE("anomaly detection names the op that produced NaN") {
   Tensor z = tensor({0.0}).requires_grad_();
   Tensor y = sqrt(z);  // forward is finite (0), backward divides by 0
   CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("backward of op 'sqrt'"), std::runtime_error);
-  Tape::current().release();
 }
 
 TEST_CASE("anomaly errors give the op, its input shapes, its tape index and the name scope") {
   DetectAnomalyGuard guard;
+  const std::string module = "encoder.cell0";
+  {
+  REQUIRE(live_nodes() == 0);  // tape indices restart when no graph is alive
   Tensor a = ones({2, 3}).requires_grad_();
   Tensor s = (a * 2.0).sum();  // tape indices 0 and 1
   Tensor c = full({2, 3}, -1.0).requires_grad_();
@@ -203,13 +209,12 @@ TEST_CASE("anomaly errors give the op, its input shapes, its tape index and the 
   Tensor named = full({3}, 3e38).set_name("enc.bias");
   CHECK_THROWS_WITH_AS(named * 10.0, doctest::Contains("input shapes [3], []; named inputs: enc.bias"),
                        std::runtime_error);
-  const std::string module = "encoder.cell0";
   {
     NameScope scope(module);
     CHECK_THROWS_WITH_AS(sqrt(c), doctest::Contains("forward of op 'sqrt' in module 'encoder.cell0'"),
                          std::runtime_error);
   }
-  Tape::current().release();
+  }
 
   Tensor z = zeros({4}).requires_grad_();
   Tensor w = ones({4}).requires_grad_();
@@ -222,7 +227,6 @@ TEST_CASE("anomaly errors give the op, its input shapes, its tape index and the 
   CHECK_THROWS_WITH_AS(r.backward(), doctest::Contains("backward of op 'sqrt' in module 'encoder.cell0' (tape index 2) "
                                                        "produced a non-finite gradient for input 0 (input shapes [4])"),
                        std::runtime_error);
-  Tape::current().release();
   CHECK(current_name_scope() == nullptr);  // scopes are popped; an empty name pushes nothing
   NameScope unnamed{std::string()};
   CHECK(current_name_scope() == nullptr);

@@ -1,0 +1,415 @@
+// backward(): the walk over one graph, gradient accumulation (Grads), and leaf staging.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <mutex>
+#include <stdexcept>
+
+#include "autograd/elementwise.h"
+#include "autograd/ops.h"
+#include "autograd/tape.h"
+#include "autograd/tape_internal.h"
+
+namespace tg {
+namespace {
+
+using detail::freed_graph_message;
+
+// Pass ids are process-wide: a pass on one thread never mistakes another thread's for its own.
+std::atomic<uint64_t> g_pass_counter{0};
+// Serialises the last step of every pass, adding its totals into leaf.grad: two threads may
+// backward into the same parameters at once, and each parameter then holds both contributions.
+std::mutex g_leaf_mutex;
+
+// A leaf's contributions during one pass: summed gradients, plus products a^T b that are stacked
+// into one GEMM at the end (W_hh gets one per time step of an unrolled RNN).
+struct StagedLeaf {
+  Ref<TensorImpl> leaf;
+  Tensor pending;
+  bool exclusive = false;
+  std::vector<std::pair<Tensor, Tensor>> products;
+};
+
+// The staging of one pass lives in the pass, not in the leaves: passes on other threads, or one
+// started from a hook inside this pass, stage the same parameters without touching ours.
+class BackwardPass {
+ public:
+  explicit BackwardPass(uint64_t id) : id_(id) {}
+  uint64_t id() const { return id_; }
+  std::vector<StagedLeaf>& leaves() { return leaves_; }
+  StagedLeaf& stage(const Ref<TensorImpl>& leaf) {
+    if (table_.empty()) table_.assign(16, {nullptr, 0});
+    size_t mask = table_.size() - 1;
+    for (size_t h = hash(leaf.get()) & mask;; h = (h + 1) & mask) {
+      if (table_[h].first == leaf.get()) return leaves_[table_[h].second];
+      if (table_[h].first) continue;
+      table_[h] = {leaf.get(), static_cast<uint32_t>(leaves_.size())};
+      leaves_.push_back(StagedLeaf{leaf, {}, false, {}});
+      if (leaves_.size() * 2 > table_.size()) rehash();
+      return leaves_.back();
+    }
+  }
+
+ private:
+  static size_t hash(const TensorImpl* p) { return (reinterpret_cast<uintptr_t>(p) >> 4) * 0x9E3779B97F4A7C15ull >> 20; }
+  void rehash() {
+    std::vector<std::pair<const TensorImpl*, uint32_t>> t(table_.size() * 2, {nullptr, 0});
+    const size_t mask = t.size() - 1;
+    for (uint32_t i = 0; i < leaves_.size(); ++i) {
+      size_t h = hash(leaves_[i].leaf.get()) & mask;
+      while (t[h].first) h = (h + 1) & mask;
+      t[h] = {leaves_[i].leaf.get(), i};
+    }
+    table_ = std::move(t);
+  }
+  uint64_t id_;
+  std::vector<StagedLeaf> leaves_;
+  std::vector<std::pair<const TensorImpl*, uint32_t>> table_;
+};
+thread_local BackwardPass* tl_pass = nullptr;
+
+// Adds g into a gradient slot. A gradient that nobody else holds is adopted as is; a shared one is
+// copied before the first in-place accumulation so views of it elsewhere never change.
+void accumulate(Tensor& slot, bool& exclusive, Tensor g, bool must_own) {
+  bool unique = g.impl()->use_count() == 1 && g.impl()->storage->use_count() == 1 && g.is_contiguous();
+  if (!slot.defined()) {
+    if (!unique && must_own) { slot = g.clone(); exclusive = true; }
+    else { slot = std::move(g); exclusive = unique; }
+    return;
+  }
+  if (exclusive) { add_(slot, g); return; }
+  slot = add(slot, g);
+  exclusive = true;
+}
+
+void run_hooks(const std::vector<GradHook>& hooks, Tensor& g) {
+  for (auto& hook : hooks) {
+    Tensor r = hook(g);
+    if (r.defined()) {
+      if (!(r.shape() == g.shape()))
+        throw std::invalid_argument(fmt::format("register_hook: a hook returned shape {} for a gradient of shape {}",
+                                                r.shape().str(), g.shape().str()));
+      g = r;
+    }
+  }
+}
+
+// Hooks first (outside the lock: a hook may run a backward of its own), then the sum, serialised.
+void accumulate_leaf(TensorImpl* leaf, Tensor g) {
+  if (leaf->meta) run_hooks(leaf->meta->hooks, g);
+  std::lock_guard<std::mutex> lock(g_leaf_mutex);
+  Tensor slot(leaf->grad);
+  accumulate(slot, leaf->grad_exclusive, std::move(g), /*must_own=*/true);
+  leaf->grad = slot.ref();
+}
+
+bool all_finite(const Tensor& g) {
+  Tensor c = g.contiguous();
+  return dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
+    const T* p = c.data<T>();
+    for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
+    return true;
+  });
+}
+
+// Products this small in total are accumulated one by one (plain loops); larger ones are stacked
+// into one GEMM, where one large product beats T small BLAS calls by more than the stacking copy.
+constexpr int64_t kDirectProductMacs = 65536;
+
+// End of a pass: each touched leaf gets its summed contributions plus its stacked products
+// (one GEMM), then its hooks see the total once, then the total joins leaf.grad.
+void flush_leaves(BackwardPass& pass) {
+  for (StagedLeaf& staged : pass.leaves()) {
+    TensorImpl* leaf = staged.leaf.get();
+    Tensor total = std::move(staged.pending);
+    auto& products = staged.products;
+    if (!products.empty()) {
+      Tensor target = total.defined() && staged.exclusive ? total
+                      : total.defined()                   ? total.clone()
+                                                          : empty(leaf->shape, leaf->dtype);
+      double beta = total.defined() ? 1.0 : 0.0;
+      int64_t macs = 0;
+      for (auto& [pa, pb] : products) macs += pa.size(0) * pa.size(1) * pb.size(1);
+      if (products.size() == 1 || macs <= kDirectProductMacs) {  // small: accumulate each, no stacking copies
+        for (auto& [pa, pb] : products) {
+          detail::addmm_tn(target, pa, pb, beta);
+          beta = 1.0;
+        }
+      } else {
+        std::vector<Tensor> as, bs;
+        as.reserve(products.size());
+        bs.reserve(products.size());
+        for (auto& [pa, pb] : products) { as.push_back(pa); bs.push_back(pb); }
+        detail::addmm_tn(target, cat(as, 0), cat(bs, 0), beta);
+      }
+      total = std::move(target);
+      products.clear();
+    }
+    if (!total.defined()) continue;
+    if (detail::anomaly_flag() && !all_finite(total)) {
+      const std::string& name = leaf->meta ? leaf->meta->name : std::string();
+      throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
+                                           leaf->shape.str(), name.empty() ? "" : " ('" + name + "')"));
+    }
+    accumulate_leaf(leaf, std::move(total));
+  }
+  pass.leaves().clear();
+}
+
+Edge& checked_edge(Node* node, int i, const Shape& expected, DType dtype, const char* what) {
+  Edge& e = node->inputs[i];
+  if (e.kind == Edge::None) return e;
+  if (!(expected == e.shape) || dtype != e.dtype)
+    throw std::logic_error(fmt::format("backward of '{}': {} for input {} has shape {} {}, input is {} {}", node->op,
+                                       what, i, expected.str(), dtype_name(dtype), e.shape.str(), dtype_name(e.dtype)));
+  return e;
+}
+
+std::string backward_anomaly_message(const Node* node, int i) {
+  std::string shapes;
+  for (uint32_t k = 0; k < node->n_inputs; ++k)
+    shapes += (k ? ", " : "") + (node->inputs[k].kind == Edge::None ? std::string("(no grad)")
+                                                                    : node->inputs[k].shape.str());
+  const bool scoped = node->extras && !node->extras->scope.empty();
+  return fmt::format("anomaly: backward of op '{}'{} (tape index {}) produced a non-finite gradient for input {} "
+                     "(input shapes {})",
+                     node->op, scoped ? " in module '" + node->extras->scope + "'" : "", node->index, i, shapes);
+}
+
+// The interior node input i feeds, or a freed-graph error naming this op and that input.
+Node* interior_target(Node* node, int i) {
+  Edge& e = node->inputs[i];
+  if (e.kind == Edge::Freed || (e.kind == Edge::Interior && e.node->released))
+    throw std::runtime_error(freed_graph_message(node->op, i, e.shape));
+  return e.kind == Edge::Interior ? e.node.get() : nullptr;
+}
+
+}  // namespace
+
+// ---- Grads -------------------------------------------------------------------------------------
+
+void Grads::add(int i, Tensor g) {
+  Edge& e = checked_edge(node_, i, g.shape(), g.dtype(), "gradient");
+  if (e.kind == Edge::None) return;
+  if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
+  if (Node* m = interior_target(node_, i)) {
+    accumulate(m->grad, m->grad_exclusive, std::move(g), false);
+    return;
+  }
+  if (!tl_pass) {  // a backward formula called outside backward: accumulate directly
+    accumulate_leaf(e.leaf.get(), std::move(g));
+    return;
+  }
+  StagedLeaf& s = tl_pass->stage(e.leaf);
+  accumulate(s.pending, s.exclusive, std::move(g), false);
+}
+
+void Grads::add_product(int i, const Tensor& a, const Tensor& b) {
+  Edge& e = node_->inputs[i];
+  if (e.kind == Edge::Leaf && tl_pass && !detail::anomaly_flag()) {
+    if (a.dim() != 2 || b.dim() != 2 || a.size(0) != b.size(0))
+      throw std::logic_error(fmt::format("backward of '{}': add_product needs a [M, P] and b [M, Q], got {} and {}",
+                                         node_->op, a.shape().str(), b.shape().str()));
+    checked_edge(node_, i, Shape{a.size(1), b.size(1)}, a.dtype(), "product gradient");
+    tl_pass->stage(e.leaf).products.emplace_back(a.contiguous(), b.contiguous());
+    return;
+  }
+  if (e.kind == Edge::None) return;
+  Tensor g = empty(Shape{a.size(1), b.size(1)}, a.dtype());
+  detail::addmm_tn(g, a, b, 0.0);
+  add(i, std::move(g));
+}
+
+void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool squeezed) {
+  Edge& e = node_->inputs[i];
+  if (e.kind == Edge::None) return;
+  Node* target = interior_target(node_, i);
+  Shape window_shape = e.shape;
+  const int64_t len = squeezed ? 1 : (dim >= 0 && dim < g.dim() ? g.size(dim) : -1);
+  bool fits = dim >= 0 && dim < e.shape.size() && g.dim() == e.shape.size() - (squeezed ? 1 : 0) && start >= 0 &&
+              len >= 0 && start <= e.shape[dim] - len && g.dtype() == e.dtype;
+  if (fits) {
+    if (squeezed) window_shape.erase(dim);
+    else window_shape[dim] = len;
+  }
+  if (!fits || !(window_shape == g.shape()))
+    throw std::logic_error(fmt::format("backward of '{}': window gradient {} {} at [{}, ...) along dim {} does not fit "
+                                       "input {} {}",
+                                       node_->op, g.shape().str(), dtype_name(g.dtype()), start, dim, e.shape.str(),
+                                       dtype_name(e.dtype)));
+  if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
+  Tensor* slot;
+  bool* exclusive;
+  if (target) {
+    slot = &target->grad;
+    exclusive = &target->grad_exclusive;
+  } else if (tl_pass) {
+    StagedLeaf& s = tl_pass->stage(e.leaf);
+    slot = &s.pending;
+    exclusive = &s.exclusive;
+  } else {  // no pass running: a full-size gradient through add()
+    Tensor full = zeros(e.shape, g.dtype());
+    Strides fst = full.strides();
+    const int64_t off = start * fst[dim];
+    if (squeezed) fst.erase(dim);
+    Tensor w = make_view(full, window_shape, fst, off);
+    add_(w, g);
+    add(i, std::move(full));
+    return;
+  }
+  if (!slot->defined()) {
+    *slot = zeros(e.shape, g.dtype());
+    *exclusive = true;
+  } else if (!*exclusive) {
+    *slot = slot->clone();
+    *exclusive = true;
+  }
+  // The window as one view of the slot (contiguous: it is ours, zeros() or clone()).
+  Strides st = slot->strides();
+  const int64_t offset = slot->offset() + start * st[dim];
+  if (squeezed) st.erase(dim);
+  Tensor window = make_view(*slot, window_shape, st, offset);
+  add_(window, g);
+}
+
+// ---- backward ----------------------------------------------------------------------------------
+
+namespace {
+
+void claim(Node* n, uint64_t id) {
+  uint64_t expected = 0;
+  if (n->walker.compare_exchange_strong(expected, id, std::memory_order_acq_rel)) return;
+  throw std::runtime_error(fmt::format(
+      "backward: op '{}' (tape index {}) belongs to a graph that another backward() is walking right now (one "
+      "called from a hook of that backward, or running on another thread). One graph is walked by one backward "
+      "at a time: call backward() on it after the running one has returned, or build each thread its own graph.",
+      n->op, n->index));
+}
+
+void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
+  TensorImpl* r = root.impl();
+  if (!r->requires_grad)
+    throw std::invalid_argument(fmt::format("backward: tensor of shape {} does not require grad; call "
+                                            "requires_grad_() on the leaves you want gradients for",
+                                            r->shape.str()));
+  if (!r->grad_fn) {  // a leaf: its gradient is the seed itself
+    accumulate_leaf(r, seed.clone());
+    return;
+  }
+  Node* start = r->grad_fn.get();
+  if (start->released)
+    throw std::runtime_error(fmt::format(
+        "backward: the graph that produced this tensor (shape {}, op '{}') has already been freed by an earlier "
+        "backward(). Pass retain_graph=true to backward twice, and call detach() on hidden states "
+        "carried across batches.",
+        r->shape.str(), start->op));
+  const uint64_t id = g_pass_counter.fetch_add(1, std::memory_order_relaxed) + 1;
+
+  // The walked nodes, held until the walk ends; on any exit their walk state is reset.
+  struct Walk {
+    std::vector<NodeRef> nodes;
+    ~Walk() {
+      for (auto& n : nodes) {
+        n->grad = Tensor();
+        n->walker.store(0, std::memory_order_release);
+      }
+    }
+  } walk;
+
+  // 1. Claim every node below the root and count, for each, the edges from walked nodes (its
+  //    consumers in this graph). Iterative: unrolled graphs are deep.
+  claim(start, id);
+  start->deps = 0;
+  walk.nodes.emplace_back(start);
+  std::vector<Node*> stack{start};
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    for (uint32_t i = 0; i < n->n_inputs; ++i) {
+      const Edge& e = n->inputs[i];
+      if (e.kind != Edge::Interior) continue;
+      Node* m = e.node.get();
+      if (m->walker.load(std::memory_order_acquire) == id) {
+        ++m->deps;
+        continue;
+      }
+      claim(m, id);
+      m->deps = 1;
+      walk.nodes.emplace_back(m);
+      stack.push_back(m);
+    }
+  }
+  // A node that a graph outside this walk also consumes must outlive it, and so must everything
+  // below it (propagated in the walk below, consumers before producers).
+  for (auto& n : walk.nodes) n->keep = n->consumers.load(std::memory_order_relaxed) > n->deps;
+
+  // 2. Kahn's order: a node runs once all its consumers in this graph have added their gradients.
+  start->grad = std::move(seed);
+  start->grad_exclusive = false;
+  NoGradGuard no_grad;
+  BackwardPass pass(id);
+  struct PassScope {
+    BackwardPass* previous_pass = tl_pass;
+    const Node* previous_node = detail::current_node();
+    bool previous_in_backward = detail::in_backward_flag();
+    explicit PassScope(BackwardPass* p) {
+      tl_pass = p;
+      detail::in_backward_flag() = true;
+    }
+    ~PassScope() {
+      tl_pass = previous_pass;
+      detail::current_node() = previous_node;
+      detail::in_backward_flag() = previous_in_backward;
+    }
+  } pass_scope(&pass);
+  std::vector<Node*> ready{start};
+  while (!ready.empty()) {
+    Node* n = ready.back();
+    ready.pop_back();
+    if (n->grad.defined()) {  // else pruned: nothing flows through this node
+      Tensor g = std::move(n->grad);
+      n->grad = Tensor();
+      if (n->extras) {
+        run_hooks(n->extras->hooks, g);
+        if (TensorImpl* t = n->extras->retain_target) {
+          Tensor slot(t->grad);
+          accumulate(slot, t->grad_exclusive, g, true);
+          t->grad = slot.ref();
+        }
+      }
+      Grads grads(n);
+      detail::current_node() = n;
+      n->backward(g, grads);
+    }
+    for (uint32_t i = 0; i < n->n_inputs; ++i) {
+      const Edge& e = n->inputs[i];
+      if (e.kind != Edge::Interior) continue;
+      Node* m = e.node.get();
+      if (n->keep) m->keep = true;
+      if (--m->deps == 0) ready.push_back(m);
+    }
+    if (!retain_graph && !n->keep) n->release_saved();
+  }
+  flush_leaves(pass);
+}
+
+}  // namespace
+
+void Tensor::backward(bool retain_graph) const {
+  if (numel() != 1)
+    throw std::invalid_argument(fmt::format("backward: called on a tensor of shape {} without a gradient; "
+                                            "backward() without arguments needs a one-element tensor "
+                                            "(reduce with sum()/mean(), or pass backward(gradient))",
+                                            shape().str()));
+  run_backward(*this, ones(shape(), dtype()), retain_graph);
+}
+
+void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
+  if (!(gradient.shape() == shape()) || gradient.dtype() != dtype())
+    throw std::invalid_argument(fmt::format("backward: gradient has shape {} {} but the tensor is {} {}",
+                                            gradient.shape().str(), dtype_name(gradient.dtype()), shape().str(),
+                                            dtype_name(dtype())));
+  run_backward(*this, gradient.contiguous(), retain_graph);
+}
+
+}  // namespace tg
