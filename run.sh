@@ -110,14 +110,15 @@ case "$cmd" in
     asan_steps=${2:-100000}
     cmake -S "$ROOT" -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$RELEASE" --target tapegrad_soak -j"$JOBS" >&2
-    "$RELEASE/tests/soak/tapegrad_soak" --steps "$steps"
+    # Training; grad-on forwards nobody backwards (their graphs must die with them); both interleaved.
+    for mode in train forward-only mixed; do "$RELEASE/tests/soak/tapegrad_soak" --steps "$steps" --mode "$mode"; done
     dir="$ROOT/build/sanitize"
     cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DTG_SANITIZE=ON -DTG_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build "$dir" --target tapegrad_soak -j"$JOBS" >&2
     # No quarantine: freed blocks are reused at once, so RSS must stay flat here too; LeakSanitizer
     # runs at exit and makes the program fail if anything leaked.
     ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=0:thread_local_quarantine_size_kb=0 \
-      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 "$dir/tests/soak/tapegrad_soak" --steps "$asan_steps"
+      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 "$dir/tests/soak/tapegrad_soak" --steps "$asan_steps" --mode mixed
     echo "soak: LeakSanitizer reported no leak (ASan+UBSan build, $asan_steps steps)"
     ;;
   *)

@@ -3,7 +3,13 @@
 // public API and checks that resident memory stays flat after warm-up.
 //
 //   tapegrad_soak [--steps N] [--warmup N] [--max-growth PERCENT] [--no-rss-check]
-//                 [--inject-leak BYTES]
+//                 [--inject-leak BYTES] [--mode train|forward-only|mixed]
+//
+// --mode forward-only: no training, each step is a forward pass with gradients on and no
+// backward (an inference loop that forgot NoGradGuard): its graph must be freed with its output.
+// --mode mixed: every training step is followed by a grad-on evaluation forward of the next
+// sentence (a validation loss computed with gradients on), whose graph nobody backwards.
+// In every mode, no recorded node may be alive between steps (tg::live_nodes() == 0).
 //
 // RSS is read from /proc/self/statm at the end of step --warmup (default 1,000) and after the last
 // step; the program fails (exit 1) when it grew by more than --max-growth percent (default 1).
@@ -77,6 +83,7 @@ struct Args {
   int64_t steps = 100'000, warmup = 1'000, inject_leak = 0;
   double max_growth = 1.0;
   bool rss_check = true;
+  std::string mode = "train";
 };
 
 Args parse(int argc, char** argv) {
@@ -92,8 +99,11 @@ Args parse(int argc, char** argv) {
     else if (k == "--max-growth") a.max_growth = std::stod(value());
     else if (k == "--inject-leak") a.inject_leak = std::stoll(value());
     else if (k == "--no-rss-check") a.rss_check = false;
+    else if (k == "--mode") a.mode = value();
     else throw std::invalid_argument("unknown option " + k);
   }
+  if (a.mode != "train" && a.mode != "forward-only" && a.mode != "mixed")
+    throw std::invalid_argument("--mode must be train, forward-only or mixed, got '" + a.mode + "'");
   if (a.warmup < 1 || a.steps <= a.warmup)
     throw std::invalid_argument("need 1 <= --warmup < --steps");
   return a;
@@ -130,18 +140,31 @@ int main(int argc, char** argv) try {
   int64_t rss_warm = 0, rss_peak = 0;
   double first_loss = NAN, window_loss = 0, last_loss = NAN;
   const auto t0 = std::chrono::steady_clock::now();
-  fmt::print("soak: {} steps (vocab {}, embed {}, hidden {}, T {}, B 1, RNN, Adam, clip 5), warm-up {} steps\n",
-             args.steps, kVocab, kEmbed, kHidden, kT, args.warmup);
+  fmt::print("soak: {} steps, mode {} (vocab {}, embed {}, hidden {}, T {}, B 1, RNN, Adam, clip 5), warm-up {} steps\n",
+             args.steps, args.mode, kVocab, kEmbed, kHidden, kT, args.warmup);
+  const bool train = args.mode != "forward-only";
+  int64_t max_live_nodes = 0;
   std::fflush(stdout);
   for (int64_t step = 1; step <= args.steps; ++step) {
     const auto& [ids_v, label] = data[static_cast<size_t>(step - 1) % data.size()];
     Tensor ids = from_vector(ids_v, {1, kT});
     Tensor target = full({1}, label);
-    opt.zero_grad();
-    Tensor loss = binary_cross_entropy_with_logits(model.forward(ids), target);
-    loss.backward();
-    opt.step();
-    const double l = loss.item();
+    double l = 0;
+    if (train) {
+      opt.zero_grad();
+      Tensor loss = binary_cross_entropy_with_logits(model.forward(ids), target);
+      loss.backward();
+      opt.step();
+      l = loss.item();
+    }
+    if (!train || args.mode == "mixed") {  // grad on, no backward: the graph dies with `eval_loss`
+      const auto& [next_v, next_y] = data[static_cast<size_t>(step) % data.size()];
+      Tensor eval_loss = binary_cross_entropy_with_logits(model.forward(from_vector(next_v, {1, kT})),
+                                                          full({1}, next_y));
+      if (!eval_loss.requires_grad()) throw std::logic_error("soak: the evaluation forward recorded nothing");
+      if (!train) l = eval_loss.item();
+    }
+    max_live_nodes = std::max(max_live_nodes, live_nodes());
     if (!std::isfinite(l)) throw std::runtime_error(fmt::format("non-finite loss {} at step {}", l, step));
     if (step == 1) first_loss = l;
     window_loss += l;
@@ -181,7 +204,13 @@ int main(int argc, char** argv) try {
              args.warmup, rss_warm, mib(rss_warm), args.steps, rss_end, mib(rss_end), mib(std::max(rss_peak, rss_end)),
              growth, args.max_growth);
   leaked.clear();  // with --inject-leak, the last block is lost too
-  if (!(last_loss < first_loss)) {
+  fmt::print("soak: recorded nodes alive between steps: at most {}\n", max_live_nodes);
+  if (max_live_nodes != 0) {
+    fmt::print(stderr, "soak: FAIL: {} recorded nodes outlived their step (graphs nobody can reach were kept)\n",
+               max_live_nodes);
+    return 1;
+  }
+  if (train && !(last_loss < first_loss)) {
     fmt::print(stderr, "soak: FAIL: the model did not train (loss {} -> {})\n", first_loss, last_loss);
     return 1;
   }
