@@ -2,6 +2,7 @@
 // Every differentiable op. Each is defined next to its backward in one of the ops_*.cpp files,
 // grouped by family, and has a float64 gradient check in tests/test_gradcheck.cpp.
 // Binary elementwise ops broadcast like NumPy. Dims may be negative (counted from the end).
+#include <concepts>
 #include <optional>
 #include <vector>
 
@@ -56,6 +57,18 @@ Tensor operator+(double a, const Tensor& b);
 Tensor operator-(double a, const Tensor& b);
 Tensor operator*(double a, const Tensor& b);
 Tensor operator/(double a, const Tensor& b);
+// Scalars follow PyTorch's promotion: a floating scalar (the double overloads above) keeps a float
+// tensor's dtype and makes an integer tensor float32 (ids * 0.5 is float32 [0.5, ...]); an integer
+// scalar (these templates) keeps the tensor's dtype (ids + 1 stays int64). Division is true
+// division either way (int / int is float32) and an integer zero divisor throws std::domain_error.
+template <std::integral I> Tensor operator+(const Tensor& a, I b) { return add(a, scalar(static_cast<double>(b), a.dtype())); }
+template <std::integral I> Tensor operator-(const Tensor& a, I b) { return sub(a, scalar(static_cast<double>(b), a.dtype())); }
+template <std::integral I> Tensor operator*(const Tensor& a, I b) { return mul(a, scalar(static_cast<double>(b), a.dtype())); }
+template <std::integral I> Tensor operator/(const Tensor& a, I b) { return div(a, scalar(static_cast<double>(b), a.dtype())); }
+template <std::integral I> Tensor operator+(I a, const Tensor& b) { return add(scalar(static_cast<double>(a), b.dtype()), b); }
+template <std::integral I> Tensor operator-(I a, const Tensor& b) { return sub(scalar(static_cast<double>(a), b.dtype()), b); }
+template <std::integral I> Tensor operator*(I a, const Tensor& b) { return mul(scalar(static_cast<double>(a), b.dtype()), b); }
+template <std::integral I> Tensor operator/(I a, const Tensor& b) { return div(scalar(static_cast<double>(a), b.dtype()), b); }
 
 // ---- reductions (ops_reduce.cpp) ----
 Tensor sum(const Tensor& x);

@@ -81,6 +81,7 @@ Tensor unary_any(const char* op, const Tensor& x, F f) {
 
 TG_REGISTER_OP("add", "elementwise");
 Tensor add(const Tensor& a, const Tensor& b) {
+  if (mixed_int_float(a, b)) return add(promote_to(a, b), promote_to(b, a));
   Tensor out = binary("add", a, b, [](auto x, auto y) { return x + y; });
   return record("add", {a, b}, out, [sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(g, sa));
@@ -90,6 +91,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 
 TG_REGISTER_OP("sub", "elementwise");
 Tensor sub(const Tensor& a, const Tensor& b) {
+  if (mixed_int_float(a, b)) return sub(promote_to(a, b), promote_to(b, a));
   Tensor out = binary("sub", a, b, [](auto x, auto y) { return x - y; });
   return record("sub", {a, b}, out, [sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(g, sa));
@@ -99,6 +101,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 
 TG_REGISTER_OP("mul", "elementwise");
 Tensor mul(const Tensor& a, const Tensor& b) {
+  if (mixed_int_float(a, b)) return mul(promote_to(a, b), promote_to(b, a));
   Tensor out = binary("mul", a, b, [](auto x, auto y) { return x * y; });
   return record("mul", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, b), a.shape()));
@@ -107,7 +110,21 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 TG_REGISTER_OP("div", "elementwise");
+// True division: int / int is float32, as in PyTorch. Unlike PyTorch (inf / nan), an integer
+// divisor that is zero throws std::domain_error: the only way to get inf from integers is to ask
+// for it (convert to float first). A float divisor of 0 gives inf / nan as usual.
 Tensor div(const Tensor& a, const Tensor& b) {
+  if (mixed_int_float(a, b)) return div(promote_to(a, b), promote_to(b, a));
+  if (a.defined() && b.defined() && !is_floating(a.dtype()) && !is_floating(b.dtype())) {
+    Tensor bc = b.contiguous();
+    const int64_t* pb = bc.data<int64_t>();
+    for (int64_t i = 0, n = bc.numel(); i < n; ++i)
+      if (pb[i] == 0)
+        throw std::domain_error(fmt::format("div: integer division by zero (divisor {} int64, element {} is 0); "
+                                            "convert to float first if inf is wanted",
+                                            b.shape().str(), i));
+    return div(a.to(DType::Float32), b.to(DType::Float32));
+  }
   Tensor out = binary("div", a, b, [](auto x, auto y) { return x / y; });
   return record("div", {a, b}, out, [a, b, out](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(div(g, b), a.shape()));
@@ -123,15 +140,17 @@ Tensor neg(const Tensor& x) {
 
 TG_REGISTER_OP("pow", "elementwise");
 Tensor pow(const Tensor& x, double e) {
+  if (x.defined() && !is_floating(x.dtype())) return pow(x.to(DType::Float32), e);  // int ** float -> float32
   Tensor out = unary_float("pow", x, [e](auto v) { return static_cast<decltype(v)>(std::pow(v, e)); });
-  return record("pow", {x}, out, [x, e](const Tensor& g, Grads& gr) { gr.add(0, mul(g, pow(x, e - 1) * e)); });
+  return record("pow", {x}, out, [x, e](const Tensor& g, Grads& gr) { gr.add(0, e == 0 ? zeros_like(g) : mul(g, pow(x, e - 1) * e)); });
 }
 
 TG_REGISTER_OP("pow_tensor", "elementwise");
 Tensor pow(const Tensor& base, const Tensor& exponent) {
+  if (mixed_int_float(base, exponent)) return pow(promote_to(base, exponent), promote_to(exponent, base));
   Tensor out = binary_float("pow", base, exponent, [](auto x, auto y) { return std::pow(x, y); });
   return record("pow_tensor", {base, exponent}, out, [base, exponent, out](const Tensor& g, Grads& gr) {
-    if (gr.needs(0)) gr.add(0, sum_to(mul(g, mul(exponent, pow(base, exponent - 1.0))), base.shape()));
+    if (gr.needs(0)) gr.add(0, sum_to(mul(g, where(exponent, mul(exponent, pow(base, exponent - 1.0)), zeros_like(exponent))), base.shape()));
     if (gr.needs(1)) gr.add(1, sum_to(mul(g, mul(out, log(base))), exponent.shape()));
   });
 }
@@ -204,6 +223,7 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
 
 TG_REGISTER_OP("where", "elementwise");
 Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
+  if (mixed_int_float(a, b)) return where(mask, promote_to(a, b), promote_to(b, a));
   check_same_dtype("where", a, b);
   Tensor m = mask.dtype() == a.dtype() ? mask : mask.to(a.dtype());
   Shape s = broadcast_shapes("where", broadcast_shapes("where", m.shape(), a.shape()), b.shape());
@@ -219,6 +239,7 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
 
 TG_REGISTER_OP("maximum", "elementwise");
 Tensor maximum(const Tensor& a, const Tensor& b) {
+  if (mixed_int_float(a, b)) return maximum(promote_to(a, b), promote_to(b, a));
   Tensor out = binary("maximum", a, b, [](auto x, auto y) { return x >= y ? x : y; });
   return record("maximum", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
     Tensor a_wins = ge(a, b);
@@ -229,6 +250,7 @@ Tensor maximum(const Tensor& a, const Tensor& b) {
 
 #define TG_COMPARISON(fn, expr)                                                                     \
   Tensor fn(const Tensor& a, const Tensor& b) {                                                   \
+    if (mixed_int_float(a, b)) return fn(promote_to(a, b), promote_to(b, a));                     \
     return binary(#fn, a, b, [](auto x, auto y) { return decltype(x)(expr); });                   \
   }
 TG_COMPARISON(eq, x == y)
@@ -326,13 +348,18 @@ Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
 Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
 Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
 Tensor operator-(const Tensor& x) { return neg(x); }
-Tensor operator+(const Tensor& a, double b) { return add(a, scalar(b, a.dtype())); }
-Tensor operator-(const Tensor& a, double b) { return sub(a, scalar(b, a.dtype())); }
-Tensor operator*(const Tensor& a, double b) { return mul(a, scalar(b, a.dtype())); }
-Tensor operator/(const Tensor& a, double b) { return div(a, scalar(b, a.dtype())); }
-Tensor operator+(double a, const Tensor& b) { return add(scalar(a, b.dtype()), b); }
-Tensor operator-(double a, const Tensor& b) { return sub(scalar(a, b.dtype()), b); }
-Tensor operator*(double a, const Tensor& b) { return mul(scalar(a, b.dtype()), b); }
-Tensor operator/(double a, const Tensor& b) { return div(scalar(a, b.dtype()), b); }
+// A floating scalar takes a float tensor's dtype and makes an integer tensor float32 (PyTorch's
+// default float dtype); integer scalars are the templates in ops.h.
+namespace {
+DType scalar_dtype(const Tensor& t) { return is_floating(t.dtype()) ? t.dtype() : DType::Float32; }
+}  // namespace
+Tensor operator+(const Tensor& a, double b) { return add(a, scalar(b, scalar_dtype(a))); }
+Tensor operator-(const Tensor& a, double b) { return sub(a, scalar(b, scalar_dtype(a))); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, scalar(b, scalar_dtype(a))); }
+Tensor operator/(const Tensor& a, double b) { return div(a, scalar(b, scalar_dtype(a))); }
+Tensor operator+(double a, const Tensor& b) { return add(scalar(a, scalar_dtype(b)), b); }
+Tensor operator-(double a, const Tensor& b) { return sub(scalar(a, scalar_dtype(b)), b); }
+Tensor operator*(double a, const Tensor& b) { return mul(scalar(a, scalar_dtype(b)), b); }
+Tensor operator/(double a, const Tensor& b) { return div(scalar(a, scalar_dtype(b)), b); }
 
 }  // namespace tg

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "autograd/elementwise.h"
 #include "autograd/ops.h"
@@ -37,9 +38,19 @@ Operand as_operand(const Tensor& t, int64_t rows, int64_t cols, int64_t rs, int6
   return {};
 }
 
+// CBLAS takes int sizes: refuse what does not fit instead of truncating (every cblas_ call is here).
+void check_blas_sizes(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  if (m > kMax || n > kMax || k > kMax || lda > kMax || ldb > kMax || ldc > kMax)
+    throw std::length_error(fmt::format("matmul: matrix product too large for BLAS (M={}, N={}, K={}, lda={}, ldb={}, "
+                                        "ldc={}; each must be at most 2^31-1 = {})",
+                                        m, n, k, lda, ldb, ldc, kMax));
+}
+
 template <class T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
           int64_t ldb, T beta, T* c, int64_t ldc) {
+  check_blas_sizes(m, n, k, lda, ldb, ldc);
   auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>)
     cblas_sgemm(CblasRowMajor, fa, fb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
@@ -230,7 +241,9 @@ void gemm_raw(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int
     else if (beta != T(1)) for (int64_t i = 0; i < m; ++i) for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= beta;
     return;
   }
-  if (m * n * k <= kSmallGemm) return small_gemm<T>(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+  int64_t mn = 0, mnk = 0;
+  const bool huge = __builtin_mul_overflow(m, n, &mn) || __builtin_mul_overflow(mn, k, &mnk);
+  if (!huge && mnk <= kSmallGemm) return small_gemm<T>(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
   ensure_threads();
   gemm<T>(ta, tb, m, n, k, T(1), a, std::max<int64_t>(lda, 1), b, std::max<int64_t>(ldb, 1), beta, c, ldc);
 }

@@ -88,7 +88,24 @@ Tensor softmax(const Tensor& x, int64_t dim) {
 }
 
 TG_REGISTER_OP("log_softmax", "nn");
-Tensor log_softmax(const Tensor& x, int64_t dim) { return x - logsumexp(x, {dim}, true); }
+Tensor log_softmax(const Tensor& x, int64_t dim) {
+  // (x - m) - log(sum(exp(x - m))), m the max along dim (a constant: the gradient does not depend
+  // on it). x - logsumexp(x) lost the small term to rounding when |x| is large: float32
+  // [1e4, 1e4] gave -0.693359, float64 [1e300, 1e300] gave 0; here x - m is exact.
+  int64_t d = normalize_dim("log_softmax", dim, x.dim());
+  if (x.numel() == 0) return x - x.detach();  // nothing to normalise (max would refuse the empty dim)
+  Tensor shift;
+  {
+    NoGradGuard ng;
+    shift = x.dim() == 0 ? x.detach() : max(x.detach(), d, true);
+    // A slice with -inf/+inf/NaN as its max gets shift 0, so the result is NaN/-inf as it should be.
+    shift = dispatch_float("log_softmax", x.device(), x.dtype(), [&]<class T>() {
+      return unary_map<T>(shift, [](T v) { return std::isfinite(v) ? v : T(0); });
+    });
+  }
+  Tensor z = x - shift;
+  return z - log(x.dim() == 0 ? exp(z) : sum(exp(z), {d}, true));
+}
 
 TG_REGISTER_OP("binary_cross_entropy_with_logits", "nn");
 Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target, Reduction r) {

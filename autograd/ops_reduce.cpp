@@ -186,6 +186,9 @@ Tensor max(const Tensor& x) {
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
   int64_t d = normalize_dim("argmax", dim, x.dim());
+  if (x.dim() == 0) return zeros(Shape{}, DType::Int64);  // PyTorch: the one element is the max
+  if (x.size(d) == 0)
+    throw std::invalid_argument(fmt::format("argmax: reducing over dim {} of size 0 (shape {})", d, x.shape().str()));
   NoGradGuard ng;
   Tensor xt = transpose(x.detach(), d, -1).contiguous();
   const int64_t n = x.size(d), rows = x.numel() / n;
@@ -194,8 +197,12 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
     const T* p = xt.data<T>();
     int64_t* ix = index.data<int64_t>();
     for (int64_t r = 0; r < rows; ++r) {
+      // The first maximum; a NaN is the maximum (PyTorch), the same rule as max(x, dim), so max(x)
+      // (whose gradient goes to argmax of the flattened tensor) agrees with it.
+      const T* row = p + r * n;
       int64_t best = 0;
-      for (int64_t i = 1; i < n; ++i) if (p[r * n + i] > p[r * n + best]) best = i;
+      for (int64_t i = 1; i < n; ++i)
+        if (row[i] > row[best] || (std::isnan(static_cast<double>(row[i])) && !std::isnan(static_cast<double>(row[best])))) best = i;
       ix[r] = best;
     }
   });

@@ -16,14 +16,17 @@ Tensor reshape(const Tensor& x, Shape shape) {
       infer = i;
     } else if (shape[i] < 0) {
       throw std::invalid_argument("reshape: negative size in " + shape.str());
-    } else {
-      known *= shape[i];
+    } else if (__builtin_mul_overflow(known, shape[i], &known)) {
+      throw std::length_error(fmt::format("reshape: target shape {} has more elements than int64 can count (tensor "
+                                          "{} has {})",
+                                          shape.str(), x.shape().str(), x.numel()));
     }
   }
   if (infer >= 0) shape[infer] = known == 0 ? 0 : x.numel() / known;
-  if (shape.numel() != x.numel())
+  const int64_t n = checked_numel("reshape", shape);
+  if (n != x.numel())
     throw std::invalid_argument(fmt::format("reshape: cannot view shape {} ({} elements) as {} ({} elements)",
-                                            x.shape().str(), x.numel(), shape.str(), shape.numel()));
+                                            x.shape().str(), x.numel(), shape.str(), n));
   if (shape == x.shape()) return x;
   Tensor src = x.is_contiguous() ? x : contiguous(x.detach());
   Tensor out = make_view(src, shape, contiguous_strides(shape), src.offset());
@@ -99,6 +102,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
   for (int64_t i = 0; i < shape.size(); ++i) {
     int64_t j = i - lead;
     int64_t want = shape[i];
+    if (want < -1) throw std::invalid_argument("expand: negative size in target shape " + shape.str());
     if (j < 0) {
       if (want < 0) throw std::invalid_argument("expand: -1 is not allowed for a new leading dim in " + shape.str());
       s.push_back(want);
@@ -115,6 +119,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
     st.push_back(have == want ? x.strides()[j] : 0);
   }
   if (s == x.shape()) return x;
+  checked_numel("expand", s);  // e.g. [1] to [2^62, 4]: a view whose element count overflows
   Tensor out = make_view(x, s, st, x.offset());
   return record("expand", {x}, out, [in = x.shape()](const Tensor& g, Grads& gr) { gr.add(0, sum_to(g, in)); });
 }
@@ -124,9 +129,9 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   int64_t d = normalize_dim("narrow", dim, x.dim());
   if (x.dim() == 0) throw std::invalid_argument("narrow: cannot narrow a rank-0 tensor");
   if (start < 0) start += x.size(d);
-  if (start < 0 || length < 0 || start + length > x.size(d))
-    throw std::out_of_range(fmt::format("narrow: [{}, {}) is outside dim {} of size {} (shape {})", start,
-                                        start + length, d, x.size(d), x.shape().str()));
+  if (start < 0 || length < 0 || start > x.size(d) || length > x.size(d) - start)  // no start + length overflow
+    throw std::out_of_range(fmt::format("narrow: start {} length {} is outside dim {} of size {} (shape {})", start,
+                                        length, d, x.size(d), x.shape().str()));
   Shape s = x.shape();
   s[d] = length;
   Tensor out = make_view(x, s, x.strides(), x.offset() + start * x.strides()[d]);
@@ -165,7 +170,8 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
       throw std::invalid_argument(fmt::format("cat: tensor {} has shape {}, incompatible with {} along dim {} (all "
                                               "dims but the cat dim must match)",
                                               i, xs[i].shape().str(), first.shape().str(), d));
-    s[d] += xs[i].size(d);
+    if (__builtin_add_overflow(s[d], xs[i].size(d), &s[d]))
+      throw std::length_error(fmt::format("cat: the sizes along dim {} overflow int64", d));
   }
   Tensor out = empty(s, first.dtype());
   std::vector<int64_t> sizes;

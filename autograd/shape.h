@@ -75,6 +75,22 @@ class Shape {
 
 using Strides = Shape;
 
+// The element count of a shape about to describe a tensor, computed without overflow: throws
+// std::invalid_argument on a negative size and std::length_error when the count, or the count
+// times elem_size bytes, does not fit in int64 (zero-size dims are counted as 1 for that test,
+// so the contiguous strides of the shape fit too). `op` names the caller in the message.
+inline int64_t checked_numel(const char* op, const Shape& s, int64_t elem_size = 1) {
+  int64_t n = 1, span = elem_size < 1 ? 1 : elem_size;
+  for (int64_t d : s) {
+    if (d < 0) throw std::invalid_argument(std::string(op) + ": negative dimension in shape " + s.str());
+    if (__builtin_mul_overflow(n, d, &n) || __builtin_mul_overflow(span, d ? d : 1, &span))
+      throw std::length_error(std::string(op) + ": shape " + s.str() + " is too large (its element count" +
+                              (elem_size > 1 ? " times " + std::to_string(elem_size) + " bytes" : std::string()) +
+                              " overflows int64)");
+  }
+  return n;
+}
+
 inline Strides contiguous_strides(const Shape& s) {
   Strides st;
   st.resize(s.size());

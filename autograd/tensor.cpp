@@ -4,9 +4,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "autograd/ops.h"
 #include "autograd/strided.h"
@@ -15,16 +17,21 @@ namespace tg {
 
 // ---- construction ------------------------------------------------------------------------------
 
-Tensor empty(const Shape& s, DType t) {
-  for (int64_t d : s)
-    if (d < 0) throw std::invalid_argument("empty: negative dimension in shape " + s.str());
+namespace {
+// empty() for a factory named `op`: the shape is checked (negative sizes, element and byte counts
+// that overflow int64) before anything is allocated.
+Tensor empty_for(const char* op, const Shape& s, DType t) {
+  const int64_t n = checked_numel(op, s, static_cast<int64_t>(dtype_size(t)));
   auto impl = make_ref<TensorImpl>();
-  impl->storage = make_ref<Storage>(static_cast<size_t>(s.numel()) * dtype_size(t), Device::CPU);
+  impl->storage = make_ref<Storage>(static_cast<size_t>(n) * dtype_size(t), Device::CPU);
   impl->shape = s;
   impl->strides = contiguous_strides(s);
   impl->dtype = t;
   return Tensor(std::move(impl));
 }
+}  // namespace
+
+Tensor empty(const Shape& s, DType t) { return empty_for("empty", s, t); }
 
 Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t offset) {
   auto impl = make_ref<TensorImpl>();
@@ -37,25 +44,32 @@ Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t 
 }
 
 Tensor full(const Shape& s, double value, DType t) {
-  Tensor x = empty(s, t);
+  Tensor x = empty_for("full", s, t);
   fill_(x, value);
   return x;
 }
 Tensor zeros(const Shape& s, DType t) {
-  Tensor x = empty(s, t);
+  Tensor x = empty_for("zeros", s, t);
   std::memset(x.raw_data(), 0, static_cast<size_t>(x.numel()) * dtype_size(t));
   return x;
 }
-Tensor ones(const Shape& s, DType t) { return full(s, 1.0, t); }
+Tensor ones(const Shape& s, DType t) {
+  Tensor x = empty_for("ones", s, t);
+  fill_(x, 1.0);
+  return x;
+}
 Tensor scalar(double value, DType t) { return full(Shape{}, value, t); }
 Tensor zeros_like(const Tensor& x) { return zeros(x.shape(), x.dtype()); }
 Tensor ones_like(const Tensor& x) { return ones(x.shape(), x.dtype()); }
 
 Tensor arange(double start, double end, double step, DType t) {
-  if (step == 0 || (end - start) / step < 0)
+  const double span = (end - start) / step, count = std::ceil(span);
+  if (step == 0 || !(span >= 0))
     throw std::invalid_argument(fmt::format("arange: step {} cannot go from {} to {}", step, start, end));
-  int64_t n = static_cast<int64_t>(std::ceil((end - start) / step));
-  Tensor x = empty(Shape{n}, t);
+  if (!(count < 0x1p62))
+    throw std::length_error(fmt::format("arange: [{}, {}) in steps of {} has too many elements", start, end, step));
+  const int64_t n = static_cast<int64_t>(count);
+  Tensor x = empty_for("arange", Shape{n}, t);
   dispatch("arange", Device::CPU, t, [&]<class T>() {
     T* p = x.data<T>();
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + i * step);
@@ -66,9 +80,10 @@ Tensor arange(int64_t n, DType t) { return arange(0.0, static_cast<double>(n), 1
 
 template <class V>
 static Tensor from_values(const std::vector<V>& v, const Shape& s) {
-  if (static_cast<int64_t>(v.size()) != s.numel())
+  const int64_t n = checked_numel("from_vector", s, sizeof(V));
+  if (static_cast<int64_t>(v.size()) != n)
     throw std::invalid_argument(fmt::format("from_vector: {} values do not fill shape {} ({} elements)", v.size(),
-                                            s.str(), s.numel()));
+                                            s.str(), n));
   Tensor x = empty(s, dtype_of<V>());
   if (!v.empty()) std::memcpy(x.raw_data(), v.data(), v.size() * sizeof(V));
   return x;
@@ -94,13 +109,60 @@ Tensor tensor(std::initializer_list<std::initializer_list<double>> v, DType t) {
 // ---- random ------------------------------------------------------------------------------------
 
 namespace {
+// One generator per thread, all derived from one global seed (see manual_seed in tensor.h).
+// `epoch` is bumped by every manual_seed; a thread whose generator was derived in an older epoch
+// re-derives it before its next draw. The mutex guards seed, streams and seeder.
+struct SeedState {
+  std::mutex m;
+  uint64_t seed = 5489u;        // std::mt19937_64's default seed: the loading thread's stream is unchanged
+  uint64_t streams = 0;         // worker streams handed out since `seed` was set
+  std::thread::id seeder;       // the thread whose stream is mt19937_64(seed) itself
+  std::atomic<uint64_t> epoch{1};
+};
+SeedState g_seed;  // constant-initialized
+// Before any manual_seed, the thread that loads the library (the main thread) is the seeder.
+[[maybe_unused]] const bool g_seeder_set = (g_seed.seeder = std::this_thread::get_id(), true);
+
+struct ThreadGen {
+  std::mt19937_64 gen;
+  uint64_t epoch = 0;  // 0: not derived yet
+};
+thread_local ThreadGen t_gen;
+
+uint64_t splitmix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+// The seed of worker stream k under global seed `seed` (k counts from 0).
+uint64_t stream_seed(uint64_t seed, uint64_t k) { return splitmix64(splitmix64(seed) ^ splitmix64(~k)); }
+
+[[gnu::noinline]] void rederive(ThreadGen& t) {
+  std::lock_guard lock(g_seed.m);
+  t.epoch = g_seed.epoch.load(std::memory_order_relaxed);
+  if (std::this_thread::get_id() == g_seed.seeder) t.gen.seed(g_seed.seed);
+  else t.gen.seed(stream_seed(g_seed.seed, g_seed.streams++));
+}
+
 std::mt19937_64& rng() {
-  thread_local std::mt19937_64 gen(5489u);
-  return gen;
+  ThreadGen& t = t_gen;
+  if (t.epoch != g_seed.epoch.load(std::memory_order_acquire)) [[unlikely]] rederive(t);
+  return t.gen;
 }
 }  // namespace
 
-void manual_seed(uint64_t seed) { rng().seed(seed); }
+void manual_seed(uint64_t seed) {
+  ThreadGen& t = t_gen;
+  std::lock_guard lock(g_seed.m);
+  g_seed.seed = seed;
+  g_seed.streams = 0;
+  g_seed.seeder = std::this_thread::get_id();
+  const uint64_t e = g_seed.epoch.load(std::memory_order_relaxed) + 1;
+  g_seed.epoch.store(e, std::memory_order_release);
+  t.gen.seed(seed);  // the calling thread's stream: mt19937_64(seed), as before worker streams were derived
+  t.epoch = e;
+}
 uint64_t next_random_u64() { return rng()(); }
 double next_uniform() { return static_cast<double>(rng()() >> 11) * 0x1.0p-53; }
 double next_normal() {
@@ -119,11 +181,14 @@ void set_rng_state(const RngState& s) {
   std::mt19937_64 g;
   is >> g;
   if (is.fail()) throw std::invalid_argument("set_rng_state: the state string is not a saved generator state");
-  rng() = g;
+  // Set directly (not through rng()): a stale thread must not take a worker stream number first.
+  ThreadGen& t = t_gen;
+  t.gen = g;
+  t.epoch = g_seed.epoch.load(std::memory_order_acquire);
 }
 
 Tensor uniform(const Shape& s, double lo, double hi, DType t) {
-  Tensor x = empty(s, t);
+  Tensor x = empty_for("uniform", s, t);
   dispatch_float("uniform", Device::CPU, t, [&]<class T>() {
     T* p = x.data<T>();
     for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(lo + (hi - lo) * next_uniform());
@@ -132,7 +197,7 @@ Tensor uniform(const Shape& s, double lo, double hi, DType t) {
 }
 Tensor rand(const Shape& s, DType t) { return uniform(s, 0.0, 1.0, t); }
 Tensor randn(const Shape& s, DType t) {
-  Tensor x = empty(s, t);
+  Tensor x = empty_for("randn", s, t);
   dispatch_float("randn", Device::CPU, t, [&]<class T>() {
     T* p = x.data<T>();
     for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(next_normal());
@@ -141,14 +206,21 @@ Tensor randn(const Shape& s, DType t) {
 }
 Tensor randint(int64_t low, int64_t high, const Shape& s) {
   if (high <= low) throw std::invalid_argument(fmt::format("randint: empty range [{}, {})", low, high));
-  Tensor x = empty(s, DType::Int64);
+  Tensor x = empty_for("randint", s, DType::Int64);
   int64_t* p = x.data<int64_t>();
-  uint64_t span = static_cast<uint64_t>(high - low);
-  for (int64_t i = 0; i < x.numel(); ++i) p[i] = low + static_cast<int64_t>(next_random_u64() % span);
+  const uint64_t span = static_cast<uint64_t>(high) - static_cast<uint64_t>(low);  // no signed overflow
+  for (int64_t i = 0; i < x.numel(); ++i)
+    p[i] = static_cast<int64_t>(static_cast<uint64_t>(low) + next_random_u64() % span);
   return x;
 }
 
 // ---- accessors ---------------------------------------------------------------------------------
+
+void Tensor::undefined_error(const char* what) {
+  throw std::invalid_argument(fmt::format("{}: the tensor is undefined (a default-constructed Tensor(), or a gradient "
+                                          "that was never computed); check .defined() first",
+                                          what));
+}
 
 int64_t Tensor::size_out_of_range(int64_t d) const {
   throw std::out_of_range(fmt::format("size: dim {} out of range for a tensor of shape {}", d, shape().str()));
@@ -164,16 +236,19 @@ bool Tensor::is_contiguous() const {
 }
 
 void* Tensor::raw_data() const {
+  live("raw_data");
   return static_cast<char*>(impl()->storage->data()) + impl()->offset * static_cast<int64_t>(dtype_size(dtype()));
 }
 
 double Tensor::item() const {
+  live("item");
   if (numel() != 1)
     throw std::invalid_argument(fmt::format("item: needs a one-element tensor, got shape {}", shape().str()));
   return dispatch("item", device(), dtype(), [&]<class T>() { return static_cast<double>(*data<T>()); });
 }
 
 double Tensor::at(std::initializer_list<int64_t> idx) const {
+  live("at");
   if (static_cast<int64_t>(idx.size()) != dim())
     throw std::out_of_range(fmt::format("at: {} indices for a tensor of shape {}", idx.size(), shape().str()));
   int64_t off = 0, d = 0;
@@ -187,6 +262,7 @@ double Tensor::at(std::initializer_list<int64_t> idx) const {
 }
 
 std::vector<double> Tensor::to_vector() const {
+  live("to_vector");
   Tensor c = contiguous();
   std::vector<double> out(static_cast<size_t>(numel()));
   dispatch("to_vector", device(), dtype(), [&]<class T>() {
@@ -205,6 +281,7 @@ Tensor Tensor::clone() const {
 // ---- autograd state ----------------------------------------------------------------------------
 
 Tensor& Tensor::requires_grad_(bool on) {
+  live("requires_grad_");
   if (on && !is_floating(dtype()))
     throw std::invalid_argument(fmt::format("requires_grad_: only float tensors can require gradients; this one is {}",
                                             dtype_name(dtype())));
@@ -215,17 +292,18 @@ Tensor& Tensor::requires_grad_(bool on) {
 }
 const std::string& Tensor::name() const {
   static const std::string none;
-  return impl()->meta ? impl()->meta->name : none;
+  return live("name")->meta ? impl()->meta->name : none;
 }
-bool Tensor::is_leaf() const { return impl()->grad_fn == nullptr; }
+bool Tensor::is_leaf() const { return live("is_leaf")->grad_fn == nullptr; }
 Tensor Tensor::grad() const {
-  if (!impl()->requires_grad)
+  if (!live("grad")->requires_grad)
     throw std::invalid_argument(fmt::format("grad: tensor of shape {} does not require grad, so it never gets a "
                                             "gradient; call requires_grad_() on it before the forward pass",
                                             shape().str()));
   return Tensor(impl()->grad);
 }
 void Tensor::set_grad(const Tensor& g) {
+  live("set_grad");
   if (g.defined() && (!(g.shape() == shape()) || g.dtype() != dtype()))
     throw std::invalid_argument(fmt::format("set_grad: gradient {} {} does not match tensor {} {}", g.shape().str(),
                                             dtype_name(g.dtype()), shape().str(), dtype_name(dtype())));
@@ -233,7 +311,7 @@ void Tensor::set_grad(const Tensor& g) {
   impl()->grad_exclusive = false;
 }
 void Tensor::zero_grad() {
-  impl()->grad.reset();
+  live("zero_grad")->grad.reset();
   impl()->grad_exclusive = false;
 }
 Tensor Tensor::detach() const { return make_view(*this, shape(), strides(), offset()); }

@@ -107,8 +107,8 @@ class Tensor {
   TensorImpl* impl() const { return impl_.get(); }
   const Ref<TensorImpl>& ref() const { return impl_; }
 
-  const Shape& shape() const { return impl()->shape; }
-  const Strides& strides() const { return impl()->strides; }
+  const Shape& shape() const { return live("shape")->shape; }
+  const Strides& strides() const { return live("strides")->strides; }
   int64_t dim() const { return shape().size(); }
   int64_t size(int64_t d) const {  // negative d counts from the end
     const int64_t r = dim();
@@ -117,10 +117,10 @@ class Tensor {
     return size_out_of_range(d);
   }
   int64_t numel() const { return shape().numel(); }
-  DType dtype() const { return impl()->dtype; }
-  Device device() const { return impl()->storage->device(); }
+  DType dtype() const { return live("dtype")->dtype; }
+  Device device() const { return live("device")->storage->device(); }
   bool is_contiguous() const;
-  int64_t offset() const { return impl()->offset; }
+  int64_t offset() const { return live("offset")->offset; }
 
   // Pointer to element 0 of this view; checks the dtype.
   template <class T> T* data() const;
@@ -136,7 +136,7 @@ class Tensor {
   Tensor to(DType t) const;  // differentiable between float types
 
   // autograd
-  bool requires_grad() const { return impl()->requires_grad; }
+  bool requires_grad() const { return live("requires_grad")->requires_grad; }
   Tensor& requires_grad_(bool on = true);
   bool is_leaf() const;
   Tensor grad() const;
@@ -147,7 +147,7 @@ class Tensor {
   void register_hook(GradHook hook);
   void backward(bool retain_graph = false) const;
   void backward(const Tensor& gradient, bool retain_graph = false) const;
-  Tensor& set_name(std::string n) { impl()->autograd_meta().name = std::move(n); return *this; }
+  Tensor& set_name(std::string n) { live("set_name")->autograd_meta().name = std::move(n); return *this; }
   const std::string& name() const;
 
   // method forms of common ops (free functions in ops.h are the primary API)
@@ -178,6 +178,12 @@ class Tensor {
 
  private:
   [[noreturn]] int64_t size_out_of_range(int64_t d) const;
+  // impl() of a defined tensor; on an undefined one (Tensor(), a gradient never set) throws naming `what`.
+  TensorImpl* live(const char* what) const {
+    if (!impl_) [[unlikely]] undefined_error(what);
+    return impl_.get();
+  }
+  [[noreturn]] static void undefined_error(const char* what);  // tensor.cpp
 
  public:
 
@@ -215,7 +221,17 @@ Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t 
 void set_num_threads(int n);
 int get_num_threads();
 
-// Reproducibility: one generator per thread, seeded by manual_seed on that thread.
+// Reproducibility: one generator (mt19937_64) per thread, all derived from one global seed.
+// manual_seed(s) sets the global seed from any thread. The calling thread's stream becomes
+// mt19937_64(s), a function of the seed alone (the main thread's stream is the same as when
+// streams were per thread). Every other thread re-derives its generator before its next draw: the
+// k-th thread to draw after the seed (k = 0, 1, ...) gets mt19937_64(splitmix64 mix of (s, k)). So a
+// worker's stream is a function of the seed and of the order in which threads first draw after it:
+// reproducible when workers start drawing in a fixed order (e.g. started one at a time), or when
+// each sets its own state with set_rng_state. Note that manual_seed on a worker re-derives every
+// other thread's stream too (it is global, as in PyTorch). Before any manual_seed the seed is 5489
+// and the thread that loaded the library plays the caller. get/set_rng_state read and replace the
+// calling thread's generator only.
 void manual_seed(uint64_t seed);
 struct RngState { std::string bytes; };
 RngState get_rng_state();
