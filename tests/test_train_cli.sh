@@ -7,8 +7,11 @@
 #  3. a run stopped mid-epoch (--stop-after) and resumed (--resume) ends bit-identical to the
 #     uninterrupted run: metrics, final weights, optimizer state;
 #  4. a malformed TSV line is reported as file:line; --skip-bad-lines skips it;
-#  5. a non-finite training loss (resuming with --lr 1e30) stops the run with exit status 3 and a
-#     message naming the step and suggesting --lr / --clip, leaving last/ and best/ untouched.
+#  5. non-finite values (injected with --inject-fault, so every machine takes the same path): a
+#     NaN loss, a NaN gradient norm at --max-skipped-steps consecutive steps, NaN weights after an
+#     update each stop the run with exit status 3 and a message naming the step, what was not
+#     finite, --lr / --clip and the kept checkpoint, leaving the run folder byte for byte as it
+#     was; a single NaN gradient only skips its step (counted in skipped_steps).
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data). Without the
 # data the test prints SKIP and exits 77, which CTest reports as skipped.
 # usage: test_train_cli.sh path/to/tapegrad-train
@@ -76,21 +79,67 @@ if "$bin" predict --checkpoint "$tmp/nowhere" x 2>"$tmp/err.txt"; then fail "pre
 grep -q "nowhere" "$tmp/err.txt" || fail "predict error does not name the folder"
 echo "ok   malformed input reported: $bad_msg"
 
-# ---- 5. a non-finite loss stops the run and keeps the last good checkpoint ----
-cp -r "$tmp/b/last" "$tmp/last.before"
-cp -r "$tmp/b/best" "$tmp/best.before"
+# ---- 5. non-finite values stop the run and keep the last good checkpoint ----
+# Each fault is injected (--inject-fault KIND@STEP), so the same path is taken on every CPU,
+# build and BLAS kernel; $tmp/b ends at step 1000, so step 1001 is the first of epoch 3.
+cp -r "$tmp/b" "$tmp/b.before"
+kept="last good checkpoint, $tmp/b/last (step 1000), is kept"
+# stopped NAME ARGS...: runs a resume of $tmp/b that must exit 3, leave no summary and change no file
+stopped() {
+  local name=$1; shift
+  set +e
+  "$bin" train --resume "$tmp/b" --epochs 3 -q "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+  local rc=$?
+  set -e
+  msg=$(grep "error:" "$tmp/$name.err" || true)
+  [ "$rc" -eq 3 ] || fail "$name: exit status $rc, expected 3: $(cat "$tmp/$name.err")"
+  grep -q -- "--lr, now" <<<"$msg" && grep -q -- "--clip, now 5" <<<"$msg" ||
+    fail "$name: message does not suggest both --lr and --clip: $msg"
+  grep -qF "$kept" <<<"$msg" || fail "$name: message does not name the kept checkpoint: $msg"
+  grep -qF -- "--resume $tmp/b --lr <smaller>" <<<"$msg" || fail "$name: message does not say how to continue: $msg"
+  [ ! -s "$tmp/$name.out" ] || fail "$name: a failed run printed a summary: $(cat "$tmp/$name.out")"
+  diff -r "$tmp/b.before" "$tmp/b" >/dev/null || fail "$name: the run folder changed: $(diff -r "$tmp/b.before" "$tmp/b" | head -3)"
+  echo "ok   $name: exit 3, run folder byte for byte unchanged: $(cut -c1-150 <<<"$msg")..."
+}
+stopped nan-loss --inject-fault nan-loss@1001
+grep -q "error: step 1001 (epoch 3, batch 1/500): the training loss is nan. Stopped without updating the weights" \
+  <<<"$msg" || fail "nan-loss: message does not name the step and the loss: $msg"
+
+# a finite loss with a non-finite gradient norm at every step: K consecutive skips, then stop
+stopped nan-grad-persistent --inject-fault nan-grad-persistent@1001 --max-skipped-steps 5
+grep -Eq "error: step 1005 \(epoch 3, batch 5/500\): the gradient norm was -?nan at 5 consecutive steps \(1001-1005\) while the loss stayed finite" \
+  <<<"$msg" || fail "nan-grad-persistent: message does not name the steps: $msg"
+grep -q "have not changed since step 1000" <<<"$msg" || fail "nan-grad-persistent: message does not say since when: $msg"
+[ "$(grep -c "warning: step 100[1-4]: gradient norm is -\?nan; update skipped" "$tmp/nan-grad-persistent.err")" -eq 4 ] ||
+  fail "nan-grad-persistent: expected a warning for each of steps 1001-1004: $(cat "$tmp/nan-grad-persistent.err")"
+# the default limit is 20
+stopped nan-grad-default --inject-fault nan-grad-persistent@1001
+grep -q "error: step 1020 .* at 20 consecutive steps (1001-1020)" <<<"$msg" || fail "default --max-skipped-steps is not 20: $msg"
+
+stopped nan-weight --inject-fault nan-weight@1003
+grep -Eq "error: step 1003 \(epoch 3, batch 3/500\): after the update, parameter '[^']+' \[[0-9, ]+\] holds nan at \[0(, 0)*\]" \
+  <<<"$msg" || fail "nan-weight: message does not name the parameter and element: $msg"
+
+# one skipped step is a warning; the run goes on and its summary counts it
+out=$("$bin" train --resume "$tmp/b" --epochs 3 --save "$tmp/d" --stop-after 1004 -q --inject-fault nan-grad@1002 2>"$tmp/d.err")
+[ "$(field "$(tail -n 1 <<<"$out")" skipped_steps)" = 1 ] || fail "one skipped step: summary $(tail -n 1 <<<"$out")"
+[ "$(field "$(tail -n 1 <<<"$out")" steps)" = 1004 ] || fail "one skipped step: did not train on to step 1004"
+grep -Eq "warning: step 1002: gradient norm is -?nan; update skipped \(1 in a row; the run stops at 20\)" "$tmp/d.err" ||
+  fail "one skipped step: no warning: $(cat "$tmp/d.err")"
+echo "ok   nan-grad at one step: skipped with a warning, run finished, skipped_steps 1"
+
+# --max-skipped-steps 0 never stops; a tiny run whose every step is skipped finishes and says so
+tiny=(--train "$tmp/bad.tsv" --dev "$tmp/bad.tsv" --skip-bad-lines --epochs 3 --embed 4 --hidden 4 -q)
+out=$("$bin" train "${tiny[@]}" --inject-fault nan-grad-persistent@1 --max-skipped-steps 0 2>/dev/null | tail -n 1) || fail "--max-skipped-steps 0 stopped"
+[ "$(field "$out" skipped_steps)" = 3 ] && [ "$(field "$out" steps)" = 3 ] || fail "--max-skipped-steps 0: $out"
 set +e
-"$bin" train --resume "$tmp/b" --epochs 3 --lr 1e30 -q >"$tmp/nan.out" 2>"$tmp/nan.err"
-rc=$?
+"$bin" train "${tiny[@]}" --inject-fault nan-grad-persistent@1 --max-skipped-steps 2 >/dev/null 2>"$tmp/k2.err"; rc=$?
+"$bin" train "${tiny[@]}" --inject-fault nan-gard@3 >/dev/null 2>"$tmp/bad_fault.err"; rc_bad=$?
 set -e
-[ "$rc" -eq 3 ] || fail "--lr 1e30: exit status $rc, expected 3: $(cat "$tmp/nan.err")"
-nan_msg=$(cat "$tmp/nan.err")
-grep -Eq "error: step 10[0-9][0-9] \(epoch 3, batch [0-9]+/500\): the training loss is -?(nan|inf)" <<<"$nan_msg" ||
-  fail "non-finite loss message does not name the step: $nan_msg"
-grep -q -- "--lr" <<<"$nan_msg" && grep -q -- "--clip" <<<"$nan_msg" || fail "message does not suggest both --lr and --clip: $nan_msg"
-grep -q "last good checkpoint, $tmp/b/last (step 1000), is kept" <<<"$nan_msg" || fail "message does not name the kept checkpoint: $nan_msg"
-[ ! -s "$tmp/nan.out" ] || fail "a failed run printed a summary: $(cat "$tmp/nan.out")"
-diff -r "$tmp/last.before" "$tmp/b/last" >/dev/null || fail "last/ changed after the non-finite loss"
-diff -r "$tmp/best.before" "$tmp/b/best" >/dev/null || fail "best/ changed after the non-finite loss"
-echo "ok   non-finite loss: exit 3, checkpoints untouched: $(head -1 <<<"$nan_msg" | cut -c1-160)..."
+[ "$rc" -eq 3 ] && grep -q "error: step 2 .* at 2 consecutive steps (1-2)" "$tmp/k2.err" ||
+  fail "--max-skipped-steps 2: exit $rc: $(cat "$tmp/k2.err")"
+grep -q "nothing is saved without --save" "$tmp/k2.err" || fail "without --save the message must say nothing is saved"
+[ "$rc_bad" -ne 0 ] && grep -q "inject-fault 'nan-gard@3': expected KIND@STEP" "$tmp/bad_fault.err" ||
+  fail "a misspelt --inject-fault was not refused clearly: $(cat "$tmp/bad_fault.err")"
+echo "ok   --max-skipped-steps 0 trains through (skipped_steps 3 of 3), 2 stops at step 2, bad fault spec refused"
 echo "test_train_cli: all checks passed in $((SECONDS - start)) s"

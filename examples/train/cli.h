@@ -39,9 +39,11 @@ struct TrainOptions {
   int64_t max_train = 0;
   bool quiet = false;
   int64_t stop_after = 0;
+  int64_t max_skipped_steps = 20;  // consecutive skipped steps that stop a run (0 = never)
   // Launch options: not saved in config.json (a run may be resumed with another world size).
   int np = 1;             // processes (MPI ranks); --batch stays the global batch
   std::string hostfile;   // passed to mpirun as --hostfile
+  std::string inject_fault;  // KIND@STEP (tests of the non-finite paths); not saved either
 };
 json to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const json& j);  // missing keys keep their defaults

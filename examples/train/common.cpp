@@ -47,7 +47,8 @@ json to_json(const TrainOptions& o) {
               {"eval-every", o.eval_every},
               {"eval-batch", o.eval_batch},
               {"skip-bad-lines", o.skip_bad_lines},
-              {"max-train", o.max_train}};
+              {"max-train", o.max_train},
+              {"max-skipped-steps", o.max_skipped_steps}};
 }
 
 namespace {
@@ -85,6 +86,7 @@ TrainOptions train_options_from_json(const json& j) {
   get_if(j, "eval-batch", o.eval_batch);
   get_if(j, "skip-bad-lines", o.skip_bad_lines);
   get_if(j, "max-train", o.max_train);
+  get_if(j, "max-skipped-steps", o.max_skipped_steps);
   return o;
 }
 

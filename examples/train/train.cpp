@@ -2,7 +2,9 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -38,6 +40,59 @@ extern "C" void on_sigusr1(int) { g_interrupted = 1; }
 
 struct NonFiniteGradient {};
 
+// The flat index of x's first NaN/Inf, or -1. Exponent bits all set = Inf or NaN; an integer OR
+// over them vectorises, so checking every weight after every step costs a fraction of a step.
+int64_t first_non_finite(const Tensor& x) {
+  if (x.dtype() == DType::Float32 && x.is_contiguous()) {
+    const auto* bits = reinterpret_cast<const uint32_t*>(x.data<float>());
+    const int64_t n = x.numel();
+    constexpr int64_t kBlock = 4096;
+    for (int64_t b = 0; b < n; b += kBlock) {
+      uint32_t bad = 0;
+      const int64_t e = std::min(n, b + kBlock);
+      for (int64_t k = b; k < e; ++k) bad |= static_cast<uint32_t>((bits[k] & 0x7f800000u) == 0x7f800000u);
+      if (bad)
+        for (int64_t k = b; k < e; ++k)
+          if ((bits[k] & 0x7f800000u) == 0x7f800000u) return k;
+    }
+    return -1;
+  }
+  const std::vector<double> v = x.to_vector();
+  for (size_t k = 0; k < v.size(); ++k)
+    if (!std::isfinite(v[k])) return static_cast<int64_t>(k);
+  return -1;
+}
+
+std::string index_string(const Shape& shape, int64_t flat) {
+  std::vector<int64_t> idx(static_cast<size_t>(shape.size()));
+  for (int64_t d = shape.size() - 1; d >= 0; --d) {
+    idx[static_cast<size_t>(d)] = flat % shape[d];
+    flat /= shape[d];
+  }
+  return fmt::format("[{}]", fmt::join(idx, ", "));
+}
+
+// The part every non-finite stop message shares: what is kept, what to try, how to continue.
+std::string stop_advice(const Run& r) {
+  const auto [note, resumable] = describe_last_checkpoint(r);
+  return fmt::format("{}. Try a lower learning rate (--lr, now {:g}) or gradient clipping (--clip, now {}){}", note,
+                     r.opt->param_groups()[0].lr,
+                     r.opts.clip > 0 ? fmt::format("{:g}", r.opts.clip) : std::string("off"),
+                     resumable ? fmt::format("; to continue from the checkpoint: tapegrad-train train --resume {} "
+                                             "--lr <smaller>",
+                                             r.save.string())
+                               : std::string());
+}
+
+void poison_first_element(const Tensor& t) {
+  NoGradGuard no_grad;
+  if (t.dtype() == DType::Float64)
+    t.data<double>()[0] = std::numeric_limits<double>::quiet_NaN();
+  else
+    t.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+  t.impl()->storage->bump_version();
+}
+
 std::unique_ptr<optim::Optimizer> make_optimizer(const TrainOptions& o, const std::vector<Tensor>& params) {
   if (o.optimizer == "adam")
     return std::make_unique<optim::Adam>(params, optim::AdamOptions{.lr = o.lr, .weight_decay = o.weight_decay});
@@ -61,6 +116,33 @@ std::vector<data::Example> read_split(const std::string& path, const TrainOption
 }
 
 }  // namespace
+
+InjectedFault parse_fault(const std::string& spec) {
+  if (spec.empty()) return {};
+  static const std::pair<const char*, InjectedFault::Kind> kinds[] = {
+      {"nan-loss", InjectedFault::Kind::NanLoss},
+      {"nan-grad", InjectedFault::Kind::NanGrad},
+      {"nan-grad-persistent", InjectedFault::Kind::NanGradPersistent},
+      {"nan-weight", InjectedFault::Kind::NanWeight}};
+  const auto bad = [&] {
+    return std::invalid_argument(fmt::format("--inject-fault '{}': expected KIND@STEP with KIND one of nan-loss, "
+                                             "nan-grad, nan-grad-persistent, nan-weight and STEP an optimizer step "
+                                             ">= 1 (e.g. nan-grad@5)",
+                                             spec));
+  };
+  const size_t at = spec.find('@');
+  if (at == std::string::npos) throw bad();
+  InjectedFault f;
+  const std::string kind = spec.substr(0, at), step = spec.substr(at + 1);
+  bool known = false;
+  for (const auto& [name, k] : kinds)
+    if (kind == name) f.kind = k, known = true;
+  if (!known || step.empty() || step.size() > 18 || step.find_first_not_of("0123456789") != std::string::npos)
+    throw bad();
+  f.step = std::stoll(step);
+  if (f.step < 1) throw bad();
+  return f;
+}
 
 int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path& resume_dir) {
   TrainOptions& o = r.opts;
@@ -113,6 +195,9 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
   // initialised the model, so a 1-process run is unchanged.
   if (resume_dir.empty() && world.rank() > 0) manual_seed(o.seed + static_cast<uint64_t>(world.rank()));
   r.st.world_size = W;
+  const InjectedFault fault = parse_fault(o.inject_fault);
+  const std::vector<std::pair<std::string, Tensor>> named_params = r.model->named_parameters();
+  int64_t consecutive_skips = 0;  // in this process: a resumed run starts counting again
 
   if (!r.save.empty() && root) prepare_run_folder(r, resume_dir);
 
@@ -156,38 +241,76 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
       Tensor labels = from_vector(b.labels, Shape{b.batch});
       r.opt->zero_grad();
       Tensor loss = binary_cross_entropy_with_logits(r.model->forward(tokens, b.lengths), labels);
+      const int64_t step_no = r.st.step + 1;
+      if (fault.loss_at(step_no)) loss = loss * std::numeric_limits<double>::quiet_NaN();
       // The step's loss summed over its examples on all ranks (every rank has b.batch of them),
       // and whether any rank was interrupted: one small all-reduce, so all ranks decide alike.
       std::vector<double> step_vals = {loss.item() * static_cast<double>(b.batch), g_interrupted ? 1.0 : 0.0};
       world.sum(step_vals);
       const double step_loss_sum = step_vals[0];
       const int64_t step_examples = b.batch * W;
+      const std::string where = fmt::format("step {} (epoch {}, batch {}/{})", step_no, epoch, i + 1, n);
       if (!std::isfinite(step_loss_sum)) {
         progress.end_epoch();
         if (root) {
-          const auto [note, resumable] = describe_last_checkpoint(r);
           const double mean = step_loss_sum / static_cast<double>(step_examples);
-          fmt::print(stderr,
-                     "tapegrad-train: error: step {} (epoch {}, batch {}/{}): the training loss is {}. Stopped without "
-                     "updating the weights; {}. Try a lower learning rate (--lr, now {:g}) or gradient clipping "
-                     "(--clip, now {}){}\n",
-                     r.st.step + 1, epoch, i + 1, n, std::isnan(mean) ? "nan" : mean > 0 ? "inf" : "-inf", note,
-                     r.opt->param_groups()[0].lr, o.clip > 0 ? fmt::format("{:g}", o.clip) : std::string("off"),
-                     resumable ? fmt::format("; to continue from the checkpoint: tapegrad-train train --resume {} "
-                                             "--lr <smaller>",
-                                             r.save.string())
-                               : std::string());
+          fmt::print(stderr, "tapegrad-train: error: {}: the training loss is {}. Stopped without updating the weights; {}\n",
+                     where, std::isnan(mean) ? "nan" : mean > 0 ? "inf" : "-inf", stop_advice(r));
         }
         return kExitNonFinite;
       }
       loss.backward();
+      if (fault.grad_at(step_no))
+        for (const auto& np : named_params)
+          if (np.second.grad().defined()) {
+            poison_first_element(np.second.grad());
+            break;
+          }
+      bool skipped = false;
       try {
         r.opt->step();
+        consecutive_skips = 0;
       } catch (const NonFiniteGradient&) {
+        skipped = true;
         ++r.st.skipped_steps;
+        ++consecutive_skips;
+        if (o.max_skipped_steps > 0 && consecutive_skips >= o.max_skipped_steps) {
+          progress.end_epoch();
+          if (root)
+            fmt::print(stderr,
+                       "tapegrad-train: error: {}: the gradient norm was {} at {} consecutive steps ({}-{}) while "
+                       "the loss stayed finite, so each update was skipped and the weights have not changed since "
+                       "{}. Stopped (--max-skipped-steps {}; 0 = never stop for skipped steps); {}\n",
+                       where, clip.last_norm(), consecutive_skips, step_no - consecutive_skips + 1, step_no,
+                       step_no - consecutive_skips > 0 ? fmt::format("step {}", step_no - consecutive_skips)
+                                                   : std::string("the start"),
+                       o.max_skipped_steps, stop_advice(r));
+          return kExitNonFinite;
+        }
         if (root)
-          fmt::print(stderr, "tapegrad-train: warning: step {}: gradient norm is {}; update skipped\n", r.st.step + 1,
-                     clip.last_norm());
+          fmt::print(stderr, "tapegrad-train: warning: step {}: gradient norm is {}; update skipped ({} in a row; "
+                     "the run stops at {})\n", step_no, clip.last_norm(), consecutive_skips,
+                     o.max_skipped_steps > 0 ? fmt::format("{}", o.max_skipped_steps) : std::string("never"));
+      }
+      if (!skipped) {
+        if (fault.weight_at(step_no)) poison_first_element(named_params.front().second);
+        // Finite gradients can still make non-finite weights (a huge --lr, an overflowing
+        // moment); training on from them would only ever give NaN, so stop while last/ is good.
+        for (const auto& [name, p] : named_params) {
+          const int64_t k = first_non_finite(p);
+          if (k < 0) continue;
+          progress.end_epoch();
+          if (root) {
+            const double v = p.reshape(Shape{p.numel()}).at({k});
+            fmt::print(stderr,
+                       "tapegrad-train: error: {}: after the update, parameter '{}' {} holds {} at {} (the loss, "
+                       "{:.4g}, and the gradient norm, {:.4g}, were finite). Stopped; nothing of this step is saved; {}\n",
+                       where, name, p.shape().str(), std::isnan(v) ? "nan" : v > 0 ? "inf" : "-inf",
+                       index_string(p.shape(), k), step_loss_sum / static_cast<double>(step_examples),
+                       clip.last_norm(), stop_advice(r));
+          }
+          return kExitNonFinite;
+        }
       }
       r.st.train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       r.st.loss_sum += step_loss_sum;

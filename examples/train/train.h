@@ -42,8 +42,25 @@ struct Run {
   void write_metrics();
 };
 
-// Exit status of a run stopped by a non-finite training loss.
+// Exit status of a run stopped by a non-finite value: the training loss, the weights after an
+// update, or --max-skipped-steps consecutive steps with a non-finite gradient norm.
 constexpr int kExitNonFinite = 3;
+
+// --inject-fault KIND@STEP: a deliberate fault at optimizer step STEP (1-based, whole run), so
+// that tests reach each non-finite path on every machine instead of hoping a huge --lr rounds
+// the same way everywhere.
+struct InjectedFault {
+  enum class Kind { None, NanLoss, NanGrad, NanGradPersistent, NanWeight };
+  Kind kind = Kind::None;
+  int64_t step = 0;
+  bool loss_at(int64_t s) const { return kind == Kind::NanLoss && s == step; }
+  bool grad_at(int64_t s) const {
+    return (kind == Kind::NanGrad && s == step) || (kind == Kind::NanGradPersistent && s >= step);
+  }
+  bool weight_at(int64_t s) const { return kind == Kind::NanWeight && s == step; }
+};
+// "" -> Kind::None; throws std::invalid_argument naming the value and the accepted forms.
+InjectedFault parse_fault(const std::string& spec);
 
 // Everything after the options are settled, on every rank; returns the exit code.
 int train_body(Run& r, World& world, const boost::program_options::variables_map& vm, const fs::path& resume_dir);

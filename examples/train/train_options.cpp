@@ -63,6 +63,14 @@ po::options_description train_description(TrainOptions& o) {
      "use only the first N training rows (0 = all; for smoke tests)")
     ("stop-after", po::value(&o.stop_after)->default_value(o.stop_after),
      "stop after N optimizer steps in total, saving DIR/last/ to resume from (0 = run all epochs)")
+    ("max-skipped-steps", po::value(&o.max_skipped_steps)->default_value(o.max_skipped_steps),
+     "stop (exit status 3) after this many consecutive steps skipped for a non-finite gradient norm "
+     "(0 = never stop for skipped steps)")
+    ("inject-fault", po::value(&o.inject_fault),
+     "for testing the non-finite paths: KIND@STEP makes optimizer step STEP (counted over the whole run, "
+     "from 1) go wrong on purpose. KIND: nan-loss (the loss is NaN), nan-grad (one gradient element is NaN, "
+     "that step only), nan-grad-persistent (from STEP on, every step), nan-weight (a weight is NaN after "
+     "the update)")
     ("quiet,q", po::bool_switch(&o.quiet), "print only the final JSON line (and errors)")
     ("np", po::value(&o.np)->default_value(o.np),
      "data-parallel processes: re-runs itself under mpirun -np N; --batch stays the global batch "
@@ -98,6 +106,9 @@ void validate(const TrainOptions& o) {
                                         "evenly over the processes (use a multiple of {})",
                                         o.batch, o.np, o.np));
   need(o.hostfile.empty() || o.np > 1, "--hostfile " + o.hostfile + " needs --np N with N > 1");
+  need(o.max_skipped_steps >= 0,
+       fmt::format("--max-skipped-steps must be >= 0 (0 = never stop for skipped steps), got {}", o.max_skipped_steps));
+  parse_fault(o.inject_fault);  // throws naming the bad value
 }
 
 // Options a resumed run must share with the checkpoint: they fix the model, the vocabulary, the
@@ -142,6 +153,7 @@ int run_train(int argc, char** argv) {
     r.opts.stop_after = cli.stop_after;
     r.opts.np = cli.np;
     r.opts.hostfile = cli.hostfile;
+    r.opts.inject_fault = cli.inject_fault;
     if (!vm.count("save") || vm["save"].defaulted()) {
       // Continue in the run folder the checkpoint belongs to.
       const fs::path parent = resume_dir.parent_path();
