@@ -103,9 +103,9 @@ TG_REGISTER_OP("mul", "elementwise");
 Tensor mul(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return mul(promote_to(a, b), promote_to(b, a));
   Tensor out = binary("mul", a, b, [](auto x, auto y) { return x * y; });
-  return record("mul", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
-    if (gr.needs(0)) gr.add(0, sum_to(mul(g, b), a.shape()));
-    if (gr.needs(1)) gr.add(1, sum_to(mul(g, a), b.shape()));
+  return record("mul", {a, b}, out, [a = Saved(a, 0), b = Saved(b, 1)](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(mul(g, *b), a.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(mul(g, *a), b.shape()));
   });
 }
 
@@ -126,9 +126,9 @@ Tensor div(const Tensor& a, const Tensor& b) {
     return div(a.to(DType::Float32), b.to(DType::Float32));
   }
   Tensor out = binary("div", a, b, [](auto x, auto y) { return x / y; });
-  return record("div", {a, b}, out, [a, b, out](const Tensor& g, Grads& gr) {
-    if (gr.needs(0)) gr.add(0, sum_to(div(g, b), a.shape()));
-    if (gr.needs(1)) gr.add(1, sum_to(neg(div(mul(g, out), b)), b.shape()));
+  return record("div", {a, b}, out, [sa = a.shape(), b = Saved(b, 1), out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(div(g, *b), sa));
+    if (gr.needs(1)) gr.add(1, sum_to(neg(div(mul(g, *out), *b)), b.shape()));
   });
 }
 
@@ -142,42 +142,46 @@ TG_REGISTER_OP("pow", "elementwise");
 Tensor pow(const Tensor& x, double e) {
   if (x.defined() && !is_floating(x.dtype())) return pow(x.to(DType::Float32), e);  // int ** float -> float32
   Tensor out = unary_float("pow", x, [e](auto v) { return static_cast<decltype(v)>(std::pow(v, e)); });
-  return record("pow", {x}, out, [x, e](const Tensor& g, Grads& gr) { gr.add(0, e == 0 ? zeros_like(g) : mul(g, pow(x, e - 1) * e)); });
+  return record("pow", {x}, out, [x = Saved(x, 0), e](const Tensor& g, Grads& gr) {
+    gr.add(0, e == 0 ? zeros_like(g) : mul(g, pow(*x, e - 1) * e));
+  });
 }
 
 TG_REGISTER_OP("pow_tensor", "elementwise");
 Tensor pow(const Tensor& base, const Tensor& exponent) {
   if (mixed_int_float(base, exponent)) return pow(promote_to(base, exponent), promote_to(exponent, base));
   Tensor out = binary_float("pow", base, exponent, [](auto x, auto y) { return std::pow(x, y); });
-  return record("pow_tensor", {base, exponent}, out, [base, exponent, out](const Tensor& g, Grads& gr) {
+  return record("pow_tensor", {base, exponent}, out, [base_s = Saved(base, 0), exponent_s = Saved(exponent, 1), out_s = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    const Tensor& base = *base_s;
+    const Tensor& exponent = *exponent_s;
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, where(exponent, mul(exponent, pow(base, exponent - 1.0)), zeros_like(exponent))), base.shape()));
-    if (gr.needs(1)) gr.add(1, sum_to(mul(g, mul(out, log(base))), exponent.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(mul(g, mul(*out_s, log(base))), exponent.shape()));
   });
 }
 
 TG_REGISTER_OP("exp", "elementwise");
 Tensor exp(const Tensor& x) {
   Tensor out = unary_transcendental("exp", x, [](vmath::f8 v) { return vmath::exp(v); }, [](auto v) { return std::exp(v); });
-  return record("exp", {x}, out, [out](const Tensor& g, Grads& gr) { gr.add(0, mul(g, out)); });
+  return record("exp", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, mul(g, *out)); });
 }
 
 TG_REGISTER_OP("log", "elementwise");
 Tensor log(const Tensor& x) {
   Tensor out = unary_float("log", x, [](auto v) { return std::log(v); });
-  return record("log", {x}, out, [x](const Tensor& g, Grads& gr) { gr.add(0, div(g, x)); });
+  return record("log", {x}, out, [x = Saved(x, 0)](const Tensor& g, Grads& gr) { gr.add(0, div(g, *x)); });
 }
 
 TG_REGISTER_OP("sqrt", "elementwise");
 Tensor sqrt(const Tensor& x) {
   Tensor out = unary_float("sqrt", x, [](auto v) { return std::sqrt(v); });
-  return record("sqrt", {x}, out, [out](const Tensor& g, Grads& gr) { gr.add(0, div(g, out * 2.0)); });
+  return record("sqrt", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, div(g, *out * 2.0)); });
 }
 
 TG_REGISTER_OP("abs", "elementwise");
 Tensor abs(const Tensor& x) {
   Tensor out = unary_any("abs", x, [](auto v) { return v < 0 ? -v : v; });
-  return record("abs", {x}, out, [x](const Tensor& g, Grads& gr) {
-    Tensor sign = unary_any("abs", x, [](auto v) { return decltype(v)((v > 0) - (v < 0)); });
+  return record("abs", {x}, out, [x = Saved(x, 0)](const Tensor& g, Grads& gr) {
+    Tensor sign = unary_any("abs", *x, [](auto v) { return decltype(v)((v > 0) - (v < 0)); });
     gr.add(0, mul(g, sign));
   });
 }
@@ -185,24 +189,24 @@ Tensor abs(const Tensor& x) {
 TG_REGISTER_OP("tanh", "elementwise");
 Tensor tanh(const Tensor& x) {
   Tensor out = unary_transcendental("tanh", x, [](vmath::f8 v) { return vmath::tanh(v); }, [](auto v) { return std::tanh(v); });
-  return record("tanh", {x}, out, [out](const Tensor& g, Grads& gr) {
-    gr.add(0, binary_float("tanh_backward", g, out, [](auto d, auto y) { return d * (1 - y * y); }));
+  return record("tanh", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    gr.add(0, binary_float("tanh_backward", g, *out, [](auto d, auto y) { return d * (1 - y * y); }));
   });
 }
 
 TG_REGISTER_OP("sigmoid", "elementwise");
 Tensor sigmoid(const Tensor& x) {
   Tensor out = unary_transcendental("sigmoid", x, [](vmath::f8 v) { return vmath::sigmoid(v); }, [](auto v) { return decltype(v)(1) / (1 + std::exp(-v)); });
-  return record("sigmoid", {x}, out, [out](const Tensor& g, Grads& gr) {
-    gr.add(0, binary_float("sigmoid_backward", g, out, [](auto d, auto y) { return d * y * (1 - y); }));
+  return record("sigmoid", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    gr.add(0, binary_float("sigmoid_backward", g, *out, [](auto d, auto y) { return d * y * (1 - y); }));
   });
 }
 
 TG_REGISTER_OP("relu", "elementwise");
 Tensor relu(const Tensor& x) {
   Tensor out = unary_any("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); });
-  return record("relu", {x}, out, [out](const Tensor& g, Grads& gr) {
-    gr.add(0, binary("relu_backward", g, out, [](auto d, auto y) { return y > 0 ? d : decltype(d)(0); }));
+  return record("relu", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    gr.add(0, binary("relu_backward", g, *out, [](auto d, auto y) { return y > 0 ? d : decltype(d)(0); }));
   });
 }
 
@@ -213,8 +217,8 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
     using T = decltype(v);
     return v < T(lo) ? T(lo) : (v > T(hi) ? T(hi) : v);
   });
-  return record("clamp", {x}, out, [x, lo, hi](const Tensor& g, Grads& gr) {
-    gr.add(0, binary("clamp_backward", g, x, [lo, hi](auto d, auto v) {
+  return record("clamp", {x}, out, [x = Saved(x, 0), lo, hi](const Tensor& g, Grads& gr) {
+    gr.add(0, binary("clamp_backward", g, *x, [lo, hi](auto d, auto v) {
       using T = decltype(d);
       return (v >= T(lo) && v <= T(hi)) ? d : T(0);
     }));
@@ -231,7 +235,8 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
   Tensor ma = binary("where", m, a, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); });
   Tensor mb = binary("where", m, b, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; });
   Tensor out = binary("where", ma.expand(s), mb.expand(s), [](auto x, auto y) { return x + y; });
-  return record("where", {a, b}, out, [m, sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+  return record("where", {a, b}, out, [ms = Saved(m, "its mask"), sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    const Tensor& m = *ms;
     if (gr.needs(0)) gr.add(0, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); }), sa));
     if (gr.needs(1)) gr.add(1, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; }), sb));
   });
@@ -240,9 +245,11 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
 TG_REGISTER_OP("maximum", "elementwise");
 Tensor maximum(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return maximum(promote_to(a, b), promote_to(b, a));
-  Tensor out = binary("maximum", a, b, [](auto x, auto y) { return x >= y ? x : y; });
-  return record("maximum", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
-    Tensor a_wins = ge(a, b);
+  // A NaN in either operand wins (as in PyTorch), and its operand gets the gradient.
+  const auto a_wins_at = [](auto x, auto y) { return x != x || (y == y && x >= y); };
+  Tensor out = binary("maximum", a, b, [=](auto x, auto y) { return a_wins_at(x, y) ? x : y; });
+  return record("maximum", {a, b}, out, [a = Saved(a, 0), b = Saved(b, 1), a_wins_at](const Tensor& g, Grads& gr) {
+    Tensor a_wins = binary("maximum", *a, *b, [=](auto x, auto y) { return decltype(x)(a_wins_at(x, y)); });
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, a_wins), a.shape()));
     if (gr.needs(1)) gr.add(1, sum_to(mul(g, 1.0 - a_wins), b.shape()));
   });
@@ -261,8 +268,34 @@ TG_COMPARISON(le, x <= y)
 #undef TG_COMPARISON
 
 // ---- in place ----------------------------------------------------------------------------------
+// In-place writes are not recorded. So that they can never make a gradient silently wrong, each one
+// (1) refuses a destination that requires grad while gradients are being recorded (the write
+// would be invisible to backward), (2) refuses a destination with a stride-0 (expanded) dim, whose
+// elements alias one memory location, and (3) bumps the storage's version, which every tensor
+// saved for backward checks (tg::Saved).
+
+namespace {
+void check_inplace(const char* op, const Tensor& dst) {
+  if (!dst.defined()) throw std::invalid_argument(std::string(op) + ": undefined destination tensor");
+  if (dst.requires_grad() && grad_enabled())
+    throw std::invalid_argument(fmt::format(
+        "{}: in-place write into a tensor that requires grad (shape {}) while gradients are recorded; the write "
+        "would not be part of the graph, so its gradient would be wrong. Update parameters inside a "
+        "tg::NoGradGuard (as the optimizers do), or use the out-of-place op (x = x + y)",
+        op, dst.shape().str()));
+  for (int64_t d = 0; d < dst.dim(); ++d)
+    if (dst.strides()[d] == 0 && dst.shape()[d] > 1)
+      throw std::invalid_argument(fmt::format(
+          "{}: the destination (shape {}, strides {}) is an expand()ed view: its {} elements along dim {} are one "
+          "memory location, so an in-place write would apply once per alias. Write into a copy instead: "
+          "x = x.contiguous() (or clone())",
+          op, dst.shape().str(), Shape(dst.strides().begin(), dst.strides().end()).str(), dst.shape()[d], d));
+}
+void bump(const Tensor& dst) { dst.impl()->storage->bump_version(); }
+}  // namespace
 
 void add_(Tensor& dst, const Tensor& src, double alpha) {
+  check_inplace("add_", dst);
   check_same_dtype("add_", dst, src);
   if (!(src.shape() == dst.shape()) && !(broadcast_shapes("add_", dst.shape(), src.shape()) == dst.shape()))
     throw std::invalid_argument(fmt::format("add_: source {} does not broadcast to destination {}",
@@ -275,7 +308,7 @@ void add_(Tensor& dst, const Tensor& src, double alpha) {
       const int64_t n = dst.numel();
       if (alpha == 1.0) for (int64_t i = 0; i < n; ++i) d[i] += s[i];
       else for (int64_t i = 0; i < n; ++i) d[i] += al * s[i];
-      return;
+      return;  // bumped below
     }
     Strides ss = broadcast_strides(src.shape(), src.strides(), dst.shape());
     Strides sd = dst.strides();
@@ -285,9 +318,11 @@ void add_(Tensor& dst, const Tensor& src, double alpha) {
       for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] += al * s[off[1] + i * in[1]];
     });
   });
+  bump(dst);
 }
 
 void mul_(Tensor& dst, double factor) {
+  check_inplace("mul_", dst);
   dispatch("mul_", dst.device(), dst.dtype(), [&]<class T>() {
     T* d = dst.data<T>();
     const T f = static_cast<T>(factor);
@@ -302,9 +337,11 @@ void mul_(Tensor& dst, double factor) {
       for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] *= f;
     });
   });
+  bump(dst);
 }
 
 void fill_(Tensor& dst, double value) {
+  check_inplace("fill_", dst);
   dispatch("fill_", dst.device(), dst.dtype(), [&]<class T>() {
     T* d = dst.data<T>();
     const T v = static_cast<T>(value);
@@ -315,9 +352,12 @@ void fill_(Tensor& dst, double value) {
       for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] = v;
     });
   });
+  bump(dst);
 }
 
 void copy_(Tensor& dst, const Tensor& src) {
+  check_inplace("copy_", dst);
+  if (!src.defined()) throw std::invalid_argument("copy_: undefined source tensor");
   if (!(broadcast_shapes("copy_", dst.shape(), src.shape()) == dst.shape()))
     throw std::invalid_argument(fmt::format("copy_: source {} does not broadcast to destination {}",
                                             src.shape().str(), dst.shape().str()));
@@ -339,6 +379,7 @@ void copy_(Tensor& dst, const Tensor& src) {
       });
     });
   });
+  bump(dst);
 }
 
 // ---- operators ---------------------------------------------------------------------------------

@@ -300,11 +300,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                                             "3-D @ 3-D with equal (or 1) batch",
                                             a.shape().str(), b.shape().str()));
   Tensor out = matmul_2d_or_3d(a, b);
-  return record("matmul", {a, b}, out, [a, b](const Tensor& g, Grads& gr) {
-    if (gr.needs(0)) gr.add(0, sum_to(matmul_2d_or_3d(g, transpose(b, -1, -2)), a.shape()));
+  return record("matmul", {a, b}, out, [as = Saved(a, 0), bs = Saved(b, 1)](const Tensor& g, Grads& gr) {
+    if (gr.needs(0)) gr.add(0, sum_to(matmul_2d_or_3d(g, transpose(*bs, -1, -2)), as.shape()));
     if (gr.needs(1)) {
-      if (a.dim() == 2) gr.add_product(1, a, g);
-      else gr.add(1, sum_to(matmul_2d_or_3d(transpose(a, -1, -2), g), b.shape()));
+      if (as.dim() == 2) gr.add_product(1, *as, g);
+      else gr.add(1, sum_to(matmul_2d_or_3d(transpose(*as, -1, -2), g), bs.shape()));
     }
   });
 }
@@ -344,9 +344,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     gemm_raw<T>(false, true, rows, outf, in, x2.data<T>(), row_stride(x2), w.data<T>(), std::max<int64_t>(in, 1),
                 T(has_bias ? 1 : 0), o, std::max<int64_t>(outf, 1));
   });
-  return record("linear", {x, weight, bias}, out, [x2, w, has_bias, xs = x.shape(), rows, in, outf](
-                                                      const Tensor& g_in, Grads& gr) {
+  return record("linear", {x, weight, bias}, out, [x2s = Saved(x2, 0), ws = Saved(w, 1), has_bias, xs = x.shape(), rows, in,
+                                                   outf](const Tensor& g_in, Grads& gr) {
     Tensor g = dense(g_in);
+    const Tensor& x2 = gr.needs(1) ? *x2s : x2s.get();
+    const Tensor& w = *ws;
     if (g.dim() != 2) g = g.reshape(Shape{rows, outf});
     dispatch_float("linear_backward", g.device(), g.dtype(), [&]<class T>() {
       const T* pg = g.data<T>();

@@ -43,7 +43,8 @@ Tensor embedding(const Tensor& weight, const Tensor& indices_in, int64_t padding
   const char* src = static_cast<const char*>(w.raw_data());
   char* dst = static_cast<char*>(out.raw_data());
   for (int64_t i = 0; i < indices.numel(); ++i) std::memcpy(dst + i * row, src + ix[i] * row, row);
-  return record("embedding", {weight}, out, [indices, V, E, padding_idx](const Tensor& g, Grads& gr) {
+  return record("embedding", {weight}, out, [indices_s = Saved(indices, "its indices"), V, E, padding_idx](const Tensor& g, Grads& gr) {
+    const Tensor& indices = *indices_s;
     Tensor gw = zeros(Shape{V, E}, g.dtype());
     Tensor gc = g.contiguous();
     dispatch_float("embedding_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -82,7 +83,8 @@ Tensor softmax(const Tensor& x, int64_t dim) {
     }
   });
   Tensor out = transpose(yt, d, -1).contiguous();
-  return record("softmax", {x}, out, [out, d](const Tensor& g, Grads& gr) {
+  return record("softmax", {x}, out, [out_s = Saved(out, Saved::kOutput), d](const Tensor& g, Grads& gr) {
+    const Tensor& out = *out_s;
     gr.add(0, mul(out, sub(g, sum(mul(g, out), {d}, true))));
   });
 }
@@ -133,7 +135,9 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   const double scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
   Tensor out = r == Reduction::None ? per : scalar(total * scale, x.dtype());
   if (r == Reduction::Mean && n == 0) out = scalar(NAN, x.dtype());
-  return record("binary_cross_entropy_with_logits", {logits, target}, out, [x, y, r, scale](const Tensor& g, Grads& gr) {
+  return record("binary_cross_entropy_with_logits", {logits, target}, out, [xs = Saved(x, 0), ys = Saved(y, 1), r, scale](const Tensor& g, Grads& gr) {
+    const Tensor& x = *xs;
+    const Tensor& y = *ys;
     Tensor gc = g.contiguous();
     const int64_t n = x.numel();
     auto grad_of = [&](bool wrt_logits) {
@@ -188,7 +192,8 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore
     out = scalar(picked.sum().item() * scale, log_probs.dtype());
     if (r == Reduction::Mean && valid == 0) out = scalar(NAN, log_probs.dtype());
   }
-  return record("nll_loss", {log_probs}, out, [target, ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
+  return record("nll_loss", {log_probs}, out, [target_s = Saved(target, "its target"), ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
+    const Tensor& target = *target_s;
     Tensor gl = zeros(Shape{N, C}, g.dtype());
     Tensor gc = g.contiguous();
     dispatch_float("nll_loss_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -260,7 +265,8 @@ Tensor add_tanh(const Tensor& a, const Tensor& b) {
       return binary_map<T>(a, b, s, a.dtype(), [](T x, T y) { return vmath::tanh(x + y); });
     });
   }
-  return record("add_tanh", {a, b}, out, [out, sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+  return record("add_tanh", {a, b}, out, [out_s = Saved(out, Saved::kOutput), sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    const Tensor& out = *out_s;
     Tensor d = dispatch_float("add_tanh_backward", g.device(), g.dtype(), [&]<class T>() {
       return binary_map<T>(g, out, g.shape(), g.dtype(), [](T dy, T y) { return dy * (1 - y * y); });
     });

@@ -139,7 +139,10 @@ Tensor rnn_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor
   });
   const bool has_b = b.defined();
   std::initializer_list<Tensor> inputs = {px, h, w, has_b ? b : Tensor()};
-  return record("rnn_cell", inputs, out, [y = out.impl()->storage, h, w, B, H, relu, has_b](const Tensor& g_in, Grads& gr) {
+  return record("rnn_cell", inputs, out, [ys = SavedOutputStorage(out), hs = Saved(h, 1), ws = Saved(w, 2), B, H, relu,
+                                         has_b](const Tensor& g_in, Grads& gr) {
+    const Storage* y = &ys.get();
+    const Tensor &h = *hs, &w = *ws;
     const Tensor g = contiguous_grad(g_in);
     Tensor d = empty(Shape{B, H}, g.dtype());
     dispatch_float("rnn_cell_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -188,7 +191,10 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
   const bool has_b = b.defined();
   std::initializer_list<Tensor> inputs = {px, h, c, w, has_b ? b : Tensor()};
   return record("lstm_cell", inputs, out,
-                [act, y = out.impl()->storage, h, cu, lc, w, B, H, has_b](const Tensor& g_in, Grads& gr) {
+                [act, ys = SavedOutputStorage(out), hs = Saved(h, 1), cus = Saved(cu, 2), lc, ws = Saved(w, 3), B, H,
+                 has_b](const Tensor& g_in, Grads& gr) {
+                  const Storage* y = &ys.get();
+                  const Tensor &h = *hs, &cu = *cus, &w = *ws;
                   const int64_t N = 4 * H;
                   const Tensor g = contiguous_grad(g_in);
                   Tensor dG = empty(Shape{B, N}, g.dtype()), dc = empty(Shape{B, H}, g.dtype());
@@ -246,7 +252,9 @@ Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor
   });
   const bool has_b = b.defined();
   std::initializer_list<Tensor> inputs = {px, h, w, has_b ? b : Tensor()};
-  return record("gru_cell", inputs, out, [act, ph, hu, h, w, B, H, has_b](const Tensor& g_in, Grads& gr) {
+  return record("gru_cell", inputs, out, [act, ph, hus = Saved(hu, 1), hs = Saved(h, 1), ws = Saved(w, 2), B, H,
+                                         has_b](const Tensor& g_in, Grads& gr) {
+    const Tensor &hu = *hus, &h = *hs, &w = *ws;
     const int64_t N = 3 * H;
     const Tensor g = contiguous_grad(g_in);
     Tensor dpx = empty(Shape{B, N}, g.dtype()), dph = empty(Shape{B, N}, g.dtype()), dh = empty(Shape{B, H}, g.dtype());

@@ -268,7 +268,8 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < n; ++i)
       std::memcpy(dst + (o * n + i) * row_bytes, src + (o * src_n + ix[i]) * row_bytes, row_bytes);
-  return record("index_select", {x_in}, out, [index, in = x.shape(), d, outer, inner, n](const Tensor& g, Grads& gr) {
+  return record("index_select", {x_in}, out, [index_s = Saved(index, "its indices"), in = x.shape(), d, outer, inner, n](const Tensor& g, Grads& gr) {
+    const Tensor& index = *index_s;
     Tensor gi = zeros(in, g.dtype());
     Tensor gc = g.contiguous();
     dispatch("index_select_backward", g.device(), g.dtype(), [&]<class T>() {

@@ -95,17 +95,29 @@ int64_t live_nodes() { return g_live_nodes.load(std::memory_order_relaxed); }
 
 // ---- Saved ---------------------------------------------------------------------------------------
 
-void Saved::throw_modified() const {
+namespace {
+[[noreturn]] void throw_saved_modified(const std::string& what, const Shape& shape, DType dtype, uint64_t now,
+                                       uint64_t then) {
   const Node* n = tl_current_node;
-  const std::string what = input_ == kOutput     ? std::string("its output")
-                           : input_ == kInternal ? std::string("a tensor it computed for backward")
-                                                 : fmt::format("its input {}", input_);
   throw std::runtime_error(fmt::format(
       "backward of op '{}': {} (shape {}, {}), saved for the backward pass, was modified by an in-place operation "
       "after the op was recorded: its version is now {}, it was {} when saved, so the gradient would be computed "
       "from the wrong values. Do the in-place write after backward() (e.g. optimizer.step() after "
       "loss.backward()), or write into a clone() (x = x.clone()) or use the out-of-place op.",
-      n ? n->op : "?", what, t_.shape().str(), dtype_name(t_.dtype()), t_.impl()->storage->version(), version_));
+      n ? n->op : "?", what, shape.str(), dtype_name(dtype), now, then));
+}
+}  // namespace
+
+void Saved::throw_modified() const {
+  const std::string what = role_                 ? std::string(role_)
+                           : input_ == kOutput   ? std::string("its output")
+                           : input_ == kInternal ? std::string("a tensor it computed for backward")
+                                                 : fmt::format("its input {}", input_);
+  throw_saved_modified(what, t_.shape(), t_.dtype(), t_.impl()->storage->version(), version_);
+}
+
+void SavedOutputStorage::throw_modified() const {
+  throw_saved_modified("its output", shape_, dtype_, s_->version(), version_);
 }
 
 NameScope::NameScope(const std::string& name) : pushed_(!name.empty()) {

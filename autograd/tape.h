@@ -110,8 +110,12 @@ class Saved {
   // `input`: which input of the op this is (0, 1, ...), or kOutput / kInternal.
   Saved(const Tensor& t, int input)
       : t_(t), version_(t.defined() ? t.impl()->storage->version() : 0), input_(input) {}
+  // A tensor the op reads but does not differentiate (a where() mask, a loss target): `role`
+  // names it in the error ("its target"); a string literal.
+  Saved(const Tensor& t, const char* role)
+      : t_(t), version_(t.defined() ? t.impl()->storage->version() : 0), input_(kInternal), role_(role) {}
   const Tensor& get() const {
-    if (t_.defined() && t_.impl()->storage->version() != version_) throw_modified();
+    if (t_.defined() && t_.impl()->storage->version() != version_) [[unlikely]] throw_modified();
     return t_;
   }
   const Tensor& operator*() const { return get(); }
@@ -127,6 +131,26 @@ class Saved {
   Tensor t_;
   uint64_t version_ = 0;
   int input_ = kOutput;
+  const char* role_ = nullptr;
+};
+
+// An op's output saved by its storage alone (the fused RNN cells): holding the output tensor
+// itself would make record() wrap the result in a second impl, one allocation per time step.
+class SavedOutputStorage {
+ public:
+  explicit SavedOutputStorage(const Tensor& out)
+      : s_(out.impl()->storage), version_(s_->version()), shape_(out.shape()), dtype_(out.dtype()) {}
+  const Storage& get() const {
+    if (s_->version() != version_) [[unlikely]] throw_modified();
+    return *s_;
+  }
+
+ private:
+  [[noreturn]] void throw_modified() const;
+  Ref<Storage> s_;
+  uint64_t version_;
+  Shape shape_;
+  DType dtype_;
 };
 
 // How many recorded nodes are alive in the process (tests and soak runs: graphs that nobody can

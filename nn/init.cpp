@@ -66,6 +66,7 @@ void normal_(const Tensor& t, double mean, double std) {
 
 void constant_(const Tensor& t, double value) {
   check_float("constant_", t);
+  NoGradGuard no_grad;  // initialisation is not part of any graph
   Tensor dst = t;
   fill_(dst, value);
 }

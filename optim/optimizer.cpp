@@ -89,6 +89,11 @@ void Optimizer::step() {
     it = hooks_.upper_bound(id);
   }
   update();
+  // The update wrote the parameters through raw pointers: a graph recorded before this step that
+  // saved one of them must not be walked as if nothing happened (backward throws instead).
+  for (const ParamGroup& g : groups_)
+    for (const Tensor& p : g.params)
+      if (p.defined()) p.impl()->storage->bump_version();
   ++step_count_;
 }
 

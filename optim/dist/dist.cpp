@@ -243,6 +243,7 @@ void broadcast_parameters(const Context& ctx, const std::vector<Tensor>& params,
     const size_t n = static_cast<size_t>(p.numel()) * dtype_size(p.dtype());
     if (p.is_contiguous()) {
       if (n) std::memcpy(p.raw_data(), buf.data() + off, n);
+      p.impl()->storage->bump_version();
     } else {
       Tensor tmp = empty(p.shape(), p.dtype());
       if (n) std::memcpy(tmp.raw_data(), buf.data() + off, n);
