@@ -155,7 +155,11 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
     const Tensor& base = *base_s;
     const Tensor& exponent = *exponent_s;
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, where(exponent, mul(exponent, pow(base, exponent - 1.0)), zeros_like(exponent))), base.shape()));
-    if (gr.needs(1)) gr.add(1, sum_to(mul(g, mul(*out_s, log(base))), exponent.shape()));
+    if (gr.needs(1)) {
+      // d/dy x^y = x^y log x, which is 0 * -inf = NaN at x = 0; the limit (PyTorch's value) is 0 for y >= 0.
+      Tensor at_zero = binary("pow_backward", base, exponent, [](auto x, auto y) { return decltype(x)(x == 0 && y >= 0); });
+      gr.add(1, sum_to(mul(g, where(at_zero, zeros_like(*out_s), mul(*out_s, log(base)))), exponent.shape()));
+    }
   });
 }
 
@@ -289,7 +293,7 @@ void check_inplace(const char* op, const Tensor& dst) {
           "{}: the destination (shape {}, strides {}) is an expand()ed view: its {} elements along dim {} are one "
           "memory location, so an in-place write would apply once per alias. Write into a copy instead: "
           "x = x.contiguous() (or clone())",
-          op, dst.shape().str(), Shape(dst.strides().begin(), dst.strides().end()).str(), dst.shape()[d], d));
+          op, dst.shape().str(), dst.strides().str(), dst.shape()[d], d));
 }
 void bump(const Tensor& dst) { dst.impl()->storage->bump_version(); }
 }  // namespace

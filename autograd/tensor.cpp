@@ -34,6 +34,24 @@ Tensor empty_for(const char* op, const Shape& s, DType t) {
 Tensor empty(const Shape& s, DType t) { return empty_for("empty", s, t); }
 
 Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t offset) {
+  // Every view op computes its own shape, strides and offset; this is the one place that makes
+  // sure none of them can reach outside the storage (a bug there would read or write out of bounds).
+  bool empty_view = false;
+  for (int64_t d : s) empty_view |= d == 0;
+  if (!empty_view) {
+    int64_t lo = offset, hi = offset;
+    bool overflow = false;
+    for (int64_t d = 0; d < s.size(); ++d) {
+      int64_t reach = 0;
+      overflow |= __builtin_mul_overflow(s[d] - 1, st[d], &reach);
+      overflow |= __builtin_add_overflow(reach < 0 ? lo : hi, reach, reach < 0 ? &lo : &hi);
+    }
+    const int64_t elems = static_cast<int64_t>(base.impl()->storage->nbytes() / dtype_size(base.dtype()));
+    if (overflow || lo < 0 || hi >= elems)
+      throw std::out_of_range(fmt::format("view: shape {} with strides {} at offset {} reaches elements [{}, {}] "
+                                          "outside its storage of {} elements",
+                                          s.str(), st.str(), offset, lo, hi, elems));
+  }
   auto impl = make_ref<TensorImpl>();
   impl->storage = base.impl()->storage;
   impl->shape = s;
@@ -109,25 +127,27 @@ Tensor tensor(std::initializer_list<std::initializer_list<double>> v, DType t) {
 // ---- random ------------------------------------------------------------------------------------
 
 namespace {
-// One generator per thread, all derived from one global seed (see manual_seed in tensor.h).
-// `epoch` is bumped by every manual_seed; a thread whose generator was derived in an older epoch
-// re-derives it before its next draw. The mutex guards seed, streams and seeder.
+// One generator per thread (see manual_seed in tensor.h). A thread that chose its stream (called
+// manual_seed or set_rng_state; the thread that loaded the library starts as if it had called
+// manual_seed(5489)) keeps it. Every other thread derives its stream from the last manual_seed:
+// `epoch` is bumped by every manual_seed, and such a thread whose stream was derived in an older
+// epoch re-derives it before its next draw. The mutex guards seed and streams.
 struct SeedState {
   std::mutex m;
   uint64_t seed = 5489u;        // std::mt19937_64's default seed: the loading thread's stream is unchanged
   uint64_t streams = 0;         // worker streams handed out since `seed` was set
-  std::thread::id seeder;       // the thread whose stream is mt19937_64(seed) itself
   std::atomic<uint64_t> epoch{1};
 };
 SeedState g_seed;  // constant-initialized
-// Before any manual_seed, the thread that loads the library (the main thread) is the seeder.
-[[maybe_unused]] const bool g_seeder_set = (g_seed.seeder = std::this_thread::get_id(), true);
 
 struct ThreadGen {
   std::mt19937_64 gen;
-  uint64_t epoch = 0;  // 0: not derived yet
+  uint64_t epoch = 0;        // 0: not derived yet
+  bool own_stream = false;   // manual_seed / set_rng_state on this thread: never re-derived
 };
 thread_local ThreadGen t_gen;
+// The loading thread (normally the main thread) owns mt19937_64(5489), the default-constructed state.
+[[maybe_unused]] const bool g_loader_owns_stream = (t_gen.own_stream = true);
 
 uint64_t splitmix64(uint64_t z) {
   z += 0x9e3779b97f4a7c15ull;
@@ -141,13 +161,12 @@ uint64_t stream_seed(uint64_t seed, uint64_t k) { return splitmix64(splitmix64(s
 [[gnu::noinline]] void rederive(ThreadGen& t) {
   std::lock_guard lock(g_seed.m);
   t.epoch = g_seed.epoch.load(std::memory_order_relaxed);
-  if (std::this_thread::get_id() == g_seed.seeder) t.gen.seed(g_seed.seed);
-  else t.gen.seed(stream_seed(g_seed.seed, g_seed.streams++));
+  t.gen.seed(stream_seed(g_seed.seed, g_seed.streams++));
 }
 
 std::mt19937_64& rng() {
   ThreadGen& t = t_gen;
-  if (t.epoch != g_seed.epoch.load(std::memory_order_acquire)) [[unlikely]] rederive(t);
+  if (!t.own_stream && t.epoch != g_seed.epoch.load(std::memory_order_acquire)) [[unlikely]] rederive(t);
   return t.gen;
 }
 }  // namespace
@@ -157,11 +176,9 @@ void manual_seed(uint64_t seed) {
   std::lock_guard lock(g_seed.m);
   g_seed.seed = seed;
   g_seed.streams = 0;
-  g_seed.seeder = std::this_thread::get_id();
-  const uint64_t e = g_seed.epoch.load(std::memory_order_relaxed) + 1;
-  g_seed.epoch.store(e, std::memory_order_release);
-  t.gen.seed(seed);  // the calling thread's stream: mt19937_64(seed), as before worker streams were derived
-  t.epoch = e;
+  g_seed.epoch.fetch_add(1, std::memory_order_release);
+  t.gen.seed(seed);  // the calling thread's stream: mt19937_64(seed), a function of the seed alone
+  t.own_stream = true;
 }
 uint64_t next_random_u64() { return rng()(); }
 double next_uniform() { return static_cast<double>(rng()() >> 11) * 0x1.0p-53; }
@@ -184,7 +201,7 @@ void set_rng_state(const RngState& s) {
   // Set directly (not through rng()): a stale thread must not take a worker stream number first.
   ThreadGen& t = t_gen;
   t.gen = g;
-  t.epoch = g_seed.epoch.load(std::memory_order_acquire);
+  t.own_stream = true;
 }
 
 Tensor uniform(const Shape& s, double lo, double hi, DType t) {

@@ -221,17 +221,16 @@ Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t 
 void set_num_threads(int n);
 int get_num_threads();
 
-// Reproducibility: one generator (mt19937_64) per thread, all derived from one global seed.
-// manual_seed(s) sets the global seed from any thread. The calling thread's stream becomes
-// mt19937_64(s), a function of the seed alone (the main thread's stream is the same as when
-// streams were per thread). Every other thread re-derives its generator before its next draw: the
-// k-th thread to draw after the seed (k = 0, 1, ...) gets mt19937_64(splitmix64 mix of (s, k)). So a
-// worker's stream is a function of the seed and of the order in which threads first draw after it:
-// reproducible when workers start drawing in a fixed order (e.g. started one at a time), or when
-// each sets its own state with set_rng_state. Note that manual_seed on a worker re-derives every
-// other thread's stream too (it is global, as in PyTorch). Before any manual_seed the seed is 5489
-// and the thread that loaded the library plays the caller. get/set_rng_state read and replace the
-// calling thread's generator only.
+// Reproducibility: one generator (mt19937_64) per thread. manual_seed(s) makes the calling
+// thread's stream mt19937_64(s), a function of the seed alone, and sets the global seed from which
+// every thread that has not chosen its own stream derives one: before its next draw, the k-th such
+// thread to draw after the seed (k = 0, 1, ...) gets mt19937_64(splitmix64 mix of (s, k)). So a
+// worker's stream is a function of the seed and of the order in which workers first draw after it:
+// reproducible when they start drawing in a fixed order (e.g. started one at a time). A thread that
+// called manual_seed or set_rng_state itself keeps its stream whatever other threads seed, so two
+// threads that each seed themselves (two models trained at once) are independent and reproducible.
+// The thread that loaded the library starts as if it had called manual_seed(5489).
+// get/set_rng_state read and replace the calling thread's generator only.
 void manual_seed(uint64_t seed);
 struct RngState { std::string bytes; };
 RngState get_rng_state();

@@ -94,6 +94,14 @@ TEST_CASE("pow(x, 0) has gradient 0 at x = 0") {
     CHECK(all_finite(b.grad()));
     CHECK(b.grad().to_vector() == std::vector<double>{0, 4});
   }
+  // The exponent's gradient x^y log x is 0 * -inf at x = 0; its limit for y >= 0 is 0 (PyTorch's value).
+  Tensor base = tensor({0.0, 0.0, 2.0}, DType::Float64);
+  Tensor ex = tensor({0.0, 3.0, 2.0}, DType::Float64).requires_grad_();
+  pow(base, ex).sum().backward();
+  const auto ge = ex.grad().to_vector();
+  CHECK(ge[0] == 0.0);
+  CHECK(ge[1] == 0.0);
+  CHECK(ge[2] == doctest::Approx(4.0 * std::log(2.0)));
   // Other exponents are unchanged: d/dx x^3 = 3x^2.
   Tensor x = tensor({0.0, 2.0}, DType::Float64).requires_grad_();
   pow(x, 3.0).sum().backward();
@@ -402,4 +410,46 @@ TEST_CASE("the seeding thread's stream is mt19937_64(seed), unaffected by worker
   const auto s1 = draw4();
   set_rng_state(st);
   CHECK(draw4() == s1);
+}
+
+TEST_CASE("maximum propagates a NaN from either side and sends it the gradient") {
+  Tensor a = tensor({NAN, 1.0, 3.0}, DType::Float64).requires_grad_();
+  Tensor b = tensor({0.0, NAN, 2.0}, DType::Float64).requires_grad_();
+  Tensor m = maximum(a, b);
+  const auto v = m.to_vector();
+  CHECK(std::isnan(v[0]));
+  CHECK(std::isnan(v[1]));
+  CHECK(v[2] == 3.0);
+  m.sum().backward();
+  CHECK(a.grad().to_vector() == std::vector<double>{1, 0, 1});
+  CHECK(b.grad().to_vector() == std::vector<double>{0, 1, 0});
+}
+
+TEST_CASE("make_view refuses a view that reaches outside its storage") {
+  Tensor x = zeros({2, 3}, DType::Float64);
+  CHECK_NOTHROW(make_view(x, Shape{3, 2}, Strides{1, 3}, 0));       // the transpose: in bounds
+  CHECK_THROWS_AS(make_view(x, Shape{2, 3}, Strides{3, 1}, 1), std::out_of_range);   // one past the end
+  CHECK_THROWS_AS(make_view(x, Shape{2}, Strides{1}, -1), std::out_of_range);        // before the start
+  CHECK_THROWS_AS(make_view(x, Shape{2, 2}, Strides{INT64_MAX, 1}, 0), std::out_of_range);  // overflow
+  CHECK_NOTHROW(make_view(x, Shape{0, 3}, Strides{3, 1}, 6));  // empty: touches nothing
+}
+
+TEST_CASE("a thread that seeds itself keeps its stream when another thread seeds") {
+  std::promise<void> reseeded;
+  std::promise<std::vector<uint64_t>> first;
+  std::vector<uint64_t> second;
+  manual_seed(1);
+  std::thread worker([&] {
+    manual_seed(7);
+    first.set_value(draw4());
+    reseeded.get_future().wait();  // the main thread calls manual_seed(3) meanwhile
+    second = draw4();
+  });
+  const auto a = first.get_future().get();
+  manual_seed(3);
+  reseeded.set_value();
+  worker.join();
+  std::mt19937_64 ref(7);
+  for (uint64_t v : a) CHECK(v == ref());
+  for (uint64_t v : second) CHECK(v == ref());  // continued, not re-derived from seed 3
 }
