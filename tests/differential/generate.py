@@ -700,7 +700,8 @@ def tg_model_throws(prog):
         if x in live or x not in producer or not env[x].requires_grad:
             continue
         live.add(x)
-        for s in producer[x][1]:
+        name, args = producer[x]
+        for s in (args[2:] if name == "where" else args):  # where's mask operands get no gradient
             if s.startswith("v"):
                 stack.append(int(s[1:]))
     hits = []
@@ -721,6 +722,19 @@ def tg_model_throws(prog):
 
 # ---------------------------------------------------------------------------------------------
 
+def ancestors(prog, vid):
+    """The op outputs `vid` depends on (itself included)."""
+    deps = {v: [int(x[1:]) for x in args if x.startswith("v")] for v, name, args in prog.ops}
+    seen, stack = set(), [vid]
+    while stack:
+        x = stack.pop()
+        if x in seen or x not in deps:
+            continue
+        seen.add(x)
+        stack += deps[x]
+    return seen
+
+
 def make_program(pid, kind, rng):
     nthreads = rng.randint(2, 4) if kind == "threads" else 1
     prog = Program(pid, kind, nthreads)
@@ -730,11 +744,17 @@ def make_program(pid, kind, rng):
         gen_body(g, nops)
         trunk = list(g.pool)
         l1 = g.finish()
-        # the second loss: more ops on the trunk (maybe on l1 too), never below l1
-        g.pool = trunk + ([l1] if rng.random() < 0.3 else [])
+        # The second loss: more ops on l1's interior nodes (recent in the pool, so preferred), maybe
+        # on l1 itself, never below l1 (tapegrad frees a walked node that nothing outside the walk
+        # consumes: a loss inside l1's graph could not be backwarded after l1).
+        a1 = ancestors(prog, l1)
+        g.pool = [x for x in trunk if x not in a1] + sorted(x for x in trunk if x in a1) + \
+                 ([l1] if rng.random() < 0.3 else [])
         gen_body(g, rng.randint(1, 4))
         l2 = g.finish()
         prog.losses = [l1, l2]
+        if not (a1 & ancestors(prog, l2)) and rng.random() < 0.9:
+            raise Reject("no shared interior node")
         return prog, run_twoloss(prog)
     if kind == "threads":
         # thread-local values come first in the pool so that they are used
