@@ -347,18 +347,16 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return record("linear", {x, weight, bias}, out, [x2s = Saved(x2, 0), ws = Saved(w, 1), has_bias, xs = x.shape(), rows, in,
                                                    outf](const Tensor& g_in, Grads& gr) {
     Tensor g = dense(g_in);
-    const Tensor& x2 = gr.needs(1) ? *x2s : x2s.get();
-    const Tensor& w = *ws;
     if (g.dim() != 2) g = g.reshape(Shape{rows, outf});
     dispatch_float("linear_backward", g.device(), g.dtype(), [&]<class T>() {
       const T* pg = g.data<T>();
       if (gr.needs(0)) {
         Tensor dx = empty(xs, g.dtype());
-        gemm_raw<T>(false, false, rows, in, outf, pg, std::max<int64_t>(outf, 1), w.data<T>(), std::max<int64_t>(in, 1),
+        gemm_raw<T>(false, false, rows, in, outf, pg, std::max<int64_t>(outf, 1), ws.get().data<T>(), std::max<int64_t>(in, 1),
                     T(0), dx.data<T>(), std::max<int64_t>(in, 1));
         gr.add(0, std::move(dx));
       }
-      if (gr.needs(1)) gr.add_product(1, g, x2);
+      if (gr.needs(1)) gr.add_product(1, g, *x2s);  // x is read only for the weight's gradient (as in PyTorch)
       if (has_bias && gr.needs(2)) {
         Tensor gb = zeros(Shape{outf}, g.dtype());
         T* o = gb.data<T>();
