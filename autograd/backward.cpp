@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 
 #include "autograd/elementwise.h"
@@ -32,10 +33,31 @@ struct StagedLeaf {
 
 // The staging of one pass lives in the pass, not in the leaves: passes on other threads, or one
 // started from a hook inside this pass, stage the same parameters without touching ours.
+// What tg::grad asks for: the gradient of each input, captured instead of accumulated into .grad.
+struct Capture {
+  std::vector<Tensor> results;                          // by input position
+  std::vector<std::pair<const Node*, size_t>> nodes;    // interior inputs: their grad_fn
+  std::vector<std::pair<const TensorImpl*, size_t>> leaves;
+  bool wants(const TensorImpl* leaf) const {
+    for (auto& [l, k] : leaves) if (l == leaf) return true;
+    return false;
+  }
+  bool wants(const Node* n) const {
+    for (auto& [m, k] : nodes) if (m == n) return true;
+    return false;
+  }
+  // Adds g to every result slot of `key` (an input may be listed twice).
+  template <class K> void put(const std::vector<std::pair<const K*, size_t>>& where, const K* key, const Tensor& g) {
+    for (auto& [m, k] : where)
+      if (m == key) results[k] = results[k].defined() ? add(results[k], g) : g;
+  }
+};
+
 class BackwardPass {
  public:
-  explicit BackwardPass(uint64_t id) : id_(id) {}
+  BackwardPass(uint64_t id, Capture* capture) : id_(id), capture_(capture) {}
   uint64_t id() const { return id_; }
+  Capture* capture() const { return capture_; }
   std::vector<StagedLeaf>& leaves() { return leaves_; }
   StagedLeaf& stage(const Ref<TensorImpl>& leaf) {
     if (table_.empty()) table_.assign(16, {nullptr, 0});
@@ -63,6 +85,7 @@ class BackwardPass {
     table_ = std::move(t);
   }
   uint64_t id_;
+  Capture* capture_;
   std::vector<StagedLeaf> leaves_;
   std::vector<std::pair<const TensorImpl*, uint32_t>> table_;
 };
@@ -73,13 +96,13 @@ thread_local BackwardPass* tl_pass = nullptr;
 void accumulate(Tensor& slot, bool& exclusive, Tensor g, bool must_own) {
   bool unique = g.impl()->use_count() == 1 && g.impl()->storage->use_count() == 1 && g.is_contiguous();
   if (!slot.defined()) {
-    if (!unique && must_own) { slot = g.clone(); exclusive = true; }
+    if (!unique && must_own && !grad_enabled()) { slot = g.clone(); exclusive = true; }
     else { slot = std::move(g); exclusive = unique; }
     return;
   }
-  if (exclusive) { add_(slot, g); return; }
-  slot = add(slot, g);
-  exclusive = true;
+  if (exclusive && !grad_enabled()) { add_(slot, g); return; }
+  slot = add(slot, g);  // while a create_graph backward records, the sum is part of the graph
+  exclusive = !grad_enabled();
 }
 
 void run_hooks(const std::vector<GradHook>& hooks, Tensor& g) {
@@ -151,7 +174,12 @@ void flush_leaves(BackwardPass& pass) {
       throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
                                            leaf->shape.str(), name.empty() ? "" : " ('" + name + "')"));
     }
-    accumulate_leaf(leaf, std::move(total));
+    if (Capture* c = pass.capture()) {
+      if (leaf->meta) run_hooks(leaf->meta->hooks, total);
+      c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
+    } else {
+      accumulate_leaf(leaf, std::move(total));
+    }
   }
   pass.leaves().clear();
 }
@@ -193,19 +221,26 @@ void Grads::add(int i, Tensor g) {
   if (e.kind == Edge::None) return;
   if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
   if (Node* m = interior_target(node_, i)) {
-    accumulate(m->grad, m->grad_exclusive, std::move(g), false);
+    if (m->needed) accumulate(m->grad, m->grad_exclusive, std::move(g), false);
     return;
   }
   if (!tl_pass) {  // a backward formula called outside backward: accumulate directly
     accumulate_leaf(e.leaf.get(), std::move(g));
     return;
   }
+  if (tl_pass->capture() && !tl_pass->capture()->wants(e.leaf.get())) return;
   StagedLeaf& s = tl_pass->stage(e.leaf);
   accumulate(s.pending, s.exclusive, std::move(g), false);
 }
 
 void Grads::add_product(int i, const Tensor& a, const Tensor& b) {
   Edge& e = node_->inputs[i];
+  if (e.kind == Edge::None) return;
+  if (grad_enabled()) {  // create_graph: a recorded product, differentiable again
+    add(i, matmul(transpose(a, 0, 1), b));
+    return;
+  }
+  if (e.kind == Edge::Leaf && tl_pass && tl_pass->capture() && !tl_pass->capture()->wants(e.leaf.get())) return;
   if (e.kind == Edge::Leaf && tl_pass && !detail::anomaly_flag()) {
     if (a.dim() != 2 || b.dim() != 2 || a.size(0) != b.size(0))
       throw std::logic_error(fmt::format("backward of '{}': add_product needs a [M, P] and b [M, Q], got {} and {}",
@@ -238,6 +273,19 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
                                        node_->op, g.shape().str(), dtype_name(g.dtype()), start, dim, e.shape.str(),
                                        dtype_name(e.dtype)));
   if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
+  if (grad_enabled()) {  // create_graph: zeros around the window, by recorded ops
+    Tensor w = squeezed ? unsqueeze(g, dim) : g;
+    std::vector<Tensor> parts;
+    Shape pad = w.shape();
+    if (start > 0) { pad[dim] = start; parts.push_back(zeros(pad, g.dtype())); }
+    parts.push_back(w);
+    const int64_t after = e.shape[dim] - start - len;
+    if (after > 0) { pad[dim] = after; parts.push_back(zeros(pad, g.dtype())); }
+    add(i, parts.size() == 1 ? w : cat(parts, dim));
+    return;
+  }
+  if (target && !target->needed) return;
+  if (!target && tl_pass && tl_pass->capture() && !tl_pass->capture()->wants(e.leaf.get())) return;
   Tensor* slot;
   bool* exclusive;
   if (target) {
@@ -286,23 +334,35 @@ void claim(Node* n, uint64_t id) {
       n->op, n->index));
 }
 
-void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
-  TensorImpl* r = root.impl();
-  if (!r->requires_grad)
-    throw std::invalid_argument(fmt::format("backward: tensor of shape {} does not require grad; call "
-                                            "requires_grad_() on the leaves you want gradients for",
-                                            r->shape.str()));
-  if (!r->grad_fn) {  // a leaf: its gradient is the seed itself
-    accumulate_leaf(r, seed.clone());
-    return;
+// One backward pass from `roots` (each seeded with its gradient). Without a capture, gradients
+// accumulate into the leaves' .grad(); with one (tg::grad), only nodes on a path to a captured
+// input run and the inputs' gradients are collected instead. With create_graph the formulas run
+// with recording on, so their results are differentiable.
+void run_backward(const std::vector<Tensor>& roots, std::vector<Tensor> seeds, bool retain_graph, bool create_graph,
+                  Capture* capture) {
+  retain_graph = retain_graph || create_graph;  // the recorded gradients still need this graph
+  std::vector<Node*> starts;
+  for (size_t k = 0; k < roots.size(); ++k) {
+    TensorImpl* r = roots[k].impl();
+    if (!r->requires_grad)
+      throw std::invalid_argument(fmt::format("backward: tensor of shape {} does not require grad; call "
+                                              "requires_grad_() on the leaves you want gradients for",
+                                              r->shape.str()));
+    if (!r->grad_fn) {  // a leaf: its gradient is the seed itself
+      if (!capture) accumulate_leaf(r, create_graph ? seeds[k] : seeds[k].clone());
+      else capture->put(capture->leaves, static_cast<const TensorImpl*>(r), seeds[k]);
+      continue;
+    }
+    Node* start = r->grad_fn.get();
+    if (start->released)
+      throw std::runtime_error(fmt::format(
+          "backward: the graph that produced this tensor (shape {}, op '{}') has already been freed by an earlier "
+          "backward(). Pass retain_graph=true to backward twice, and call detach() on hidden states "
+          "carried across batches.",
+          r->shape.str(), start->op));
+    starts.push_back(start);
   }
-  Node* start = r->grad_fn.get();
-  if (start->released)
-    throw std::runtime_error(fmt::format(
-        "backward: the graph that produced this tensor (shape {}, op '{}') has already been freed by an earlier "
-        "backward(). Pass retain_graph=true to backward twice, and call detach() on hidden states "
-        "carried across batches.",
-        r->shape.str(), start->op));
+  if (starts.empty()) return;
   const uint64_t id = g_pass_counter.fetch_add(1, std::memory_order_relaxed) + 1;
 
   // The walked nodes, held until the walk ends; on any exit their walk state is reset.
@@ -311,17 +371,22 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
     ~Walk() {
       for (auto& n : nodes) {
         n->grad = Tensor();
+        n->needed = n->runs = true;
         n->walker.store(0, std::memory_order_release);
       }
     }
   } walk;
 
-  // 1. Claim every node below the root and count, for each, the edges from walked nodes (its
+  // 1. Claim every node below the roots and count, for each, the edges from walked nodes (its
   //    consumers in this graph). Iterative: unrolled graphs are deep.
-  claim(start, id);
-  start->deps = 0;
-  walk.nodes.emplace_back(start);
-  std::vector<Node*> stack{start};
+  std::vector<Node*> stack;
+  for (Node* start : starts) {
+    if (start->walker.load(std::memory_order_acquire) == id) continue;  // two roots with one node
+    claim(start, id);
+    start->deps = 0;
+    walk.nodes.emplace_back(start);
+    stack.push_back(start);
+  }
   while (!stack.empty()) {
     Node* n = stack.back();
     stack.pop_back();
@@ -343,11 +408,45 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
   // below it (propagated in the walk below, consumers before producers).
   for (auto& n : walk.nodes) n->keep = n->consumers.load(std::memory_order_relaxed) > n->deps;
 
+  // tg::grad: which nodes lead to an input. A dry run of the order below (consumers before
+  // producers), then producers first: a node runs if one of its inputs is wanted or runs.
+  if (capture) {
+    std::vector<Node*> order, ready;
+    for (auto& n : walk.nodes) if (n->deps == 0) ready.push_back(n.get());
+    while (!ready.empty()) {
+      Node* n = ready.back();
+      ready.pop_back();
+      order.push_back(n);
+      for (uint32_t i = 0; i < n->n_inputs; ++i)
+        if (n->inputs[i].kind == Edge::Interior && --n->inputs[i].node->deps == 0) ready.push_back(n->inputs[i].node.get());
+    }
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+      Node* n = *it;
+      bool runs = false;
+      for (uint32_t i = 0; i < n->n_inputs && !runs; ++i) {
+        const Edge& e = n->inputs[i];
+        runs = (e.kind == Edge::Interior && e.node->needed) || (e.kind == Edge::Leaf && capture->wants(e.leaf.get()));
+      }
+      n->runs = runs;
+      n->needed = runs || capture->wants(n);
+    }
+    for (auto& n : walk.nodes)
+      for (uint32_t i = 0; i < n->n_inputs; ++i)
+        if (n->inputs[i].kind == Edge::Interior) ++n->inputs[i].node->deps;
+  }
+
   // 2. Kahn's order: a node runs once all its consumers in this graph have added their gradients.
-  start->grad = std::move(seed);
-  start->grad_exclusive = false;
-  NoGradGuard no_grad;
-  BackwardPass pass(id);
+  for (size_t k = 0; k < roots.size(); ++k) {
+    Node* n = roots[k].impl()->grad_fn.get();
+    if (!n) continue;
+    accumulate(n->grad, n->grad_exclusive, seeds[k], false);
+    n->grad_exclusive = false;  // the caller's seed: never accumulated into in place
+  }
+  std::optional<NoGradGuard> no_grad;
+  std::optional<EnableGradGuard> recording;
+  if (create_graph) recording.emplace();
+  else no_grad.emplace();
+  BackwardPass pass(id, capture);
   struct PassScope {
     BackwardPass* previous_pass = tl_pass;
     const Node* previous_node = detail::current_node();
@@ -362,24 +461,30 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
       detail::in_backward_flag() = previous_in_backward;
     }
   } pass_scope(&pass);
-  std::vector<Node*> ready{start};
+  std::vector<Node*> ready;
+  for (auto& n : walk.nodes) if (n->deps == 0) ready.push_back(n.get());
   while (!ready.empty()) {
     Node* n = ready.back();
     ready.pop_back();
+    bool ran = false;
     if (n->grad.defined()) {  // else pruned: nothing flows through this node
       Tensor g = std::move(n->grad);
       n->grad = Tensor();
       if (n->extras) {
         run_hooks(n->extras->hooks, g);
-        if (TensorImpl* t = n->extras->retain_target) {
+        if (TensorImpl* t = n->extras->retain_target; t && !capture) {
           Tensor slot(t->grad);
           accumulate(slot, t->grad_exclusive, g, true);
           t->grad = slot.ref();
         }
       }
-      Grads grads(n);
-      detail::current_node() = n;
-      n->backward(g, grads);
+      if (capture && capture->wants(n)) capture->put(capture->nodes, static_cast<const Node*>(n), g);
+      if (n->runs) {
+        Grads grads(n);
+        detail::current_node() = n;
+        n->backward(g, grads);
+        ran = true;
+      }
     }
     for (uint32_t i = 0; i < n->n_inputs; ++i) {
       const Edge& e = n->inputs[i];
@@ -388,28 +493,79 @@ void run_backward(const Tensor& root, Tensor seed, bool retain_graph) {
       if (n->keep) m->keep = true;
       if (--m->deps == 0) ready.push_back(m);
     }
-    if (!retain_graph && !n->keep) n->release_saved();
+    if (!retain_graph && !n->keep && (ran || !capture)) n->release_saved();
   }
   flush_leaves(pass);
 }
 
+void run_backward(const Tensor& root, Tensor seed, bool retain_graph, bool create_graph) {
+  run_backward(std::vector<Tensor>{root}, std::vector<Tensor>{std::move(seed)}, retain_graph, create_graph, nullptr);
+}
+
 }  // namespace
 
-void Tensor::backward(bool retain_graph) const {
+void Tensor::backward(bool retain_graph, bool create_graph) const {
   if (numel() != 1)
     throw std::invalid_argument(fmt::format("backward: called on a tensor of shape {} without a gradient; "
                                             "backward() without arguments needs a one-element tensor "
                                             "(reduce with sum()/mean(), or pass backward(gradient))",
                                             shape().str()));
-  run_backward(*this, ones(shape(), dtype()), retain_graph);
+  run_backward(*this, ones(shape(), dtype()), retain_graph, create_graph);
 }
 
-void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
+void Tensor::backward(const Tensor& gradient, bool retain_graph, bool create_graph) const {
   if (!(gradient.shape() == shape()) || gradient.dtype() != dtype())
     throw std::invalid_argument(fmt::format("backward: gradient has shape {} {} but the tensor is {} {}",
                                             gradient.shape().str(), dtype_name(gradient.dtype()), shape().str(),
                                             dtype_name(dtype())));
-  run_backward(*this, gradient.contiguous(), retain_graph);
+  run_backward(*this, create_graph ? gradient : gradient.contiguous(), retain_graph, create_graph);
+}
+
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
+                         const GradOptions& options) {
+  if (outputs.empty()) throw std::invalid_argument("grad: no outputs given");
+  if (!options.grad_outputs.empty() && options.grad_outputs.size() != outputs.size())
+    throw std::invalid_argument(fmt::format("grad: {} grad_outputs for {} outputs; give one per output (or none)",
+                                            options.grad_outputs.size(), outputs.size()));
+  std::vector<Tensor> seeds;
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    const Tensor& y = outputs[k];
+    if (!y.defined()) throw std::invalid_argument(fmt::format("grad: output {} is undefined", k));
+    if (!y.requires_grad())
+      throw std::invalid_argument(fmt::format("grad: output {} (shape {}) does not require grad: it does not depend "
+                                              "on anything that requires grad",
+                                              k, y.shape().str()));
+    Tensor seed = options.grad_outputs.empty() ? Tensor() : options.grad_outputs[k];
+    if (!seed.defined()) {
+      if (y.numel() != 1)
+        throw std::invalid_argument(fmt::format("grad: output {} has shape {}; a gradient for it is needed in "
+                                                "grad_outputs (only one-element outputs default to ones)",
+                                                k, y.shape().str()));
+      seed = ones(y.shape(), y.dtype());
+    } else if (!(seed.shape() == y.shape()) || seed.dtype() != y.dtype()) {
+      throw std::invalid_argument(fmt::format("grad: grad_outputs[{}] is {} {}, output {} is {} {}", k,
+                                              seed.shape().str(), dtype_name(seed.dtype()), k, y.shape().str(),
+                                              dtype_name(y.dtype())));
+    }
+    seeds.push_back(options.create_graph ? seed : seed.contiguous());
+  }
+  Capture capture;
+  capture.results.resize(inputs.size());
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const Tensor& x = inputs[k];
+    if (!x.defined() || !x.requires_grad())
+      throw std::invalid_argument(fmt::format("grad: input {} {} does not require grad, so it has no gradient",
+                                              k, x.defined() ? "(shape " + x.shape().str() + ")" : "(undefined)"));
+    if (x.impl()->grad_fn) capture.nodes.emplace_back(x.impl()->grad_fn.get(), k);
+    else capture.leaves.emplace_back(x.impl(), k);
+  }
+  run_backward(outputs, std::move(seeds), options.retain_graph, options.create_graph, &capture);
+  for (size_t k = 0; k < inputs.size(); ++k)
+    if (!capture.results[k].defined() && !options.allow_unused)
+      throw std::invalid_argument(fmt::format("grad: input {} (shape {}) was not used to compute the outputs; pass "
+                                              "allow_unused = true to get an undefined tensor for it",
+                                              k, inputs[k].shape().str()));
+  return std::move(capture.results);
 }
 
 }  // namespace tg

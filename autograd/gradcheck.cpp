@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "autograd/tape.h"
 
 namespace tg {
 
@@ -84,6 +85,43 @@ GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inpu
   }
   if (!result.ok && opt.throw_on_failure) throw std::runtime_error(result.message);
   return result;
+}
+
+GradcheckResult gradgradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs, GradcheckOptions opt) {
+  std::vector<size_t> wrt;
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (inputs[i].requires_grad()) wrt.push_back(i);
+  Shape out_shape;
+  {
+    std::vector<Tensor> probe;
+    for (const Tensor& t : inputs) probe.push_back(t.detach());
+    NoGradGuard no_grad;
+    out_shape = fn(probe).shape();
+  }
+  // A fixed, non-symmetric cotangent (no random draws: the caller's generator is left alone).
+  const int64_t n_out = checked_numel("gradgradcheck", out_shape);
+  std::vector<double> vv(static_cast<size_t>(n_out));
+  for (int64_t k = 0; k < n_out; ++k) vv[static_cast<size_t>(k)] = 0.5 + 0.75 * std::sin(1.0 + 1.3 * static_cast<double>(k));
+  std::vector<Tensor> args = inputs;
+  args.push_back(from_vector(vv, out_shape).requires_grad_());
+  const size_t n_in = inputs.size();
+  auto first_derivatives = [&fn, wrt, n_in](const std::vector<Tensor>& a) {
+    EnableGradGuard recording;  // gradcheck evaluates its function under NoGradGuard for the differences
+    std::vector<Tensor> xs(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(n_in));
+    Tensor y = fn(xs);
+    std::vector<Tensor> targets;
+    for (size_t i : wrt) targets.push_back(xs[i]);
+    if (!y.requires_grad()) return zeros(Shape{1}, DType::Float64);
+    std::vector<Tensor> g = grad({y}, targets, GradOptions{.grad_outputs = {a.back()}, .create_graph = true,
+                                                           .allow_unused = true});
+    std::vector<Tensor> flat;
+    for (size_t k = 0; k < g.size(); ++k)
+      flat.push_back(g[k].defined() ? g[k].reshape(Shape{-1}) : zeros(Shape{targets[k].numel()}, DType::Float64));
+    return flat.empty() ? zeros(Shape{1}, DType::Float64) : cat(flat, 0);
+  };
+  GradcheckOptions o = opt;
+  o.name = "gradgrad(" + opt.name + ")";
+  return gradcheck(first_derivatives, args, o);
 }
 
 }  // namespace tg

@@ -29,4 +29,12 @@ using GradcheckFn = std::function<Tensor(const std::vector<Tensor>&)>;
 // mismatch unless options.throw_on_failure is false.
 GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs, GradcheckOptions options = {});
 
+// Second derivatives (torch.autograd.gradgradcheck): gradcheck of the function
+//   (inputs, v) -> the gradients of <fn(inputs), v> with respect to the inputs that require grad,
+// computed by tg::grad with create_graph, with v a fixed cotangent of fn's output shape. v is an
+// input of that function too, so the backward's dependence on the incoming gradient is checked
+// as well as its dependence on the inputs.
+GradcheckResult gradgradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs,
+                              GradcheckOptions options = {});
+
 }  // namespace tg

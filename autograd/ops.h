@@ -94,6 +94,9 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim);      // copies
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);    // copies
 std::vector<Tensor> split(const Tensor& x, int64_t size, int64_t dim);  // views of `size` (last may be shorter)
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);  // copies; index int64 1-D
+// zeros with `size` along dim, then slice i of src added at index[i] (repeats add up): the
+// gradient of index_select, whose gradient it is in turn.
+Tensor index_add(const Tensor& src, int64_t dim, const Tensor& index, int64_t size);
 Tensor contiguous(const Tensor& x);  // copies only when not already contiguous
 Tensor to_dtype(const Tensor& x, DType t);
 

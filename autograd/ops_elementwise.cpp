@@ -128,7 +128,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
   Tensor out = binary("div", a, b, [](auto x, auto y) { return x / y; });
   return record("div", {a, b}, out, [sa = a.shape(), b = Saved(b, 1), out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(div(g, *b), sa));
-    if (gr.needs(1)) gr.add(1, sum_to(neg(div(mul(g, *out), *b)), b.shape()));
+    if (gr.needs(1)) gr.add(1, sum_to(neg(div(mul(g, out.connected()), *b)), b.shape()));
   });
 }
 
@@ -158,7 +158,8 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
     if (gr.needs(1)) {
       // d/dy x^y = x^y log x, which is 0 * -inf = NaN at x = 0; the limit (PyTorch's value) is 0 for y >= 0.
       Tensor at_zero = binary("pow_backward", base, exponent, [](auto x, auto y) { return decltype(x)(x == 0 && y >= 0); });
-      gr.add(1, sum_to(mul(g, where(at_zero, zeros_like(*out_s), mul(*out_s, log(base)))), exponent.shape()));
+      const Tensor out = out_s.connected();
+      gr.add(1, sum_to(mul(g, where(at_zero, zeros_like(out), mul(out, log(base)))), exponent.shape()));
     }
   });
 }
@@ -166,7 +167,7 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
 TG_REGISTER_OP("exp", "elementwise");
 Tensor exp(const Tensor& x) {
   Tensor out = unary_transcendental("exp", x, [](vmath::f8 v) { return vmath::exp(v); }, [](auto v) { return std::exp(v); });
-  return record("exp", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, mul(g, *out)); });
+  return record("exp", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, mul(g, out.connected())); });
 }
 
 TG_REGISTER_OP("log", "elementwise");
@@ -178,7 +179,7 @@ Tensor log(const Tensor& x) {
 TG_REGISTER_OP("sqrt", "elementwise");
 Tensor sqrt(const Tensor& x) {
   Tensor out = unary_float("sqrt", x, [](auto v) { return std::sqrt(v); });
-  return record("sqrt", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, div(g, *out * 2.0)); });
+  return record("sqrt", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, div(g, out.connected() * 2.0)); });
 }
 
 TG_REGISTER_OP("abs", "elementwise");
@@ -194,6 +195,10 @@ TG_REGISTER_OP("tanh", "elementwise");
 Tensor tanh(const Tensor& x) {
   Tensor out = unary_transcendental("tanh", x, [](vmath::f8 v) { return vmath::tanh(v); }, [](auto v) { return std::tanh(v); });
   return record("tanh", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: g (1 - y^2) in recorded ops
+      const Tensor y = out.connected();
+      return gr.add(0, mul(g, 1.0 - y * y));
+    }
     gr.add(0, binary_float("tanh_backward", g, *out, [](auto d, auto y) { return d * (1 - y * y); }));
   });
 }
@@ -202,6 +207,10 @@ TG_REGISTER_OP("sigmoid", "elementwise");
 Tensor sigmoid(const Tensor& x) {
   Tensor out = unary_transcendental("sigmoid", x, [](vmath::f8 v) { return vmath::sigmoid(v); }, [](auto v) { return decltype(v)(1) / (1 + std::exp(-v)); });
   return record("sigmoid", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: g y (1 - y) in recorded ops
+      const Tensor y = out.connected();
+      return gr.add(0, mul(g, y * (1.0 - y)));
+    }
     gr.add(0, binary_float("sigmoid_backward", g, *out, [](auto d, auto y) { return d * y * (1 - y); }));
   });
 }
@@ -210,6 +219,8 @@ TG_REGISTER_OP("relu", "elementwise");
 Tensor relu(const Tensor& x) {
   Tensor out = unary_any("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); });
   return record("relu", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
+    if (grad_enabled())  // create_graph: g times a constant mask (relu'' = 0)
+      return gr.add(0, mul(g, unary_any("relu_backward", *out, [](auto y) { return decltype(y)(y > 0); })));
     gr.add(0, binary("relu_backward", g, *out, [](auto d, auto y) { return y > 0 ? d : decltype(d)(0); }));
   });
 }
@@ -222,6 +233,11 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
     return v < T(lo) ? T(lo) : (v > T(hi) ? T(hi) : v);
   });
   return record("clamp", {x}, out, [x = Saved(x, 0), lo, hi](const Tensor& g, Grads& gr) {
+    if (grad_enabled())  // create_graph: g times a constant mask
+      return gr.add(0, mul(g, unary_any("clamp_backward", *x, [lo, hi](auto v) {
+                             using T = decltype(v);
+                             return T(v >= T(lo) && v <= T(hi));
+                           })));
     gr.add(0, binary("clamp_backward", g, *x, [lo, hi](auto d, auto v) {
       using T = decltype(d);
       return (v >= T(lo) && v <= T(hi)) ? d : T(0);
@@ -241,6 +257,12 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
   Tensor out = binary("where", ma.expand(s), mb.expand(s), [](auto x, auto y) { return x + y; });
   return record("where", {a, b}, out, [ms = Saved(m, "its mask"), sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     const Tensor& m = *ms;
+    if (grad_enabled()) {  // create_graph: where() of g itself, recorded
+      const Tensor z = zeros_like(g);
+      if (gr.needs(0)) gr.add(0, sum_to(where(m, g, z), sa));
+      if (gr.needs(1)) gr.add(1, sum_to(where(m, z, g), sb));
+      return;
+    }
     if (gr.needs(0)) gr.add(0, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); }), sa));
     if (gr.needs(1)) gr.add(1, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; }), sb));
   });

@@ -301,6 +301,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                                             a.shape().str(), b.shape().str()));
   Tensor out = matmul_2d_or_3d(a, b);
   return record("matmul", {a, b}, out, [as = Saved(a, 0), bs = Saved(b, 1)](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: recorded products
+      if (gr.needs(0)) gr.add(0, sum_to(matmul(g, transpose(*bs, -1, -2)), as.shape()));
+      if (gr.needs(1)) gr.add(1, sum_to(matmul(transpose(*as, -1, -2), g), bs.shape()));
+      return;
+    }
     if (gr.needs(0)) gr.add(0, sum_to(matmul_2d_or_3d(g, transpose(*bs, -1, -2)), as.shape()));
     if (gr.needs(1)) {
       if (as.dim() == 2) gr.add_product(1, *as, g);
@@ -344,8 +349,17 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     gemm_raw<T>(false, true, rows, outf, in, x2.data<T>(), row_stride(x2), w.data<T>(), std::max<int64_t>(in, 1),
                 T(has_bias ? 1 : 0), o, std::max<int64_t>(outf, 1));
   });
-  return record("linear", {x, weight, bias}, out, [x2s = Saved(x2, 0), ws = Saved(w, 1), has_bias, xs = x.shape(), rows, in,
-                                                   outf](const Tensor& g_in, Grads& gr) {
+  return record("linear", {x, weight, bias}, out, [x2s = Saved(x2, 0), ws = Saved(w, 1), xo = Saved(x, 0), wo = Saved(weight, 1),
+                                                   has_bias, xs = x.shape(), rows, in, outf](const Tensor& g_in,
+                                                                                             Grads& gr) {
+    if (grad_enabled()) {  // create_graph: the same three gradients in recorded ops
+      const Tensor g2 = g_in.reshape(Shape{rows, outf});
+      // The original x and weight (x2 and w are detached BLAS-ready copies or views of them).
+      if (gr.needs(0)) gr.add(0, matmul(g2, *wo).reshape(xs));
+      if (gr.needs(1)) gr.add(1, matmul(transpose(g2, 0, 1), xo.get().reshape(Shape{rows, in})));
+      if (has_bias && gr.needs(2)) gr.add(2, sum(g2, {0}));
+      return;
+    }
     Tensor g = dense(g_in);
     if (g.dim() != 2) g = g.reshape(Shape{rows, outf});
     dispatch_float("linear_backward", g.device(), g.dtype(), [&]<class T>() {

@@ -45,6 +45,17 @@ Tensor embedding(const Tensor& weight, const Tensor& indices_in, int64_t padding
   for (int64_t i = 0; i < indices.numel(); ++i) std::memcpy(dst + i * row, src + ix[i] * row, row);
   return record("embedding", {weight}, out, [indices_s = Saved(indices, "its indices"), V, E, padding_idx](const Tensor& g, Grads& gr) {
     const Tensor& indices = *indices_s;
+    if (grad_enabled()) {  // create_graph: index_add (recorded; its own gradient is index_select)
+      const int64_t n = indices.numel();
+      Tensor rows = g.reshape(Shape{n, E});
+      if (padding_idx >= 0) {
+        std::vector<double> keep(static_cast<size_t>(n));
+        const int64_t* ix = indices.data<int64_t>();
+        for (int64_t i = 0; i < n; ++i) keep[static_cast<size_t>(i)] = ix[i] == padding_idx ? 0.0 : 1.0;
+        rows = mul(rows, from_vector(keep, Shape{n, 1}).to(g.dtype()));
+      }
+      return gr.add(0, index_add(rows, 0, indices.reshape(Shape{n}), V));
+    }
     Tensor gw = zeros(Shape{V, E}, g.dtype());
     Tensor gc = g.contiguous();
     dispatch_float("embedding_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -84,7 +95,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
   });
   Tensor out = transpose(yt, d, -1).contiguous();
   return record("softmax", {x}, out, [out_s = Saved(out, Saved::kOutput), d](const Tensor& g, Grads& gr) {
-    const Tensor& out = *out_s;
+    const Tensor out = out_s.connected();
     gr.add(0, mul(out, sub(g, sum(mul(g, out), {d}, true))));
   });
 }
@@ -138,6 +149,12 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   return record("binary_cross_entropy_with_logits", {logits, target}, out, [xs = Saved(x, 0), ys = Saved(y, 1), r, scale](const Tensor& g, Grads& gr) {
     const Tensor& x = *xs;
     const Tensor& y = *ys;
+    if (grad_enabled()) {  // create_graph: scale g (sigmoid(x) - y) and scale g (-x), recorded
+      const Tensor sg = g * scale;
+      if (gr.needs(0)) gr.add(0, mul(sg, sigmoid(x) - y));
+      if (gr.needs(1)) gr.add(1, mul(sg, neg(x)));
+      return;
+    }
     Tensor gc = g.contiguous();
     const int64_t n = x.numel();
     auto grad_of = [&](bool wrt_logits) {
@@ -194,6 +211,14 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore
   }
   return record("nll_loss", {log_probs}, out, [target_s = Saved(target, "its target"), ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
     const Tensor& target = *target_s;
+    if (grad_enabled()) {  // create_graph: a constant one-hot times g, recorded
+      std::vector<double> onehot(static_cast<size_t>(N * C), 0.0);
+      const int64_t* t = target.data<int64_t>();
+      for (int64_t i = 0; i < N; ++i)
+        if (t[i] != ignore_index) onehot[static_cast<size_t>(i * C + t[i])] = -scale;
+      const Tensor m = from_vector(onehot, Shape{N, C}).to(g.dtype());
+      return gr.add(0, mul(m, r == Reduction::None ? g.reshape(Shape{N, 1}) : g));
+    }
     Tensor gl = zeros(Shape{N, C}, g.dtype());
     Tensor gc = g.contiguous();
     dispatch_float("nll_loss_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -266,6 +291,13 @@ Tensor add_tanh(const Tensor& a, const Tensor& b) {
     });
   }
   return record("add_tanh", {a, b}, out, [out_s = Saved(out, Saved::kOutput), sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: g (1 - y^2), recorded
+      const Tensor y = out_s.connected();
+      const Tensor d = mul(g, 1.0 - y * y);
+      if (gr.needs(0)) gr.add(0, sum_to(d, sa));
+      if (gr.needs(1)) gr.add(1, sum_to(d, sb));
+      return;
+    }
     const Tensor& out = *out_s;
     Tensor d = dispatch_float("add_tanh_backward", g.device(), g.dtype(), [&]<class T>() {
       return binary_map<T>(g, out, g.shape(), g.dtype(), [](T dy, T y) { return dy * (1 - y * y); });

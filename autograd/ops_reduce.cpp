@@ -137,7 +137,10 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
     if (!keepdim) out = out.squeeze(d);
     index = transpose(index.reshape(moved), d, -1).contiguous();
   }
-  return record("max", {x}, out, [index, keep, d, in = x.shape()](const Tensor& g, Grads& gr) {
+  return record("max", {x}, out, [index, keep, d, in = x.shape()](const Tensor& g_in, Grads& gr) {
+    // create_graph: the same scatter of ones is a constant mask, times g expanded (recorded).
+    const bool recording = grad_enabled();
+    const Tensor g = recording ? ones(keep, g_in.dtype()) : g_in;
     Tensor gi = zeros(in, g.dtype());
     Tensor gk = g.reshape(keep).contiguous();
     dispatch("max_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -158,7 +161,7 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
         po[off + ix[k] * inner] += pg[k];
       }
     });
-    gr.add(0, gi);
+    gr.add(0, recording ? mul(gi, expand_back(g_in, keep, in)) : gi);
   });
 }
 
@@ -176,11 +179,12 @@ Tensor max(const Tensor& x) {
   }
   Tensor index = argmax(flat, 0, false);
   return record("max", {x}, m, [index, in = x.shape()](const Tensor& g, Grads& gr) {
+    const bool recording = grad_enabled();  // create_graph: a one-hot mask times g (recorded)
     Tensor gi = zeros(Shape{in.numel()}, g.dtype());
     dispatch("max_backward", g.device(), g.dtype(), [&]<class T>() {
-      gi.data<T>()[index.data<int64_t>()[0]] = g.data<T>()[0];
+      gi.data<T>()[index.data<int64_t>()[0]] = recording ? T(1) : g.contiguous().data<T>()[0];
     });
-    gr.add(0, gi.reshape(in));
+    gr.add(0, recording ? mul(gi.reshape(in), g) : gi.reshape(in));
   });
 }
 

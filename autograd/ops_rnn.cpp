@@ -121,6 +121,68 @@ void recurrent_backward(Grads& gr, int ih, int iw, int ib, const T* dpre_p, cons
 
 Tensor contiguous_grad(const Tensor& g) { return g.is_contiguous() ? g : g.contiguous(); }
 
+// create_graph: the cells' backwards in recorded ops, recomputing the gates from the saved
+// (graph-connected) inputs, so the gradients they produce can be differentiated again. The fast
+// hand-written kernels above stay the first-order path.
+Tensor gates_of(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b) {
+  Tensor pre = px + matmul(h, transpose(w, 0, 1));
+  return b.defined() ? pre + b : pre;
+}
+Tensor part(const Tensor& t, int64_t k, int64_t H) { return narrow(t, 1, k * H, H); }
+
+void add_recurrent(Grads& gr, int ih, int iw, int ib, const Tensor& dpre, const Tensor& h, const Tensor& w,
+                   const Tensor& dh_extra) {
+  if (gr.needs(ih)) {
+    Tensor dh = matmul(dpre, w);
+    gr.add(ih, dh_extra.defined() ? dh + dh_extra : dh);
+  }
+  if (gr.needs(iw)) gr.add(iw, matmul(transpose(dpre, 0, 1), h));
+  if (ib >= 0 && gr.needs(ib)) gr.add(ib, sum(dpre, {0}));
+}
+
+void rnn_backward_recorded(const Tensor& g, Grads& gr, const Tensor& px, const Tensor& h, const Tensor& w,
+                           const Tensor& b, bool relu) {
+  const Tensor pre = gates_of(px, h, w, b);
+  Tensor dpre;
+  if (relu) {
+    dpre = mul(g, gt(pre.detach(), scalar(0.0, pre.dtype())));
+  } else {
+    const Tensor y = tanh(pre);
+    dpre = mul(g, 1.0 - y * y);
+  }
+  if (gr.needs(0)) gr.add(0, dpre);
+  add_recurrent(gr, 1, 2, b.defined() ? 3 : -1, dpre, h, w, Tensor());
+}
+
+void lstm_backward_recorded(const Tensor& g, Grads& gr, const Tensor& px, const Tensor& h, const Tensor& c,
+                            const Tensor& w, const Tensor& b, int64_t H) {
+  const Tensor pre = gates_of(px, h, w, b);
+  const Tensor i = sigmoid(part(pre, 0, H)), f = sigmoid(part(pre, 1, H)), gg = tanh(part(pre, 2, H)),
+               o = sigmoid(part(pre, 3, H));
+  const Tensor tc = tanh(f * c + i * gg);
+  const Tensor gh = select(g, 0, 0), gc = select(g, 0, 1);
+  const Tensor dcn = gc + gh * o * (1.0 - tc * tc);
+  const Tensor dG = cat({dcn * gg * i * (1.0 - i), dcn * c * f * (1.0 - f), dcn * i * (1.0 - gg * gg),
+                         gh * tc * o * (1.0 - o)},
+                        1);
+  if (gr.needs(0)) gr.add(0, dG);
+  if (gr.needs(2)) gr.add(2, dcn * f);
+  add_recurrent(gr, 1, 3, b.defined() ? 4 : -1, dG, h, w, Tensor());
+}
+
+void gru_backward_recorded(const Tensor& gy, Grads& gr, const Tensor& px, const Tensor& h, const Tensor& w,
+                           const Tensor& b, int64_t H) {
+  const Tensor q = gates_of(zeros_like(px.detach()), h, w, b);  // h w^T + b
+  const Tensor r = sigmoid(part(px, 0, H) + part(q, 0, H)), z = sigmoid(part(px, 1, H) + part(q, 1, H));
+  const Tensor qn = part(q, 2, H);
+  const Tensor n = tanh(part(px, 2, H) + r * qn);
+  const Tensor dz = gy * (h - n) * z * (1.0 - z);
+  const Tensor dn = gy * (1.0 - z) * (1.0 - n * n);
+  const Tensor dr = dn * qn * r * (1.0 - r);
+  if (gr.needs(0)) gr.add(0, cat({dr, dz, dn}, 1));
+  add_recurrent(gr, 1, 2, b.defined() ? 3 : -1, cat({dr, dz, dn * r}, 1), h, w, gy * z);
+}
+
 }  // namespace
 
 TG_REGISTER_OP("rnn_cell", "rnn");
@@ -139,8 +201,10 @@ Tensor rnn_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor
   });
   const bool has_b = b.defined();
   std::initializer_list<Tensor> inputs = {px, h, w, has_b ? b : Tensor()};
-  return record("rnn_cell", inputs, out, [ys = SavedOutputStorage(out), hs = Saved(h, 1), ws = Saved(w, 2), B, H, relu,
+  return record("rnn_cell", inputs, out, [ys = SavedOutputStorage(out), pxs = Saved(px, 0), hs = Saved(h, 1), ws = Saved(w, 2),
+                                         bs = Saved(has_b ? b : Tensor(), 3), B, H, relu,
                                          has_b](const Tensor& g_in, Grads& gr) {
+    if (grad_enabled()) return rnn_backward_recorded(g_in, gr, *pxs, *hs, *ws, *bs, relu);
     const Storage* y = &ys.get();
     const Tensor &h = *hs, &w = *ws;
     const Tensor g = contiguous_grad(g_in);
@@ -191,8 +255,10 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
   const bool has_b = b.defined();
   std::initializer_list<Tensor> inputs = {px, h, c, w, has_b ? b : Tensor()};
   return record("lstm_cell", inputs, out,
-                [act, ys = SavedOutputStorage(out), hs = Saved(h, 1), cus = Saved(cu, 2), lc, ws = Saved(w, 3), B, H,
+                [act, ys = SavedOutputStorage(out), pxs = Saved(px, 0), hs = Saved(h, 1), cus = Saved(cu, 2),
+                 cs = Saved(c, 2), lc, ws = Saved(w, 3), bs = Saved(has_b ? b : Tensor(), 4), B, H,
                  has_b](const Tensor& g_in, Grads& gr) {
+                  if (grad_enabled()) return lstm_backward_recorded(g_in, gr, *pxs, *hs, *cs, *ws, *bs, H);
                   const Storage* y = &ys.get();
                   const Tensor &h = *hs, &cu = *cus, &w = *ws;
                   const int64_t N = 4 * H;
@@ -252,8 +318,10 @@ Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor
   });
   const bool has_b = b.defined();
   std::initializer_list<Tensor> inputs = {px, h, w, has_b ? b : Tensor()};
-  return record("gru_cell", inputs, out, [act, ph, hus = Saved(hu, 1), hs = Saved(h, 1), ws = Saved(w, 2), B, H,
+  return record("gru_cell", inputs, out, [act, ph, pxs = Saved(px, 0), hus = Saved(hu, 1), hs = Saved(h, 1), ws = Saved(w, 2),
+                                         bs = Saved(has_b ? b : Tensor(), 3), B, H,
                                          has_b](const Tensor& g_in, Grads& gr) {
+    if (grad_enabled()) return gru_backward_recorded(g_in, gr, *pxs, *hs, *ws, *bs, H);
     const Tensor &hu = *hus, &h = *hs, &w = *ws;
     const int64_t N = 3 * H;
     const Tensor g = contiguous_grad(g_in);

@@ -214,6 +214,11 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {  // one node; a singl
     copy_(window, xs[i]);
   }
   return record("stack", std::span<const Tensor>(xs), out, [d, n = xs.size()](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: recorded selects
+      for (size_t i = 0; i < n; ++i)
+        if (gr.needs(static_cast<int>(i))) gr.add(static_cast<int>(i), select(g, d, static_cast<int64_t>(i)));
+      return;
+    }
     Strides st = g.strides();
     const int64_t gstep = st[d];
     st.erase(d);
@@ -270,6 +275,7 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
       std::memcpy(dst + (o * n + i) * row_bytes, src + (o * src_n + ix[i]) * row_bytes, row_bytes);
   return record("index_select", {x_in}, out, [index_s = Saved(index, "its indices"), in = x.shape(), d, outer, inner, n](const Tensor& g, Grads& gr) {
     const Tensor& index = *index_s;
+    if (grad_enabled()) return gr.add(0, index_add(g, d, index, in[d]));  // create_graph: recorded
     Tensor gi = zeros(in, g.dtype());
     Tensor gc = g.contiguous();
     dispatch("index_select_backward", g.device(), g.dtype(), [&]<class T>() {
@@ -285,6 +291,48 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
     });
     gr.add(0, gi);
   });
+}
+
+TG_REGISTER_OP("index_add", "shape");
+Tensor index_add(const Tensor& src_in, int64_t dim, const Tensor& index_in, int64_t size) {
+  int64_t d = normalize_dim("index_add", dim, src_in.dim());
+  if (index_in.dim() != 1 || index_in.numel() != src_in.size(d))
+    throw std::invalid_argument(fmt::format("index_add: index must be 1-D with one entry per slice of the source "
+                                            "along dim {} ({}), got shape {}",
+                                            d, src_in.size(d), index_in.shape().str()));
+  if (size < 0) throw std::invalid_argument(fmt::format("index_add: size must be >= 0, got {}", size));
+  Shape s = src_in.shape();
+  s[d] = size;
+  check_indices("index_add", index_in, size, s);
+  Tensor src = src_in.detach().contiguous(), index = index_in.contiguous();
+  int64_t outer = 1, inner = 1;
+  for (int64_t k = 0; k < d; ++k) outer *= src.size(k);
+  for (int64_t k = d + 1; k < src.dim(); ++k) inner *= src.size(k);
+  const int64_t n = index.numel();
+  Tensor out = zeros(s, src.dtype());
+  dispatch("index_add", src.device(), src.dtype(), [&]<class T>() {
+    const int64_t* ix = index.data<int64_t>();
+    const T* ps = src.data<T>();
+    T* po = out.data<T>();
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t i = 0; i < n; ++i) {
+        T* row = po + (o * size + ix[i]) * inner;
+        const T* srow = ps + (o * n + i) * inner;
+        for (int64_t k = 0; k < inner; ++k) row[k] += srow[k];
+      }
+  });
+  return record("index_add", {src_in}, out, [index_s = Saved(index, "its indices"), d](const Tensor& g, Grads& gr) {
+    gr.add(0, index_select(g, d, *index_s));
+  });
+}
+
+TG_REGISTER_OP("clone", "shape");
+// A copy that stays in the graph (x.clone() of a tensor that requires grad passes gradients back,
+// as in PyTorch): the usual way to get a tensor one may write into in place.
+Tensor Tensor::clone() const {
+  Tensor out = empty(shape(), dtype());
+  copy_(out, *this);
+  return record("clone", {*this}, out, [](const Tensor& g, Grads& gr) { gr.add(0, g); });
 }
 
 TG_REGISTER_OP("contiguous", "shape");

@@ -116,6 +116,15 @@ void Saved::throw_modified() const {
   throw_saved_modified(what, t_.shape(), t_.dtype(), t_.impl()->storage->version(), version_);
 }
 
+Tensor Saved::connected() const {
+  const Tensor& t = get();
+  if (input_ != kOutput || !tl_grad_enabled || !tl_current_node || !t.defined()) return t;
+  Tensor alias = detail::alias_of(t, t.shape(), t.strides(), t.offset());
+  alias.impl()->requires_grad = true;
+  alias.impl()->grad_fn = NodeRef(const_cast<Node*>(tl_current_node));
+  return alias;
+}
+
 void SavedOutputStorage::throw_modified() const {
   throw_saved_modified("its output", shape_, dtype_, s_->version(), version_);
 }
@@ -131,6 +140,8 @@ const std::string* current_name_scope() { return tl_name_scopes.empty() ? nullpt
 NoGradGuard::NoGradGuard() : previous_(tl_grad_enabled) { tl_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { tl_grad_enabled = previous_; }
 bool grad_enabled() { return tl_grad_enabled; }
+EnableGradGuard::EnableGradGuard() : previous_(tl_grad_enabled) { tl_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { tl_grad_enabled = previous_; }
 
 DetectAnomalyGuard::DetectAnomalyGuard() : previous_(tl_anomaly) { tl_anomaly = true; }
 DetectAnomalyGuard::~DetectAnomalyGuard() { tl_anomaly = previous_; }
@@ -213,7 +224,7 @@ void link(Node* n, size_t node_bytes, uint32_t total_bytes, std::span<const Tens
   // A kernel may hand back an impl someone else holds (e.g. its input, or one a backward saved);
   // never relabel that one.
   if (out.impl()->use_count() > 1 || out.impl()->grad_fn || out.impl()->requires_grad)
-    out = make_view(out, out.shape(), out.strides(), out.offset());
+    out = alias_of(out, out.shape(), out.strides(), out.offset());
   TensorImpl* oi = out.impl();
   oi->requires_grad = true;
   oi->grad_fn = NodeRef(n);

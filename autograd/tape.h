@@ -57,6 +57,8 @@ struct Node : NodeBase {
   // Walk state, owned by the backward pass that claimed the node (`walker`).
   bool grad_exclusive = false;
   bool keep = false;
+  bool needed = true;  // tg::grad: a gradient must reach this node (it is an input, or runs)
+  bool runs = true;    // tg::grad: its backward leads to an input (else it is skipped)
   uint32_t deps = 0;
   std::atomic<uint64_t> walker{0};
   std::atomic<uint32_t> consumers{0};  // edges of other nodes that point here
@@ -119,6 +121,10 @@ class Saved {
     return t_;
   }
   const Tensor& operator*() const { return get(); }
+  // get(), except that in a create_graph backward (recording on) a saved *output* comes back as a
+  // tensor whose grad_fn is this op, so what backward computes from it can be differentiated
+  // through it. Ops that save their output read it with this.
+  Tensor connected() const;
   bool defined() const { return t_.defined(); }
   const Shape& shape() const { return t_.shape(); }
   DType dtype() const { return t_.dtype(); }
@@ -169,6 +175,33 @@ class NoGradGuard {
   bool previous_;
 };
 bool grad_enabled();
+// Turns recording back on inside a NoGradGuard (per thread), e.g. for a create_graph backward.
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// tg::grad (PyTorch's torch.autograd.grad): the gradients of `outputs` (seeded with
+// grad_outputs, default ones for one-element outputs) with respect to `inputs`, returned in the
+// inputs' order, without touching any tensor's .grad(). Only the part of the graph between the
+// outputs and the inputs runs. With create_graph the backward pass is itself recorded, so the
+// results can be differentiated again (second derivatives); then the graph is kept as if
+// retain_graph were set (PyTorch's default). An input the outputs do not depend on is an error
+// unless allow_unused (its entry is then an undefined tensor).
+struct GradOptions {
+  std::vector<Tensor> grad_outputs;
+  bool retain_graph = false;
+  bool create_graph = false;
+  bool allow_unused = false;
+};
+std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
+                         const GradOptions& options = {});
 
 // Inside it, the first op whose forward output or backward gradient holds NaN/Inf throws,
 // naming the op, its input shapes, its index on the tape and the module it was recorded in.

@@ -46,12 +46,16 @@ Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t 
       overflow |= __builtin_mul_overflow(s[d] - 1, st[d], &reach);
       overflow |= __builtin_add_overflow(reach < 0 ? lo : hi, reach, reach < 0 ? &lo : &hi);
     }
-    const int64_t elems = static_cast<int64_t>(base.impl()->storage->nbytes() / dtype_size(base.dtype()));
-    if (overflow || lo < 0 || hi >= elems)
+    const auto nbytes = static_cast<uint64_t>(base.impl()->storage->nbytes());
+    if (overflow || lo < 0 || static_cast<uint64_t>(hi) * dtype_size(base.dtype()) >= nbytes)
       throw std::out_of_range(fmt::format("view: shape {} with strides {} at offset {} reaches elements [{}, {}] "
                                           "outside its storage of {} elements",
-                                          s.str(), st.str(), offset, lo, hi, elems));
+                                          s.str(), st.str(), offset, lo, hi, nbytes / dtype_size(base.dtype())));
   }
+  return detail::alias_of(base, s, st, offset);
+}
+
+Tensor detail::alias_of(const Tensor& base, const Shape& s, const Strides& st, int64_t offset) {
   auto impl = make_ref<TensorImpl>();
   impl->storage = base.impl()->storage;
   impl->shape = s;
@@ -289,11 +293,6 @@ std::vector<double> Tensor::to_vector() const {
   return out;
 }
 
-Tensor Tensor::clone() const {
-  Tensor out = empty(shape(), dtype());
-  copy_(out, *this);
-  return out;
-}
 
 // ---- autograd state ----------------------------------------------------------------------------
 

@@ -145,8 +145,10 @@ class Tensor {
   Tensor detach() const;
   void retain_grad();
   void register_hook(GradHook hook);
-  void backward(bool retain_graph = false) const;
-  void backward(const Tensor& gradient, bool retain_graph = false) const;
+  // With create_graph the backward pass is recorded (the .grad() it leaves can be differentiated
+  // again) and the graph is kept, as with retain_graph.
+  void backward(bool retain_graph = false, bool create_graph = false) const;
+  void backward(const Tensor& gradient, bool retain_graph = false, bool create_graph = false) const;
   Tensor& set_name(std::string n) { live("set_name")->autograd_meta().name = std::move(n); return *this; }
   const std::string& name() const;
 
@@ -213,6 +215,11 @@ Tensor tensor(std::initializer_list<std::initializer_list<double>> v, DType t = 
 
 // Creates a tensor that views `base`'s storage with the given layout (no autograd link).
 Tensor make_view(const Tensor& base, const Shape& s, const Strides& st, int64_t offset);
+namespace detail {
+// make_view without the bounds check, for a layout already known to be in bounds (a second
+// handle on an existing tensor's exact view).
+Tensor alias_of(const Tensor& base, const Shape& s, const Strides& st, int64_t offset);
+}  // namespace detail
 
 // Threads used by matrix products (OpenBLAS). Default 1: on small and medium RNN workloads the
 // two vCPUs of a typical cloud machine behave like one core for FP32 math, and oversubscribing

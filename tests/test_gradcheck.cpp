@@ -117,6 +117,9 @@ TEST_CASE("shape ops") {
   Tensor idx = from_vector(std::vector<int64_t>{2, 0, 2, 1}, {4});
   check("index_select", [idx](auto& v) { return index_select(v[0], 1, idx); }, {x});
   check("index_select", [idx](auto& v) { return index_select(v[0], 0, idx); }, {rnd({3, 2})});
+  check("index_add", [idx](auto& v) { return index_add(v[0], 1, idx, 3); }, {rnd({2, 4, 3})});  // repeats add up
+  check("index_add", [idx](auto& v) { return index_add(v[0], 0, idx, 5); }, {rnd({4, 2})});
+  check("clone", [](auto& v) { return transpose(v[0], 0, 1).clone() * v[0].t(); }, {rnd({3, 2})});
   check("select", [](auto& v) { return select(v[0], 1, -1) * 1.0; }, {x});
   check("contiguous", [](auto& v) { return contiguous(transpose(v[0], 0, 1)); }, {rnd({3, 2})});
   check("to_dtype", [](auto& v) { return v[0].to(DType::Float32).to(F64) * 1.0; }, {leaf(tensor({0.5, 0.25, -2.0}))},
