@@ -195,7 +195,7 @@ class EnableGradGuard {
 // retain_graph were set (PyTorch's default). An input the outputs do not depend on is an error
 // unless allow_unused (its entry is then an undefined tensor).
 struct GradOptions {
-  std::vector<Tensor> grad_outputs;
+  std::vector<Tensor> grad_outputs = {};  // one per output (undefined: ones, for one-element outputs)
   bool retain_graph = false;
   bool create_graph = false;
   bool allow_unused = false;
