@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <vector>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -18,12 +21,49 @@ thread_local std::vector<const std::string*> tl_name_scopes;
 thread_local bool tl_in_backward = false;  // backward formulas are checked per gradient, in Grads::add
 thread_local const Node* tl_current_node = nullptr;
 
-std::atomic<int64_t> g_live_nodes{0};
-// Recording order on this thread; restarts at 0 whenever no node is alive, so "tape index k" in an
-// error is the k-th op of the current graph(s).
+// Live nodes, counted per thread (nodes created minus nodes destroyed here: a node freed on another
+// thread counts there) so that recording an op costs no shared atomic read-modify-write; only
+// live_nodes() sums them. A thread's count moves to g_retired_nodes when the thread ends.
+std::mutex g_counters_mutex;
+std::vector<const std::atomic<int64_t>*> g_counters;
+std::atomic<int64_t> g_retired_nodes{0};
+// Trivially destructible, so it is usable until the thread is gone (a node freed by another
+// thread-exit destructor still counts); `tl_retired` sends such late changes to g_retired_nodes.
+thread_local std::atomic<int64_t> tl_live{0};
+thread_local bool tl_registered = false, tl_retired = false;
+struct CounterRetirer {
+  ~CounterRetirer() {
+    std::lock_guard lock(g_counters_mutex);
+    g_retired_nodes.fetch_add(tl_live.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    std::erase(g_counters, &tl_live);
+    tl_retired = true;
+  }
+};
+thread_local CounterRetirer tl_retirer;
+struct NodeCounter {
+  static const std::atomic<int64_t>& live() { return tl_live; }
+  // Only this thread writes tl_live: a plain load and store, no lock prefix.
+  static void add(int64_t d) {
+    if (!tl_registered) [[unlikely]] {
+      tl_registered = true;
+      (void)&tl_retirer;  // constructed now: its destructor retires this thread's count
+      std::lock_guard lock(g_counters_mutex);
+      g_counters.push_back(&tl_live);
+    }
+    if (tl_retired) [[unlikely]] {
+      g_retired_nodes.fetch_add(d, std::memory_order_relaxed);
+      return;
+    }
+    tl_live.store(tl_live.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
+  }
+};
+constexpr NodeCounter tl_nodes;
+
+// Recording order on this thread; restarts at 0 whenever this thread holds no live node, so "tape
+// index k" in an error is the k-th op of the current graph(s).
 thread_local uint64_t tl_next_index = 0;
 uint64_t next_index() {
-  if (g_live_nodes.load(std::memory_order_relaxed) == 0) tl_next_index = 0;
+  if (tl_nodes.live().load(std::memory_order_relaxed) == 0) tl_next_index = 0;
   return tl_next_index;
 }
 
@@ -79,7 +119,7 @@ Edge::~Edge() {
 
 Node::~Node() {
   drop_inputs();
-  g_live_nodes.fetch_sub(1, std::memory_order_relaxed);
+  tl_nodes.add(-1);
 }
 
 void Node::drop_inputs() {
@@ -91,7 +131,12 @@ TensorImpl::~TensorImpl() {
   if (grad_fn && grad_fn->extras && grad_fn->extras->retain_target == this) grad_fn->extras->retain_target = nullptr;
 }
 
-int64_t live_nodes() { return g_live_nodes.load(std::memory_order_relaxed); }
+int64_t live_nodes() {
+  std::lock_guard lock(g_counters_mutex);
+  int64_t n = g_retired_nodes.load(std::memory_order_relaxed);
+  for (const auto* c : g_counters) n += c->load(std::memory_order_relaxed);
+  return n;
+}
 
 // ---- Saved ---------------------------------------------------------------------------------------
 
@@ -193,7 +238,7 @@ void* allocate_node(size_t node_bytes, size_t n_inputs, uint32_t* total_bytes) {
 void link(Node* n, size_t node_bytes, uint32_t total_bytes, std::span<const Tensor> inputs, Tensor& out,
           const char* op) {
   n->index = next_index();  // before counting this node: a graph recorded from scratch starts at 0
-  g_live_nodes.fetch_add(1, std::memory_order_relaxed);
+  tl_nodes.add(1);
   n->alloc_bytes = total_bytes;
   n->op = op;
   tl_next_index = n->index + 1;

@@ -190,4 +190,17 @@ TEST_CASE("another thread walking a graph that is being walked gets a clear erro
   CHECK(a.grad().item() == 36.0);  // the thread's attempt added nothing
 }
 
+
+TEST_CASE("live_nodes counts nodes made on a thread that has ended, and their release elsewhere") {
+  const int64_t before = live_nodes();
+  Tensor kept;
+  std::thread([&] {
+    Tensor w = tensor({1.0, 2.0}).requires_grad_();
+    kept = (w * 2.0).sum();  // two nodes, outliving the thread
+  }).join();
+  CHECK(live_nodes() == before + 2);
+  kept = Tensor();  // freed on this thread
+  CHECK(live_nodes() == before);
+}
+
 }  // TEST_SUITE
