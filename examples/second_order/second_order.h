@@ -121,9 +121,18 @@ inline HvpResult hvp_lstm(const json& ref) {
   const json& s = ref.at("sizes");
   LSTMClassifier model(s.at("vocab").get<int64_t>(), s.at("embed").get<int64_t>(), s.at("hidden").get<int64_t>());
   load_torch_params(model, ref.at("params"));
-  std::vector<Tensor> w = params_by_torch_names(model, ref.at("names"));
+  // parameters() is in registration order, which is PyTorch's (emb, lstm weight_ih, weight_hh,
+  // bias_ih, bias_hh, fc weight, bias): v is given in that order.
+  std::vector<Tensor> w = model.parameters();
+  if (w.size() != ref.at("names").size()) throw std::runtime_error("hvp_lstm: parameter count differs from the reference");
   std::vector<Tensor> v;
-  for (const auto& n : ref.at("names")) v.push_back(f64(ref.at("v").at(n.get<std::string>())));
+  for (size_t k = 0; k < w.size(); ++k) {
+    const std::string name = ref.at("names")[k].get<std::string>();
+    if (model.named_parameters()[k].first != tapegrad_name(name))
+      throw std::runtime_error("hvp_lstm: parameter " + std::to_string(k) + " is " + model.named_parameters()[k].first +
+                               ", the reference's is " + name);
+    v.push_back(f64(ref.at("v").at(name)));
+  }
 
   // H v = d/dw <dL/dw, v>: a create_graph gradient, then the gradient of its dot product with v.
   Tensor loss = binary_cross_entropy_with_logits(model.forward(i64(ref.at("ids")), i64(ref.at("lengths"))),
