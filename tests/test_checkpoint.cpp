@@ -560,6 +560,19 @@ TEST_CASE("safetensors: string metadata round trips and can be read without the 
   CHECK_THROWS_AS(load_safetensors(dir.path / "m.safetensors"), std::runtime_error);
 }
 
+TEST_CASE("safetensors: fuzz regression inputs are refused") {
+  const fs::path dir = fs::path(TG_SOURCE_DIR) / "tests" / "fuzz" / "regressions" / "safetensors";
+  REQUIRE(fs::is_directory(dir));
+  int count = 0;
+  for (const auto& f : fs::directory_iterator(dir)) {
+    INFO(f.path().string());
+    const Bytes b = read_bytes(f.path());
+    CHECK(error_of(b).find("probe.safetensors") != std::string::npos);
+    ++count;
+  }
+  CHECK(count >= 6);
+}
+
 TEST_CASE("TextClassifier: shapes, parameter names and PyTorch names") {
   manual_seed(1);
   nn::TextClassifier m({.vocab_size = 20, .embed = 6, .hidden = 5, .layers = 2, .cell = nn::CellType::GRU,
