@@ -156,9 +156,11 @@ void save_weights(const Module& module, const std::filesystem::path& path,
 }
 
 void load_weights(Module& module, const std::filesystem::path& path, bool strict,
-                  std::map<std::string, std::string>* metadata) {
+                  std::map<std::string, std::string>* metadata, const LoadOptions& options) {
+  // Names go into load_state_dict's messages: a name with control characters (never a weight's
+  // name) is passed on as printable() shows it, so the messages stay readable.
   std::map<std::string, Tensor> state;
-  for (auto& [name, t] : load_safetensors(path, metadata)) state.emplace(name, std::move(t));
+  for (auto& [name, t] : load_safetensors(path, metadata, options)) state.emplace(printable(name), std::move(t));
   for (auto& [name, t] : state)
     if (!is_floating(t.dtype()))
       throw std::invalid_argument(fmt::format("{}: tensor '{}' is {}; model weights must be F32 or F64",

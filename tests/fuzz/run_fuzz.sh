@@ -28,7 +28,7 @@ for t in "${TARGETS[@]}"; do
   inputs=("$HERE/regressions/$t"/*)
   shopt -u nullglob
   [ ${#inputs[@]} -eq 0 ] && continue
-  if "$BUILD/fuzz_$t" -runs=1 "${inputs[@]}" >"$BUILD/regressions_$t.log" 2>&1; then
+  if "$BUILD/fuzz_$t" -runs=1 -timeout=10 "${inputs[@]}" >"$BUILD/regressions_$t.log" 2>&1; then
     echo "fuzz: $t: ${#inputs[@]} regression input(s) pass"
   else
     echo "fuzz: $t: a regression input FAILED:"
