@@ -229,7 +229,11 @@ void open_run_folder(Run& r, const fs::path& resume_dir) {
     std::vector<std::string> found;
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();
-      if (name == "tapegrad.lock") continue;
+      // tapegrad's lock and the unfinished writes of a run killed before its first checkpoint
+      // (removed below) hold no run
+      if (name == "tapegrad.lock" || name == "best.tmp" || name == "last.tmp" || name == "metrics.jsonl.tmp" ||
+          name == "metrics.png.tmp")
+        continue;
       found.push_back(name + (fs::is_directory(fs::symlink_status(e.path())) ? "/" : ""));
     }
     std::sort(found.begin(), found.end());

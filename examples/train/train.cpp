@@ -9,6 +9,8 @@
 #include <csignal>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -269,7 +271,19 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
   const std::vector<std::pair<std::string, Tensor>> named_params = r.model->named_parameters();
   int64_t consecutive_skips = 0;  // in this process: a resumed run starts counting again
 
-  if (!r.save.empty() && root) prepare_run_folder(r, resume_dir);
+  if (!r.save.empty() && root) {
+    prepare_run_folder(r, resume_dir);
+    // A kill after last/ but before metrics.jsonl was rewritten (or a resume into another
+    // folder) leaves metrics.jsonl behind the checkpoint's history: bring it up to date now, as
+    // a resumed run that has nothing left to train would never write it.
+    if (!resume_dir.empty() && !r.st.history.empty()) {
+      std::string lines;
+      for (const auto& h : r.st.history) lines += h.dump() + "\n";
+      std::ifstream in(r.save / "metrics.jsonl", std::ios::binary);
+      const std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (have != lines) r.write_metrics();
+    }
+  }
 
   // Under mpirun stdout is a pseudo-terminal; --np says what the launching terminal was, and
   // a job started by mpirun directly gets plain lines.
