@@ -13,7 +13,7 @@ ROOT=$(pwd)
 
 PACKAGES=(cmake g++ make pkg-config libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
           libopenblas-dev nlohmann-json3-dev gnuplot-nox python3 python3-numpy bc procps
-          libopenmpi-dev openmpi-bin libboost-mpi-dev)
+          strace libopenmpi-dev openmpi-bin libboost-mpi-dev)
 # Only `./run.sh fuzz` needs these: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer,
 # only recommended by clang on Debian 12) and llvm-symbolizer for readable reports.
 FUZZ_PACKAGES=(clang libclang-rt-14-dev llvm)

@@ -44,6 +44,8 @@ struct TrainOptions {
   int np = 1;             // processes (MPI ranks); --batch stays the global batch
   std::string hostfile;   // passed to mpirun as --hostfile
   std::string inject_fault;  // KIND@STEP (tests of the non-finite paths); not saved either
+  bool overwrite = false;          // a fresh run may replace tapegrad's files in a used run folder
+  bool allow_data_change = false;  // a resumed run may train on data other than the checkpoint's
 };
 json to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const json& j);  // missing keys keep their defaults
@@ -68,9 +70,31 @@ struct TrainerState {
   int64_t world_size = 1;  // processes that trained up to here
   std::vector<std::string> rank_rng;  // world_size > 1: every rank's generator state, by rank
   std::vector<json> history;  // every evaluation record, in order
+  // data_fingerprint() of the training rows used and of the dev rows ("" in older checkpoints).
+  std::string train_data, dev_data;
 };
 json to_json(const TrainerState& s);
 TrainerState trainer_state_from_json(const json& j, const std::string& source);
+
+// "rows N, fnv1a64 XXXXXXXXXXXXXXXX": the row count and a hash of every row (text and label) in
+// order. A resumed run compares it with trainer.json's to notice other data.
+std::string data_fingerprint(const std::vector<tg::data::Example>& rows);
+
+// ---- memory ----
+// A rough upper estimate, in bytes, of what a model needs: parameters (times `copies`: 1 to
+// predict; weights, gradients and optimizer moments to train) plus the activations of a batch of
+// `batch` sequences of `max_len` tokens (kept for backward when `training`). Computed in long
+// double, so absurd sizes (2^62) give a huge number instead of overflowing.
+struct MemoryNeed {
+  long double parameters = 0;
+  long double bytes = 0;
+};
+MemoryNeed estimate_memory(const tg::nn::TextClassifierOptions& m, int64_t batch, int64_t max_len, int copies,
+                           bool training);
+// The memory this process may use, in bytes: TG_TRAIN_MEMORY_LIMIT when set (tests), else the
+// smaller of MemTotal (/proc/meminfo, or sysconf) and the cgroup limit; `source` says which.
+long double memory_budget(std::string* source);
+std::string format_bytes(long double bytes);  // "23.6 GB"
 
 // ---- files ----
 json read_json(const fs::path& path);                        // runtime_error naming the file

@@ -7,10 +7,12 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 
 #include "autograd/ops.h"
 #include "autograd/tape.h"
@@ -76,6 +78,8 @@ TrainOptions train_options_from_json(const json& j) {
   get_if(j, "clip", o.clip);
   get_if(j, "weight-decay", o.weight_decay);
   get_if(j, "momentum", o.momentum);
+  if (j.contains("seed") && !j.at("seed").is_number_unsigned())
+    throw std::runtime_error("seed must be an integer from 0 to 2^64-1, got " + j.at("seed").dump());
   get_if(j, "seed", o.seed);
   get_if(j, "threads", o.threads);
   get_if(j, "max-len", o.max_len);
@@ -149,6 +153,8 @@ json to_json(const TrainerState& s) {
               {"rng", s.rng},
               {"world_size", s.world_size},
               {"rank_rng", s.rank_rng},
+              {"train_data", s.train_data},
+              {"dev_data", s.dev_data},
               {"history", s.history}};
 }
 
@@ -173,6 +179,8 @@ TrainerState trainer_state_from_json(const json& j, const std::string& source) {
     s.history = j.at("history").get<std::vector<json>>();
     s.world_size = j.value("world_size", int64_t{1});  // absent in checkpoints written before --np
     if (j.contains("rank_rng")) s.rank_rng = j.at("rank_rng").get<std::vector<std::string>>();
+    s.train_data = j.value("train_data", std::string());  // absent before data fingerprints
+    s.dev_data = j.value("dev_data", std::string());
     if (s.epoch < 1 || s.batch_pos < 0 || s.step < 0)
       throw std::runtime_error("epoch, batch_pos or step out of range");
     if (s.world_size < 1 || (!s.rank_rng.empty() && static_cast<int64_t>(s.rank_rng.size()) != s.world_size))
@@ -182,6 +190,90 @@ TrainerState trainer_state_from_json(const json& j, const std::string& source) {
   } catch (const json::exception& e) {
     throw std::runtime_error(fmt::format("{}: not a valid trainer state: {}", source, e.what()));
   }
+}
+
+std::string data_fingerprint(const std::vector<data::Example>& rows) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a, 64 bits
+  auto mix = [&h](std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      h ^= c;
+      h *= 0x100000001b3ull;
+    }
+  };
+  for (const auto& r : rows) {
+    mix(r.text);
+    mix(fmt::format("\t{}\n", r.label));
+  }
+  return fmt::format("rows {}, fnv1a64 {:016x}", rows.size(), h);
+}
+
+MemoryNeed estimate_memory(const nn::TextClassifierOptions& m, int64_t batch, int64_t max_len, int copies,
+                           bool training) {
+  using LD = long double;
+  const LD gates = m.cell == nn::CellType::LSTM ? 4 : m.cell == nn::CellType::GRU ? 3 : 1;
+  const LD dirs = m.bidirectional ? 2 : 1;
+  const LD V = static_cast<LD>(m.vocab_size), E = static_cast<LD>(m.embed), H = static_cast<LD>(m.hidden),
+           L = static_cast<LD>(m.layers), B = static_cast<LD>(batch), T = static_cast<LD>(max_len);
+  MemoryNeed need;
+  // embedding; per layer and direction W_ih, W_hh and two biases; the output layer
+  need.parameters = V * E + dirs * gates * H * ((E + H + 2) + (L - 1) * (dirs * H + H + 2)) + dirs * H + 1;
+  // per token: the embedding (and its dropout mask) and, per layer and direction, the gate
+  // pre-activations, their nonlinearities and the states; without gradients only one step's
+  // worth is alive at a time, with them every step is kept for backward
+  const LD per_token = 2 * E + L * dirs * H * (2 * gates + 4);
+  const LD activations = training ? B * T * per_token * 2 : B * (T * E + 4 * per_token);
+  need.bytes = 4 * (need.parameters * static_cast<LD>(copies) + activations);
+  return need;
+}
+
+long double memory_budget(std::string* source) {
+  auto say = [&](std::string s) {
+    if (source) *source = std::move(s);
+  };
+  if (const char* env = std::getenv("TG_TRAIN_MEMORY_LIMIT"); env && *env) {
+    char* end = nullptr;
+    const long double v = std::strtold(env, &end);
+    if (end && *end == 0 && v > 0) {
+      say("TG_TRAIN_MEMORY_LIMIT");
+      return v;
+    }
+  }
+  long double total = 0;
+  std::string what;
+  if (std::ifstream in("/proc/meminfo"); in)
+    for (std::string key; in >> key;) {
+      long double kb = 0;
+      std::string unit;
+      if (key == "MemTotal:" && in >> kb >> unit) {
+        total = kb * 1024;
+        what = "MemTotal in /proc/meminfo";
+        break;
+      }
+      std::getline(in, unit);
+    }
+  if (total <= 0) {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) {
+      total = static_cast<long double>(pages) * static_cast<long double>(page);
+      what = "physical memory (sysconf)";
+    }
+  }
+  for (const char* f : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(f);
+    long double v = 0;
+    if (in >> v && v > 0 && (total <= 0 || v < total)) {
+      total = v;
+      what = std::string("the cgroup limit in ") + f;
+    }
+  }
+  say(total > 0 ? what : "unknown");
+  return total > 0 ? total : 1e30L;
+}
+
+std::string format_bytes(long double bytes) {
+  if (bytes >= 1e12L) return fmt::format("{:.3g} GB", static_cast<double>(bytes / 1e9L));
+  if (bytes >= 1e9L) return fmt::format("{:.1f} GB", static_cast<double>(bytes / 1e9L));
+  return fmt::format("{:.1f} MB", static_cast<double>(bytes / 1e6L));
 }
 
 json read_json(const fs::path& path) {
@@ -219,10 +311,19 @@ void fsync_dir(const fs::path& dir) {
 void write_file_atomic(const fs::path& path, const std::string& bytes) {
   fs::path tmp = path;
   tmp += ".tmp";
-  write_file_synced(tmp, bytes);
   std::error_code ec;
+  try {
+    write_file_synced(tmp, bytes);
+  } catch (const std::exception&) {
+    fs::remove(tmp, ec);  // a full disk must not keep a partial file on it
+    throw;
+  }
   fs::rename(tmp, path, ec);
-  if (ec) throw std::runtime_error(fmt::format("renaming {} to {} failed: {}", tmp.string(), path.string(), ec.message()));
+  if (ec) {
+    const std::string why = ec.message();
+    fs::remove(tmp, ec);
+    throw std::runtime_error(fmt::format("renaming {} to {} failed: {}", tmp.string(), path.string(), why));
+  }
   fsync_dir(path.parent_path());
 }
 

@@ -18,8 +18,17 @@ void relaunch_for_np(int argc, char** argv, const TrainOptions& o) {
     std::vector<std::string> mpirun_args;
     if (!o.hostfile.empty()) {
       // Checked by the launching process only: the ranks on other machines need not have it.
-      if (!std::getenv("TG_DIST_CHILD") && !dist::launched_by_mpirun() && !fs::is_regular_file(o.hostfile))
-        throw std::invalid_argument("--hostfile " + o.hostfile + ": no such file");
+      if (!std::getenv("TG_DIST_CHILD") && !dist::launched_by_mpirun()) {
+        std::error_code ec;
+        const fs::file_status st = fs::status(o.hostfile, ec);
+        if (fs::is_directory(st))
+          throw std::invalid_argument("--hostfile " + o.hostfile +
+                                      " is a directory; give a hostfile (a text file of 'host slots=K' lines)");
+        if (!fs::exists(st)) throw std::invalid_argument("--hostfile " + o.hostfile + ": no such file");
+        if (!fs::is_regular_file(st))
+          throw std::invalid_argument("--hostfile " + o.hostfile + " is not a regular file (a text file of "
+                                      "'host slots=K' lines)");
+      }
       mpirun_args = {"--hostfile", fs::absolute(o.hostfile).string()};
     }
     // mpirun gives its ranks a pseudo-terminal even when its own output goes to a file: tell

@@ -2,6 +2,7 @@
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -60,6 +61,41 @@ int run_predict(int argc, char** argv) {
   if (batch == 0) batch = training.value("eval-batch", int64_t{256});
   if (max_len < 1 || batch < 1) throw std::runtime_error(fmt::format("{}: bad max-len or eval-batch", dir.string()));
 
+  {
+    // Sizes from config.json are checked before anything is allocated (a crafted or corrupt
+    // checkpoint must not make predict allocate without bound or overflow a shape).
+    const auto need = [&](const nn::TextClassifierOptions& m, int64_t b) {
+      return estimate_memory(m, b, max_len, 1, false).bytes;
+    };
+    std::string budget_source;
+    const long double budget = memory_budget(&budget_source);
+    const long double bytes = need(ck.model, batch);
+    if (bytes > budget) {
+      const nn::TextClassifierOptions d;
+      std::string worst = "model.vocab_size";
+      long double best_saving = 0;
+      auto consider = [&](const char* key, nn::TextClassifierOptions m, int64_t b) {
+        const long double saving = bytes - need(m, b);
+        if (saving > best_saving) best_saving = saving, worst = key;
+      };
+      nn::TextClassifierOptions m = ck.model;
+      m.embed = std::min(m.embed, d.embed);
+      consider("model.embed", m, batch);
+      m = ck.model;
+      m.hidden = std::min(m.hidden, d.hidden);
+      consider("model.hidden", m, batch);
+      m = ck.model;
+      m.layers = std::min(m.layers, d.layers);
+      consider("model.layers", m, batch);
+      consider(vm["batch"].defaulted() ? "training.eval-batch" : "--batch", ck.model, std::min<int64_t>(batch, 256));
+      throw std::runtime_error(fmt::format(
+          "{}: {} ({} embed {} hidden {} x{}, vocab {}, batch {} x {} tokens) needs about {} to predict with, but "
+          "this machine has {} ({}); refusing to load it",
+          (dir / "config.json").string(), worst, nn::cell_type_name(ck.model.cell), ck.model.embed, ck.model.hidden,
+          ck.model.layers, ck.model.vocab_size, batch, max_len, format_bytes(bytes), format_bytes(budget),
+          budget_source));
+    }
+  }
   nn::TextClassifier model(ck.model);
   nn::load_weights(model, dir / "model.safetensors");
   model.eval();

@@ -9,6 +9,8 @@
 #include <csignal>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -29,14 +31,15 @@ using namespace tg;
 
 namespace {
 
+// The signal that asked the run to stop (SIGINT, SIGTERM; SIGUSR1 counts as SIGINT), or 0.
 volatile std::sig_atomic_t g_interrupted = 0;
-extern "C" void on_sigint(int) {
-  g_interrupted = 1;
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once
+extern "C" void on_stop_signal(int sig) {
+  g_interrupted = sig;
+  std::signal(sig, SIG_DFL);  // a second Ctrl-C (or SIGTERM) stops at once
 }
 // With --np, Ctrl-C reaches the launching process, which has mpirun forward SIGUSR1 to every
 // rank (see dist::maybe_relaunch_under_mpirun); `kill -USR1 <mpirun pid>` does the same.
-extern "C" void on_sigusr1(int) { g_interrupted = 1; }
+extern "C" void on_sigusr1(int) { g_interrupted = SIGINT; }
 
 struct NonFiniteGradient {};
 
@@ -102,17 +105,66 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainOptions& o, const st
       params, optim::SGDOptions{.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay});
 }
 
+// Reads a data file. `from_checkpoint`: the path came from a resumed checkpoint's config.json,
+// not from the command line, so it must name a regular file and no error or warning quotes its
+// contents (a crafted config.json must not make tapegrad-train print lines of /etc/passwd).
 std::vector<data::Example> read_split(const std::string& path, const TrainOptions& o, const char* what,
-                                      int64_t limit, bool report_skipped) {
+                                      const char* option, int64_t limit, bool report_skipped, bool from_checkpoint) {
+  const std::string origin =
+      from_checkpoint ? fmt::format("{} (the {} file named by the checkpoint's config.json; give another with {} "
+                                    "FILE)",
+                                    path, what, option)
+                      : path;
+  // "path:LINE: ..." -> "path:LINE" (the part of a reader's message that quotes no content)
+  auto where_only = [&](const std::string& msg) {
+    if (msg.rfind(path + ":", 0) == 0) {
+      const size_t b = path.size() + 1, e = msg.find(':', b);
+      if (e != std::string::npos && e > b && msg.find_first_not_of("0123456789", b) == e)
+        return fmt::format("line {}", msg.substr(b, e - b));
+    }
+    return std::string("the file");
+  };
+  if (from_checkpoint) {
+    std::error_code ec;
+    const fs::file_status st = fs::status(path, ec);
+    if (!fs::exists(st)) throw std::runtime_error(fmt::format("{} does not exist", origin));
+    if (!fs::is_regular_file(st)) throw std::runtime_error(fmt::format("{} is not a regular file", origin));
+  }
   data::ReadReport report;
-  auto rows = data::read_glue_tsv(path, data::ReadOptions{.skip_bad_lines = o.skip_bad_lines}, &report);
+  std::vector<data::Example> rows;
+  try {
+    rows = data::read_glue_tsv(path, data::ReadOptions{.skip_bad_lines = o.skip_bad_lines}, &report);
+  } catch (const std::exception& e) {
+    if (!from_checkpoint) throw;
+    throw std::runtime_error(fmt::format("{} is not a GLUE TSV file (sentence<TAB>label): {} is malformed (its "
+                                         "contents are not shown because the path came from the checkpoint)",
+                                         origin, where_only(e.what())));
+  }
   if (report.skipped && report_skipped) {
-    fmt::print(stderr, "tapegrad-train: warning: skipped {} malformed line(s) of {}:\n", report.skipped, path);
-    for (const auto& e : report.first_errors) fmt::print(stderr, "  {}\n", e);
+    fmt::print(stderr, "tapegrad-train: warning: skipped {} malformed line(s) of {}:\n", report.skipped, origin);
+    for (const auto& e : report.first_errors) fmt::print(stderr, "  {}\n", from_checkpoint ? where_only(e) : e);
   }
   if (limit > 0 && static_cast<int64_t>(rows.size()) > limit) rows.resize(static_cast<size_t>(limit));
-  if (rows.empty()) throw std::runtime_error(fmt::format("{}: the {} set has no examples", path, what));
+  if (rows.empty()) throw std::runtime_error(fmt::format("{}: the {} set has no examples", origin, what));
   return rows;
+}
+
+// A resumed run trains on the rows its checkpoint was trained on, unless --allow-data-change.
+void check_fingerprint(const std::string& saved, const std::string& now, const std::string& path, const char* what,
+                       const char* option, const fs::path& trainer_json, bool allowed, bool root) {
+  if (saved.empty() || saved == now) return;
+  if (allowed) {
+    if (root)
+      fmt::print(stderr, "tapegrad-train: warning: the {} rows of {} differ from the checkpoint's ({} now, {} then); "
+                 "continuing as --allow-data-change says (not the same run any more)\n",
+                 what, path, now, saved);
+    return;
+  }
+  throw std::runtime_error(fmt::format(
+      "{} {}: these {} rows differ from the ones the checkpoint was trained on ({} now; {} recorded in {}), so "
+      "resuming would not continue the same run. Give the original file, or add --allow-data-change to continue "
+      "on these rows",
+      option, path, what, now, saved, trainer_json.string()));
 }
 
 }  // namespace
@@ -144,7 +196,7 @@ InjectedFault parse_fault(const std::string& spec) {
   return f;
 }
 
-int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path& resume_dir) {
+int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resume_dir) {
   TrainOptions& o = r.opts;
   const int W = world.size();
   const bool root = world.root();
@@ -156,13 +208,30 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
   set_num_threads(o.threads);
   r.save = o.save;
 
+  // The run folder first: a second run into it fails here, before reading anything.
+  if (!r.save.empty() && root) open_run_folder(r, resume_dir);
+  if (W > 1) {
+    std::vector<double> barrier = {0};  // the others wait for rank 0's recovery of the folder
+    world.sum(barrier);
+  }
+  if (!resume_dir.empty() && !fs::is_regular_file(resume_dir / "config.json")) {
+    // open_run_folder renamed DIR/last.old back to DIR/last
+    const std::string name = resume_dir.filename().string();
+    if (name.size() > 4 && name.ends_with(".old")) resume_dir = resume_dir.parent_path() / name.substr(0, name.size() - 4);
+  }
+
   r.started = std::chrono::steady_clock::now();
-  r.train_rows = read_split(o.train, o, "training", o.max_train, root);
-  r.dev_rows = read_split(o.dev, o, "dev", 0, root);
+  r.train_rows = read_split(o.train, o, "training", "--train", o.max_train, root, r.train_from_checkpoint);
+  r.dev_rows = read_split(o.dev, o, "dev", "--dev", 0, root, r.dev_from_checkpoint);
   if (static_cast<int64_t>(r.train_rows.size()) < W)
     throw std::invalid_argument(fmt::format("{}: {} training example(s) cannot be shared by {} processes", o.train,
                                             r.train_rows.size(), W));
+  const std::string train_data = data_fingerprint(r.train_rows), dev_data = data_fingerprint(r.dev_rows);
   if (!resume_dir.empty()) {
+    const fs::path tj = resume_dir / "trainer.json";
+    const TrainerState saved = trainer_state_from_json(read_json(tj), tj.string());
+    check_fingerprint(saved.train_data, train_data, o.train, "training", "--train", tj, o.allow_data_change, root);
+    check_fingerprint(saved.dev_data, dev_data, o.dev, "dev", "--dev", tj, o.allow_data_change, root);
     r.vocab = data::Vocab::load(resume_dir / "vocab.txt");
   } else {
     std::vector<std::vector<std::string>> docs;
@@ -173,6 +242,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
   r.train = data::encode_all(r.train_rows, r.vocab, data::tokenize, o.max_len);
   r.dev = data::encode_all(r.dev_rows, r.vocab, data::tokenize, o.max_len);
 
+  check_memory(r, r.vocab.size());
   manual_seed(o.seed);
   const nn::TextClassifierOptions mo = model_options(o, r.vocab.size());
   r.model = std::make_unique<nn::TextClassifier>(mo);
@@ -195,11 +265,25 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
   // initialised the model, so a 1-process run is unchanged.
   if (resume_dir.empty() && world.rank() > 0) manual_seed(o.seed + static_cast<uint64_t>(world.rank()));
   r.st.world_size = W;
+  r.st.train_data = train_data;
+  r.st.dev_data = dev_data;
   const InjectedFault fault = parse_fault(o.inject_fault);
   const std::vector<std::pair<std::string, Tensor>> named_params = r.model->named_parameters();
   int64_t consecutive_skips = 0;  // in this process: a resumed run starts counting again
 
-  if (!r.save.empty() && root) prepare_run_folder(r, resume_dir);
+  if (!r.save.empty() && root) {
+    prepare_run_folder(r, resume_dir);
+    // A kill after last/ but before metrics.jsonl was rewritten (or a resume into another
+    // folder) leaves metrics.jsonl behind the checkpoint's history: bring it up to date now, as
+    // a resumed run that has nothing left to train would never write it.
+    if (!resume_dir.empty() && !r.st.history.empty()) {
+      std::string lines;
+      for (const auto& h : r.st.history) lines += h.dump() + "\n";
+      std::ifstream in(r.save / "metrics.jsonl", std::ios::binary);
+      const std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (have != lines) r.write_metrics();
+    }
+  }
 
   // Under mpirun stdout is a pseudo-terminal; --np says what the launching terminal was, and
   // a job started by mpirun directly gets plain lines.
@@ -217,7 +301,8 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
                                        r.st.step),
       rng_note));
 
-  std::signal(SIGINT, on_sigint);
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_sigusr1);
   r.elapsed_before = r.st.elapsed;
 
@@ -245,7 +330,8 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
       if (fault.loss_at(step_no)) loss = loss * std::numeric_limits<double>::quiet_NaN();
       // The step's loss summed over its examples on all ranks (every rank has b.batch of them),
       // and whether any rank was interrupted: one small all-reduce, so all ranks decide alike.
-      std::vector<double> step_vals = {loss.item() * static_cast<double>(b.batch), g_interrupted ? 1.0 : 0.0};
+      std::vector<double> step_vals = {loss.item() * static_cast<double>(b.batch),
+                                       static_cast<double>(g_interrupted)};
       world.sum(step_vals);
       const double step_loss_sum = step_vals[0];
       const int64_t step_examples = b.batch * W;
@@ -329,14 +415,17 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
       // all-reduce (the same verdict on every rank).
       const bool interrupted = W > 1 ? step_vals[1] > 0 : g_interrupted != 0;
       if (interrupted) {
+        // SIGTERM (a scheduler, `kill`) is handled like Ctrl-C; the exit status says which it was.
+        const int sig = g_interrupted == SIGTERM ? SIGTERM : SIGINT;
         if (!evaluated) save_last(r, world);
         progress.end_epoch();
         if (root)
-          fmt::print(stderr, "tapegrad-train: interrupted at step {}{}\n", r.st.step,
+          fmt::print(stderr, "tapegrad-train: {} at step {}{}\n",
+                     sig == SIGTERM ? "terminated (SIGTERM)" : "interrupted", r.st.step,
                      r.save.empty() ? " (nothing saved: no --save)"
                                     : fmt::format("; saved {}; continue with: tapegrad-train train --resume {}",
                                                   (r.save / "last").string(), r.save.string()));
-        return 130;
+        return 128 + sig;
       }
       if (o.stop_after > 0 && r.st.step >= o.stop_after) {
         if (!evaluated) save_last(r, world);
@@ -347,6 +436,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, const fs::path
     progress.end_epoch();
   }
   std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
   std::signal(SIGUSR1, SIG_DFL);
 
   if (root) {

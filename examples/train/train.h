@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,27 @@
 
 namespace tgcli {
 
+// An exclusive flock(2) on DIR/tapegrad.lock, held for the life of the run (released when the
+// process ends, however it ends). The file holds the holder's pid.
+class RunLock {
+ public:
+  RunLock() = default;
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+  ~RunLock();
+  // Creates dir when missing and takes the lock; throws std::runtime_error naming the pid of the
+  // process that holds it.
+  void acquire(const fs::path& dir);
+  // Releases the lock; removes the lock file when acquire created it (a refused run leaves a
+  // folder it does not own as it found it).
+  void abandon();
+
+ private:
+  int fd_ = -1;
+  fs::path path_;
+  bool created_ = false;
+};
+
 struct Run {
   TrainOptions opts;
   json config;
@@ -29,6 +51,12 @@ struct Run {
   std::unique_ptr<tg::optim::Optimizer> opt;
   TrainerState st;
   fs::path save;
+  RunLock lock;  // on `save`, rank 0 only
+  // A resumed run's data paths that came from the checkpoint's config.json rather than the
+  // command line: checked before they are read, and their contents never quoted in errors.
+  bool train_from_checkpoint = false, dev_from_checkpoint = false;
+  fs::path config_source;              // a resumed run's config.json, for messages
+  std::set<std::string> cli_given;     // options given on the command line
   // Seconds since the run began, over resumes: the elapsed time saved before this process
   // started plus this process's time since `started`.
   std::chrono::steady_clock::time_point started;
@@ -62,8 +90,14 @@ struct InjectedFault {
 // "" -> Kind::None; throws std::invalid_argument naming the value and the accepted forms.
 InjectedFault parse_fault(const std::string& spec);
 
+// Refuses (std::invalid_argument) a model and batch whose estimated memory exceeds the machine's
+// (memory_budget), naming the option that contributes most, where its value came from, the
+// estimate and the machine's memory.
+void check_memory(const Run& r, int64_t vocab_size);
+
 // Everything after the options are settled, on every rank; returns the exit code.
-int train_body(Run& r, World& world, const boost::program_options::variables_map& vm, const fs::path& resume_dir);
+// resume_dir is re-resolved after open_run_folder's recovery (DIR/last.old may become DIR/last).
+int train_body(Run& r, World& world, const boost::program_options::variables_map& vm, fs::path resume_dir);
 
 // ---- evaluate.cpp ----
 // Called on every rank at the same steps. Each rank predicts its share of the dev batches; the
@@ -78,8 +112,15 @@ json final_summary(const Run& r, bool stopped, const World& world);
 // start message when the checkpoint was written by another number of processes, else "".
 std::string restore_checkpoint(Run& r, const World& world, const boost::program_options::variables_map& vm,
                                const fs::path& resume_dir);
-// Rank 0, with --save: creates the run folder; a fresh run clears what an earlier one left
-// there, a resumed one into another folder brings the source run's best/ along.
+// The run folder a checkpoint folder belongs to (its parent when it is named last, best,
+// last.old or best.old), else "".
+fs::path run_folder_of(const fs::path& checkpoint_dir);
+// Rank 0, with --save, before anything is read: takes the lock on the run folder (creating it),
+// refuses a folder that holds files of another run (unless --overwrite) and a --resume DIR/best
+// that would overwrite a newer DIR/last, then finishes or undoes what a killed or failed write
+// left (best.old/last.old without best/last are renamed back; *.tmp are removed).
+void open_run_folder(Run& r, const fs::path& resume_dir);
+// Rank 0, with --save: a run resumed into another folder brings the source run's best/ along.
 void prepare_run_folder(const Run& r, const fs::path& resume_dir);
 // Every rank's generator state into the trainer state (a collective: every rank calls it).
 void capture_rng(Run& r, const World& world);
