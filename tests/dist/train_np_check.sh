@@ -98,18 +98,33 @@ set -e
 grep -q "^rank 1: error: .*missing.tsv" "$tmp/f.err" || fail "no 'rank 1: error: ... missing.tsv' line: $(head -5 "$tmp/f.err")"
 echo "ok   rank 1 failed: mpirun exited $rc after $((SECONDS - t0)) s ($(grep -m1 '^rank 1: error' "$tmp/f.err"))"
 # ---- 6. Ctrl-C (SIGINT to the launcher) saves last/ on every rank's same step ----
-"$bin" train "${args[@]}" --np 2 --save "$tmp/c" -q >"$tmp/c.out" 2>"$tmp/c.err" &
-pid=$!
-for _ in $(seq 1 600); do
-  [ -s "$tmp/c/last/trainer.json" ] && break
-  kill -0 "$pid" 2>/dev/null || fail "the --np 2 run ended before its first checkpoint: $(tail -5 "$tmp/c.err")"
-  sleep 0.1
+# SIGINT goes out as soon as the first checkpoint (step 30 of 94) is seen, polled every 10 ms. A
+# job that ends before the signal reaches it (a machine fast enough to do the remaining 64 steps
+# in that time) proves nothing either way: it is run again, up to 3 attempts.
+total=$(field "$summary" steps)
+for attempt in 1 2 3; do
+  rm -rf "$tmp/c"
+  "$bin" train "${args[@]}" --np 2 --save "$tmp/c" -q >"$tmp/c.out" 2>"$tmp/c.err" &
+  pid=$!
+  deadline=$((SECONDS + 60))  # a hang, not a slow machine
+  until [ -s "$tmp/c/last/trainer.json" ]; do
+    kill -0 "$pid" 2>/dev/null || fail "the --np 2 run ended before its first checkpoint: $(tail -5 "$tmp/c.err")"
+    [ $SECONDS -lt $deadline ] || fail "no checkpoint from the --np 2 run after 60 s"
+    sleep 0.01
+  done
+  kill -INT "$pid" 2>/dev/null || true  # fails when the job is over: its status says so below
+  set +e
+  wait "$pid"
+  rc=$?
+  set -e
+  if grep -Eq "^ \"step\": $total,\$" "$tmp/c/last/trainer.json" && ! grep -q 'interrupted at step' "$tmp/c.err"; then
+    echo "note: the --np 2 job ended (step $total, exit $rc) before SIGINT reached its training loop; once more"
+    rc=missed
+    continue
+  fi
+  break
 done
-kill -INT "$pid"
-set +e
-wait "$pid"
-rc=$?
-set -e
+[ "$rc" != missed ] || fail "3 --np 2 jobs all ended before SIGINT reached them"
 [ "$rc" -eq 130 ] || fail "SIGINT: the --np 2 job exited $rc, expected 130: $(tail -5 "$tmp/c.err")"
 msg=$(grep -h 'interrupted at step' "$tmp/c.err") || fail "SIGINT: no 'interrupted at step' message: $(tail -5 "$tmp/c.err")"
 [ "$(grep -c 'interrupted at step' "$tmp/c.err")" -eq 1 ] || fail "SIGINT: more than one rank reported the interrupt"
