@@ -5,6 +5,7 @@ run with PyTorch, with their losses and gradients, for tests/differential/differ
 Run offline with Debian's PyTorch (the python3 first on PATH may lack torch):
 
     /usr/bin/python3 tests/differential/generate.py [--out tests/differential/reference.txt]
+    tar czf tests/differential/reference.tar.gz -C tests/differential reference.txt  # what is committed
 
 Output is a function of the seed and this file alone (torch is deterministic on CPU for these
 ops in float64). Format, one record per line, programs separated by "end":
