@@ -7,20 +7,14 @@
 
 #include "autograd/ops.h"
 #include "nn/nn.h"
+#include "test_util.h"
 
 using namespace tg;
 
 namespace {
 constexpr DType F64 = DType::Float64;
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-template <class F> std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
+using test::has;
 }  // namespace
 
 TEST_SUITE("higher-order gradients") {

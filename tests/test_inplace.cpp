@@ -9,21 +9,12 @@
 #include "autograd/ops.h"
 #include "nn/nn.h"
 #include "optim/sgd.h"
+#include "test_util.h"
 
 using namespace tg;
 
-namespace {
-// The message of the runtime_error `f` throws ("" if it throws none).
-template <class F> std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
-}  // namespace
+using test::error_of;
+using test::has;
 
 TEST_SUITE("in-place writes") {
 

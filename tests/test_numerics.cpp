@@ -15,6 +15,7 @@
 
 #include "autograd/elementwise.h"
 #include "autograd/ops.h"
+#include "test_util.h"
 
 using namespace tg;
 
@@ -29,15 +30,7 @@ bool all_finite(const Tensor& t) {
     if (!std::isfinite(v)) return false;
   return true;
 }
-// The exception message of f(), or "" when it does not throw.
-template <class F> std::string message_of(F f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+template <class F> std::string message_of(F f) { return test::error_of(f); }
 }  // namespace
 
 // ---- 1. log_softmax / cross_entropy: max-shifted ---------------------------------------------
