@@ -338,7 +338,7 @@ void claim(Node* n, uint64_t id) {
 // accumulate into the leaves' .grad(); with one (tg::grad), only nodes on a path to a captured
 // input run and the inputs' gradients are collected instead. With create_graph the formulas run
 // with recording on, so their results are differentiable.
-void run_backward(const std::vector<Tensor>& roots, std::vector<Tensor> seeds, bool retain_graph, bool create_graph,
+void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool retain_graph, bool create_graph,
                   Capture* capture) {
   retain_graph = retain_graph || create_graph;  // the recorded gradients still need this graph
   std::vector<Node*> starts;
@@ -376,10 +376,12 @@ void run_backward(const std::vector<Tensor>& roots, std::vector<Tensor> seeds, b
       }
     }
   } walk;
+  walk.nodes.reserve(64);
 
   // 1. Claim every node below the roots and count, for each, the edges from walked nodes (its
   //    consumers in this graph). Iterative: unrolled graphs are deep.
   std::vector<Node*> stack;
+  stack.reserve(32);
   for (Node* start : starts) {
     if (start->walker.load(std::memory_order_acquire) == id) continue;  // two roots with one node
     claim(start, id);
@@ -462,6 +464,7 @@ void run_backward(const std::vector<Tensor>& roots, std::vector<Tensor> seeds, b
     }
   } pass_scope(&pass);
   std::vector<Node*> ready;
+  ready.reserve(32);
   for (auto& n : walk.nodes) if (n->deps == 0) ready.push_back(n.get());
   while (!ready.empty()) {
     Node* n = ready.back();
@@ -499,7 +502,7 @@ void run_backward(const std::vector<Tensor>& roots, std::vector<Tensor> seeds, b
 }
 
 void run_backward(const Tensor& root, Tensor seed, bool retain_graph, bool create_graph) {
-  run_backward(std::vector<Tensor>{root}, std::vector<Tensor>{std::move(seed)}, retain_graph, create_graph, nullptr);
+  run_backward(std::span<const Tensor>(&root, 1), std::span<Tensor>(&seed, 1), retain_graph, create_graph, nullptr);
 }
 
 }  // namespace
@@ -559,7 +562,7 @@ std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<T
     if (x.impl()->grad_fn) capture.nodes.emplace_back(x.impl()->grad_fn.get(), k);
     else capture.leaves.emplace_back(x.impl(), k);
   }
-  run_backward(outputs, std::move(seeds), options.retain_graph, options.create_graph, &capture);
+  run_backward(outputs, seeds, options.retain_graph, options.create_graph, &capture);
   for (size_t k = 0; k < inputs.size(); ++k)
     if (!capture.results[k].defined() && !options.allow_unused)
       throw std::invalid_argument(fmt::format("grad: input {} (shape {}) was not used to compute the outputs; pass "

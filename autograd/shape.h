@@ -80,6 +80,13 @@ using Strides = Shape;
 // times elem_size bytes, does not fit in int64 (zero-size dims are counted as 1 for that test,
 // so the contiguous strides of the shape fit too). `op` names the caller in the message.
 inline int64_t checked_numel(const char* op, const Shape& s, int64_t elem_size = 1) {
+  // Fast path (nearly every call): at most 3 dims, each in [0, 2^20), elements of at most 8 bytes,
+  // so the product (< 2^60) times the element size (< 2^63) cannot overflow.
+  if (s.size() <= 3 && elem_size <= 8) {
+    uint64_t bits = 0, prod = 1;
+    for (int64_t d : s) { bits |= static_cast<uint64_t>(d); prod *= static_cast<uint64_t>(d); }
+    if (bits < (uint64_t{1} << 20)) return static_cast<int64_t>(prod);
+  }
   int64_t n = 1, span = elem_size < 1 ? 1 : elem_size;
   for (int64_t d : s) {
     if (d < 0) throw std::invalid_argument(std::string(op) + ": negative dimension in shape " + s.str());
