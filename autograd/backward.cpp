@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "autograd/elementwise.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 #include "autograd/tape_internal.h"
@@ -126,14 +127,7 @@ void accumulate_leaf(TensorImpl* leaf, Tensor g) {
   leaf->grad = slot.ref();
 }
 
-bool all_finite(const Tensor& g) {
-  Tensor c = g.contiguous();
-  return dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
-    const T* p = c.data<T>();
-    for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
-    return true;
-  });
-}
+bool all_finite(const Tensor& g) { return detail::float_kernels_of("anomaly", g).elementwise->all_finite(detail::view_of(g)); }
 
 // Products this small in total are accumulated one by one (plain loops); larger ones are stacked
 // into one GEMM, where one large product beats T small BLAS calls by more than the stacking copy.
