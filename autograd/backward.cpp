@@ -6,7 +6,8 @@
 #include <optional>
 #include <stdexcept>
 
-#include "autograd/elementwise.h"
+#include "autograd/grad_accumulators.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 #include "autograd/tape_internal.h"
@@ -22,13 +23,13 @@ std::atomic<uint64_t> g_pass_counter{0};
 // backward into the same parameters at once, and each parameter then holds both contributions.
 std::mutex g_leaf_mutex;
 
-// A leaf's contributions during one pass: summed gradients, plus products a^T b that are stacked
-// into one GEMM at the end (W_hh gets one per time step of an unrolled RNN).
+// A leaf's contributions during one pass: summed gradients, plus the products a^T b computed
+// together at the end (grad_accumulators.h).
 struct StagedLeaf {
   Ref<TensorImpl> leaf;
   Tensor pending;
   bool exclusive = false;
-  std::vector<std::pair<Tensor, Tensor>> products;
+  detail::ProductAccumulator products;
 };
 
 // The staging of one pass lives in the pass, not in the leaves: passes on other threads, or one
@@ -126,18 +127,7 @@ void accumulate_leaf(TensorImpl* leaf, Tensor g) {
   leaf->grad = slot.ref();
 }
 
-bool all_finite(const Tensor& g) {
-  Tensor c = g.contiguous();
-  return dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
-    const T* p = c.data<T>();
-    for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
-    return true;
-  });
-}
-
-// Products this small in total are accumulated one by one (plain loops); larger ones are stacked
-// into one GEMM, where one large product beats T small BLAS calls by more than the stacking copy.
-constexpr int64_t kDirectProductMacs = 65536;
+bool all_finite(const Tensor& g) { return detail::float_kernels_of("anomaly", g).elementwise->all_finite(detail::view_of(g)); }
 
 // End of a pass: each touched leaf gets its summed contributions plus its stacked products
 // (one GEMM), then its hooks see the total once, then the total joins leaf.grad.
@@ -145,29 +135,7 @@ void flush_leaves(BackwardPass& pass) {
   for (StagedLeaf& staged : pass.leaves()) {
     TensorImpl* leaf = staged.leaf.get();
     Tensor total = std::move(staged.pending);
-    auto& products = staged.products;
-    if (!products.empty()) {
-      Tensor target = total.defined() && staged.exclusive ? total
-                      : total.defined()                   ? total.clone()
-                                                          : empty(leaf->shape, leaf->dtype);
-      double beta = total.defined() ? 1.0 : 0.0;
-      int64_t macs = 0;
-      for (auto& [pa, pb] : products) macs += pa.size(0) * pa.size(1) * pb.size(1);
-      if (products.size() == 1 || macs <= kDirectProductMacs) {  // small: accumulate each, no stacking copies
-        for (auto& [pa, pb] : products) {
-          detail::addmm_tn(target, pa, pb, beta);
-          beta = 1.0;
-        }
-      } else {
-        std::vector<Tensor> as, bs;
-        as.reserve(products.size());
-        bs.reserve(products.size());
-        for (auto& [pa, pb] : products) { as.push_back(pa); bs.push_back(pb); }
-        detail::addmm_tn(target, cat(as, 0), cat(bs, 0), beta);
-      }
-      total = std::move(target);
-      products.clear();
-    }
+    if (!staged.products.empty()) total = staged.products.flush(std::move(total), staged.exclusive, leaf->shape, leaf->dtype);
     if (!total.defined()) continue;
     if (detail::anomaly_flag() && !all_finite(total)) {
       const std::string& name = leaf->meta ? leaf->meta->name : std::string();
@@ -246,13 +214,10 @@ void Grads::add_product(int i, const Tensor& a, const Tensor& b) {
       throw std::logic_error(fmt::format("backward of '{}': add_product needs a [M, P] and b [M, Q], got {} and {}",
                                          node_->op, a.shape().str(), b.shape().str()));
     checked_edge(node_, i, Shape{a.size(1), b.size(1)}, a.dtype(), "product gradient");
-    tl_pass->stage(e.leaf).products.emplace_back(a.contiguous(), b.contiguous());
+    tl_pass->stage(e.leaf).products.add(a, b);
     return;
   }
-  if (e.kind == Edge::None) return;
-  Tensor g = empty(Shape{a.size(1), b.size(1)}, a.dtype());
-  detail::addmm_tn(g, a, b, 0.0);
-  add(i, std::move(g));
+  add(i, detail::ProductAccumulator::product(a, b));
 }
 
 void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool squeezed) {
@@ -273,51 +238,14 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
                                        node_->op, g.shape().str(), dtype_name(g.dtype()), start, dim, e.shape.str(),
                                        dtype_name(e.dtype)));
   if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
-  if (grad_enabled()) {  // create_graph: zeros around the window, by recorded ops
-    Tensor w = squeezed ? unsqueeze(g, dim) : g;
-    std::vector<Tensor> parts;
-    Shape pad = w.shape();
-    if (start > 0) { pad[dim] = start; parts.push_back(zeros(pad, g.dtype())); }
-    parts.push_back(w);
-    const int64_t after = e.shape[dim] - start - len;
-    if (after > 0) { pad[dim] = after; parts.push_back(zeros(pad, g.dtype())); }
-    add(i, parts.size() == 1 ? w : cat(parts, dim));
-    return;
-  }
+  const detail::WindowAccumulator::Window window{e.shape, dim, start, window_shape, squeezed};
+  if (grad_enabled()) return add(i, detail::WindowAccumulator::padded(window, g));  // create_graph: recorded
   if (target && !target->needed) return;
   if (!target && tl_pass && tl_pass->capture() && !tl_pass->capture()->wants(e.leaf.get())) return;
-  Tensor* slot;
-  bool* exclusive;
-  if (target) {
-    slot = &target->grad;
-    exclusive = &target->grad_exclusive;
-  } else if (tl_pass) {
-    StagedLeaf& s = tl_pass->stage(e.leaf);
-    slot = &s.pending;
-    exclusive = &s.exclusive;
-  } else {  // no pass running: a full-size gradient through add()
-    Tensor full = zeros(e.shape, g.dtype());
-    Strides fst = full.strides();
-    const int64_t off = start * fst[dim];
-    if (squeezed) fst.erase(dim);
-    Tensor w = make_view(full, window_shape, fst, off);
-    add_(w, g);
-    add(i, std::move(full));
-    return;
-  }
-  if (!slot->defined()) {
-    *slot = zeros(e.shape, g.dtype());
-    *exclusive = true;
-  } else if (!*exclusive) {
-    *slot = slot->clone();
-    *exclusive = true;
-  }
-  // The window as one view of the slot (contiguous: it is ours, zeros() or clone()).
-  Strides st = slot->strides();
-  const int64_t offset = slot->offset() + start * st[dim];
-  if (squeezed) st.erase(dim);
-  Tensor window = make_view(*slot, window_shape, st, offset);
-  add_(window, g);
+  if (target) return detail::WindowAccumulator::add(target->grad, target->grad_exclusive, window, g);
+  if (!tl_pass) return add(i, detail::WindowAccumulator::full_size(window, g));  // no pass running
+  StagedLeaf& s = tl_pass->stage(e.leaf);
+  detail::WindowAccumulator::add(s.pending, s.exclusive, window, g);
 }
 
 // ---- backward ----------------------------------------------------------------------------------

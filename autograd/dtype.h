@@ -1,14 +1,17 @@
 #pragma once
-// Runtime element types and devices, and the single dispatch point every kernel goes through.
-// A CUDA backend adds a Device and a branch in dispatch(); the public API and the tape don't change.
+// Runtime element types and devices. They are the kernel layer's own enums (kernels/kernels.h),
+// so a tensor's (device, dtype) selects its kernels with no conversion; a new device is added
+// there, with its kernel table.
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 
+#include "kernels/kernels.h"
+
 namespace tg {
 
-enum class DType : uint8_t { Float32, Float64, Int64 };
-enum class Device : uint8_t { CPU };
+using DType = kern::DType;
+using Device = kern::Device;
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -19,7 +22,7 @@ inline const char* dtype_name(DType t) {
   return "?";
 }
 inline const char* device_name(Device) { return "cpu"; }
-inline size_t dtype_size(DType t) { return t == DType::Float32 ? 4 : 8; }
+using kern::dtype_size;
 inline bool is_floating(DType t) { return t != DType::Int64; }
 
 template <class T> constexpr DType dtype_of();
@@ -27,7 +30,9 @@ template <> constexpr DType dtype_of<float>() { return DType::Float32; }
 template <> constexpr DType dtype_of<double>() { return DType::Float64; }
 template <> constexpr DType dtype_of<int64_t>() { return DType::Int64; }
 
-// Calls fn.template operator()<T>() for the element type; `op` names the caller in errors.
+// Calls fn.template operator()<T>() for the element type; `op` names the caller in errors. For
+// code outside the library that wants the element type (the library's own ops call kernels
+// through kern::kernels_for instead).
 template <class Fn>
 decltype(auto) dispatch(const char* op, Device dev, DType t, Fn&& fn) {
   if (dev != Device::CPU) throw std::runtime_error(std::string(op) + ": no kernel for this device");

@@ -1,11 +1,12 @@
 #pragma once
-// Internal helpers shared by the op families: broadcasting and loop skeletons.
+// Internal helpers shared by the op families: broadcasting, promotion, the elementwise maps and
+// the raw matrix product.
 #include <fmt/format.h>
 
 #include <stdexcept>
 
-#include "autograd/strided.h"
 #include "autograd/tensor.h"
+#include "kernels/kernels.h"
 
 namespace tg::detail {
 
@@ -33,64 +34,14 @@ void addmm_tn(Tensor& c, const Tensor& a, const Tensor& b, double beta);
 Tensor blas_rows(const Tensor& t);
 int64_t row_stride(const Tensor& t);
 // c = beta * c + op(a) @ op(b) on raw row-major matrices (op: transpose when ta / tb), m x n x k;
-// tiny products run a plain loop, the rest go to BLAS. No tensors, no checks: for fused kernels.
+// tiny products run a plain loop, the rest go to BLAS (the table's linalg kernel for T).
 template <class T>
 void gemm_raw(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
               T beta, T* c, int64_t ldc);
 
-// out = f(a, b) elementwise with broadcasting; the output dtype is R (defaults to the inputs').
-template <class T, class R = T, class F>
-Tensor binary_map(const Tensor& a, const Tensor& b, const Shape& out_shape, DType out_dtype, F f) {
-  Tensor out = empty(out_shape, out_dtype);
-  R* o = out.data<R>();
-  const T* pa = a.data<T>();
-  const T* pb = b.data<T>();
-  const int64_t n = out.numel();
-  if (a.shape() == out_shape && b.shape() == out_shape && a.is_contiguous() && b.is_contiguous()) {
-    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], pb[i]);
-    return out;
-  }
-  if (b.numel() == 1 && a.shape() == out_shape && a.is_contiguous()) {
-    const T s = pb[0];
-    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], s);
-    return out;
-  }
-  if (a.numel() == 1 && b.shape() == out_shape && b.is_contiguous()) {
-    const T s = pa[0];
-    for (int64_t i = 0; i < n; ++i) o[i] = f(s, pb[i]);
-    return out;
-  }
-  Strides sa = broadcast_strides(a.shape(), a.strides(), out_shape);
-  Strides sb = broadcast_strides(b.shape(), b.strides(), out_shape);
-  Strides so = out.strides();
-  const Strides* st[3] = {&so, &sa, &sb};
-  const int64_t base[3] = {0, 0, 0};
-  for_each_run<3>(out_shape, st, base, [&](const int64_t* off, int64_t len, const int64_t* inner) {
-    R* op = o + off[0];
-    const T* xa = pa + off[1];
-    const T* xb = pb + off[2];
-    if (inner[1] == 1 && inner[2] == 1) {  // the common case (row slices, bias rows): SIMD
-      for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i], xb[i]);
-    } else if (inner[1] == 1 && inner[2] == 0) {
-      const T y = xb[0];
-      for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i], y);
-    } else {
-      for (int64_t i = 0; i < len; ++i) op[i] = f(xa[i * inner[1]], xb[i * inner[2]]);
-    }
-  });
-  return out;
-}
-
-// out = f(x) elementwise (x made contiguous first).
-template <class T, class F>
-Tensor unary_map(const Tensor& x_in, F f) {
-  Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
-  Tensor out = empty(x.shape(), x.dtype());
-  const T* p = x.data<T>();
-  T* o = out.data<T>();
-  const int64_t n = x.numel();
-  for (int64_t i = 0; i < n; ++i) o[i] = f(p[i]);
-  return out;
-}
+// out = f(a, b) with a and b broadcast to each other (same dtype; the float-only maps refuse
+// int64 naming `op`), and out = f(x); out is a new contiguous tensor. One kernel call each.
+Tensor binary_map(const char* op, kern::Binary f, const Tensor& a, const Tensor& b, kern::Scalars s = {});
+Tensor unary_map(const char* op, kern::Unary f, const Tensor& x, kern::Scalars s = {});
 
 }  // namespace tg::detail

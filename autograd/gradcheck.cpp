@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 
@@ -47,7 +48,7 @@ GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inpu
     for (auto& x : inputs) if (x.requires_grad()) x.zero_grad();
     if (out.requires_grad()) {
       Tensor seed = zeros(out.shape(), DType::Float64);
-      seed.data<double>()[j] = 1.0;
+      detail::kernels_of(seed).elementwise->store(detail::mem(seed), j, 1.0);
       out.backward(seed);
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
@@ -60,14 +61,16 @@ GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inpu
   NoGradGuard no_grad;
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (!inputs[i].requires_grad()) continue;
-    double* p = inputs[i].data<double>();
+    // Perturb element k of the (private, contiguous) input in place, one kernel store at a time.
+    const kern::ElementwiseKernels& ew = *detail::kernels_of(inputs[i]).elementwise;
+    void* p = detail::mem(inputs[i]);
     for (int64_t k = 0; k < inputs[i].numel(); ++k) {
-      const double saved = p[k];
-      p[k] = saved + opt.eps;
+      const double saved = ew.load(p, k);
+      ew.store(p, k, saved + opt.eps);
       std::vector<double> plus = fn(inputs).to_vector();
-      p[k] = saved - opt.eps;
+      ew.store(p, k, saved - opt.eps);
       std::vector<double> minus = fn(inputs).to_vector();
-      p[k] = saved;
+      ew.store(p, k, saved);
       for (int64_t j = 0; j < n_out; ++j) {
         double numeric = (plus[j] - minus[j]) / (2 * opt.eps);
         double a = analytic[i][j][k];

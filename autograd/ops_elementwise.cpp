@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "autograd/elementwise.h"
-#include "autograd/vmath.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 
 namespace tg {
@@ -42,47 +42,46 @@ int64_t normalize_dim(const char* op, int64_t dim, int64_t rank) {
   return dim < 0 ? dim + r : dim;
 }
 
-}  // namespace detail
+void not_floating_error(const char* op, DType t) {
+  throw std::invalid_argument(std::string(op) + ": expects a float32 or float64 tensor, got " + dtype_name(t) +
+                              ". Convert with .to(tg::DType::Float32).");
+}
 
-namespace {
-
-template <class F>
-Tensor binary(const char* op, const Tensor& a, const Tensor& b, F f) {
+Tensor binary_map(const char* op, kern::Binary f, const Tensor& a, const Tensor& b, kern::Scalars s) {
   check_same_dtype(op, a, b);
-  Shape s = broadcast_shapes(op, a.shape(), b.shape());
-  return dispatch(op, a.device(), a.dtype(), [&]<class T>() { return binary_map<T>(a, b, s, a.dtype(), f); });
-}
-template <class F>
-Tensor binary_float(const char* op, const Tensor& a, const Tensor& b, F f) {
-  check_same_dtype(op, a, b);
-  Shape s = broadcast_shapes(op, a.shape(), b.shape());
-  return dispatch_float(op, a.device(), a.dtype(), [&]<class T>() { return binary_map<T>(a, b, s, a.dtype(), f); });
-}
-template <class F>
-Tensor unary_float(const char* op, const Tensor& x, F f) {
-  return dispatch_float(op, x.device(), x.dtype(), [&]<class T>() { return unary_map<T>(x, f); });
-}
-// exp/tanh/sigmoid: float32 goes through the SIMD kernels of vmath.h, float64 through std::.
-template <class VecF, class ScalarF>
-Tensor unary_transcendental(const char* op, const Tensor& x_in, VecF vec, ScalarF scalar_f) {
-  if (x_in.dtype() != DType::Float32) return unary_float(op, x_in, scalar_f);
-  Tensor x = x_in.is_contiguous() ? x_in : x_in.contiguous();
-  Tensor out = empty(x.shape(), x.dtype());
-  vmath::map(x.data<float>(), out.data<float>(), x.numel(), vec);
+  const Shape shape = broadcast_shapes(op, a.shape(), b.shape());
+  const kern::KernelTable& k = kernels_of(a);
+  const kern::BinaryFn fn = k.elementwise->binary[static_cast<int>(f)];
+  if (!fn) not_floating_error(op, a.dtype());  // the float-only maps have no int64 entry
+  Tensor out = empty(shape, a.dtype());
+  fn(view_of(out), view_of(a), view_of(b), s);
   return out;
 }
 
-template <class F>
-Tensor unary_any(const char* op, const Tensor& x, F f) {
-  return dispatch(op, x.device(), x.dtype(), [&]<class T>() { return unary_map<T>(x, f); });
+Tensor unary_map(const char* op, kern::Unary f, const Tensor& x, kern::Scalars s) {
+  const kern::KernelTable& k = kernels_of(x);
+  const kern::UnaryFn fn = k.elementwise->unary[static_cast<int>(f)];
+  if (!fn) not_floating_error(op, x.dtype());
+  Tensor out = empty(x.shape(), x.dtype());
+  fn(view_of(out), view_of(x), s);
+  return out;
 }
 
+}  // namespace detail
+
+namespace {
+using kern::Binary;
+using kern::Unary;
+Tensor binary(const char* op, Binary f, const Tensor& a, const Tensor& b, kern::Scalars s = {}) {
+  return binary_map(op, f, a, b, s);
+}
+Tensor unary(const char* op, Unary f, const Tensor& x, kern::Scalars s = {}) { return unary_map(op, f, x, s); }
 }  // namespace
 
 TG_REGISTER_OP("add", "elementwise");
 Tensor add(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return add(promote_to(a, b), promote_to(b, a));
-  Tensor out = binary("add", a, b, [](auto x, auto y) { return x + y; });
+  Tensor out = binary("add", Binary::Add, a, b);
   return record("add", {a, b}, out, [sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(g, sa));
     if (gr.needs(1)) gr.add(1, sum_to(g, sb));
@@ -92,7 +91,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 TG_REGISTER_OP("sub", "elementwise");
 Tensor sub(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return sub(promote_to(a, b), promote_to(b, a));
-  Tensor out = binary("sub", a, b, [](auto x, auto y) { return x - y; });
+  Tensor out = binary("sub", Binary::Sub, a, b);
   return record("sub", {a, b}, out, [sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(g, sa));
     if (gr.needs(1)) gr.add(1, sum_to(neg(g), sb));
@@ -102,7 +101,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 TG_REGISTER_OP("mul", "elementwise");
 Tensor mul(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return mul(promote_to(a, b), promote_to(b, a));
-  Tensor out = binary("mul", a, b, [](auto x, auto y) { return x * y; });
+  Tensor out = binary("mul", Binary::Mul, a, b);
   return record("mul", {a, b}, out, [a = Saved(a, 0), b = Saved(b, 1)](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, *b), a.shape()));
     if (gr.needs(1)) gr.add(1, sum_to(mul(g, *a), b.shape()));
@@ -116,16 +115,13 @@ TG_REGISTER_OP("div", "elementwise");
 Tensor div(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return div(promote_to(a, b), promote_to(b, a));
   if (a.defined() && b.defined() && !is_floating(a.dtype()) && !is_floating(b.dtype())) {
-    Tensor bc = b.contiguous();
-    const int64_t* pb = bc.data<int64_t>();
-    for (int64_t i = 0, n = bc.numel(); i < n; ++i)
-      if (pb[i] == 0)
-        throw std::domain_error(fmt::format("div: integer division by zero (divisor {} int64, element {} is 0); "
-                                            "convert to float first if inf is wanted",
-                                            b.shape().str(), i));
+    if (const int64_t i = kernels_of(b).elementwise->first_zero(view_of(b)); i >= 0)
+      throw std::domain_error(fmt::format("div: integer division by zero (divisor {} int64, element {} is 0); "
+                                          "convert to float first if inf is wanted",
+                                          b.shape().str(), i));
     return div(a.to(DType::Float32), b.to(DType::Float32));
   }
-  Tensor out = binary("div", a, b, [](auto x, auto y) { return x / y; });
+  Tensor out = binary("div", Binary::Div, a, b);
   return record("div", {a, b}, out, [sa = a.shape(), b = Saved(b, 1), out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
     if (gr.needs(0)) gr.add(0, sum_to(div(g, *b), sa));
     if (gr.needs(1)) gr.add(1, sum_to(neg(div(mul(g, out.connected()), *b)), b.shape()));
@@ -134,14 +130,14 @@ Tensor div(const Tensor& a, const Tensor& b) {
 
 TG_REGISTER_OP("neg", "elementwise");
 Tensor neg(const Tensor& x) {
-  Tensor out = unary_any("neg", x, [](auto v) { return -v; });
+  Tensor out = unary("neg", Unary::Neg, x);
   return record("neg", {x}, out, [](const Tensor& g, Grads& gr) { gr.add(0, neg(g)); });
 }
 
 TG_REGISTER_OP("pow", "elementwise");
 Tensor pow(const Tensor& x, double e) {
   if (x.defined() && !is_floating(x.dtype())) return pow(x.to(DType::Float32), e);  // int ** float -> float32
-  Tensor out = unary_float("pow", x, [e](auto v) { return static_cast<decltype(v)>(std::pow(v, e)); });
+  Tensor out = unary("pow", Unary::PowScalar, x, {e});
   return record("pow", {x}, out, [x = Saved(x, 0), e](const Tensor& g, Grads& gr) {
     gr.add(0, e == 0 ? zeros_like(g) : mul(g, pow(*x, e - 1) * e));
   });
@@ -150,14 +146,14 @@ Tensor pow(const Tensor& x, double e) {
 TG_REGISTER_OP("pow_tensor", "elementwise");
 Tensor pow(const Tensor& base, const Tensor& exponent) {
   if (mixed_int_float(base, exponent)) return pow(promote_to(base, exponent), promote_to(exponent, base));
-  Tensor out = binary_float("pow", base, exponent, [](auto x, auto y) { return std::pow(x, y); });
+  Tensor out = binary("pow", Binary::Pow, base, exponent);
   return record("pow_tensor", {base, exponent}, out, [base_s = Saved(base, 0), exponent_s = Saved(exponent, 1), out_s = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
     const Tensor& base = *base_s;
     const Tensor& exponent = *exponent_s;
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, where(exponent, mul(exponent, pow(base, exponent - 1.0)), zeros_like(exponent))), base.shape()));
     if (gr.needs(1)) {
       // d/dy x^y = x^y log x, which is 0 * -inf = NaN at x = 0; the limit (PyTorch's value) is 0 for y >= 0.
-      Tensor at_zero = binary("pow_backward", base, exponent, [](auto x, auto y) { return decltype(x)(x == 0 && y >= 0); });
+      Tensor at_zero = binary("pow_backward", Binary::PowZeroMask, base, exponent);
       const Tensor out = out_s.connected();
       gr.add(1, sum_to(mul(g, where(at_zero, zeros_like(out), mul(out, log(base)))), exponent.shape()));
     }
@@ -166,82 +162,73 @@ Tensor pow(const Tensor& base, const Tensor& exponent) {
 
 TG_REGISTER_OP("exp", "elementwise");
 Tensor exp(const Tensor& x) {
-  Tensor out = unary_transcendental("exp", x, [](vmath::f8 v) { return vmath::exp(v); }, [](auto v) { return std::exp(v); });
+  Tensor out = unary("exp", Unary::Exp, x);
   return record("exp", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, mul(g, out.connected())); });
 }
 
 TG_REGISTER_OP("log", "elementwise");
 Tensor log(const Tensor& x) {
-  Tensor out = unary_float("log", x, [](auto v) { return std::log(v); });
+  Tensor out = unary("log", Unary::Log, x);
   return record("log", {x}, out, [x = Saved(x, 0)](const Tensor& g, Grads& gr) { gr.add(0, div(g, *x)); });
 }
 
 TG_REGISTER_OP("sqrt", "elementwise");
 Tensor sqrt(const Tensor& x) {
-  Tensor out = unary_float("sqrt", x, [](auto v) { return std::sqrt(v); });
+  Tensor out = unary("sqrt", Unary::Sqrt, x);
   return record("sqrt", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) { gr.add(0, div(g, out.connected() * 2.0)); });
 }
 
 TG_REGISTER_OP("abs", "elementwise");
 Tensor abs(const Tensor& x) {
-  Tensor out = unary_any("abs", x, [](auto v) { return v < 0 ? -v : v; });
+  Tensor out = unary("abs", Unary::Abs, x);
   return record("abs", {x}, out, [x = Saved(x, 0)](const Tensor& g, Grads& gr) {
-    Tensor sign = unary_any("abs", *x, [](auto v) { return decltype(v)((v > 0) - (v < 0)); });
+    Tensor sign = unary("abs", Unary::Sign, *x);
     gr.add(0, mul(g, sign));
   });
 }
 
 TG_REGISTER_OP("tanh", "elementwise");
 Tensor tanh(const Tensor& x) {
-  Tensor out = unary_transcendental("tanh", x, [](vmath::f8 v) { return vmath::tanh(v); }, [](auto v) { return std::tanh(v); });
+  Tensor out = unary("tanh", Unary::Tanh, x);
   return record("tanh", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
     if (grad_enabled()) {  // create_graph: g (1 - y^2) in recorded ops
       const Tensor y = out.connected();
       return gr.add(0, mul(g, 1.0 - y * y));
     }
-    gr.add(0, binary_float("tanh_backward", g, *out, [](auto d, auto y) { return d * (1 - y * y); }));
+    gr.add(0, binary("tanh_backward", Binary::TanhBackward, g, *out));
   });
 }
 
 TG_REGISTER_OP("sigmoid", "elementwise");
 Tensor sigmoid(const Tensor& x) {
-  Tensor out = unary_transcendental("sigmoid", x, [](vmath::f8 v) { return vmath::sigmoid(v); }, [](auto v) { return decltype(v)(1) / (1 + std::exp(-v)); });
+  Tensor out = unary("sigmoid", Unary::Sigmoid, x);
   return record("sigmoid", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
     if (grad_enabled()) {  // create_graph: g y (1 - y) in recorded ops
       const Tensor y = out.connected();
       return gr.add(0, mul(g, y * (1.0 - y)));
     }
-    gr.add(0, binary_float("sigmoid_backward", g, *out, [](auto d, auto y) { return d * y * (1 - y); }));
+    gr.add(0, binary("sigmoid_backward", Binary::SigmoidBackward, g, *out));
   });
 }
 
 TG_REGISTER_OP("relu", "elementwise");
 Tensor relu(const Tensor& x) {
-  Tensor out = unary_any("relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); });
+  Tensor out = unary("relu", Unary::Relu, x);
   return record("relu", {x}, out, [out = Saved(out, Saved::kOutput)](const Tensor& g, Grads& gr) {
     if (grad_enabled())  // create_graph: g times a constant mask (relu'' = 0)
-      return gr.add(0, mul(g, unary_any("relu_backward", *out, [](auto y) { return decltype(y)(y > 0); })));
-    gr.add(0, binary("relu_backward", g, *out, [](auto d, auto y) { return y > 0 ? d : decltype(d)(0); }));
+      return gr.add(0, mul(g, unary("relu_backward", Unary::ReluMask, *out)));
+    gr.add(0, binary("relu_backward", Binary::ReluBackward, g, *out));
   });
 }
 
 TG_REGISTER_OP("clamp", "elementwise");
 Tensor clamp(const Tensor& x, double lo, double hi) {
   if (lo > hi) throw std::invalid_argument(fmt::format("clamp: lower bound {} is above upper bound {}", lo, hi));
-  Tensor out = unary_any("clamp", x, [lo, hi](auto v) {
-    using T = decltype(v);
-    return v < T(lo) ? T(lo) : (v > T(hi) ? T(hi) : v);
-  });
+  Tensor out = unary("clamp", Unary::Clamp, x, {lo, hi});
   return record("clamp", {x}, out, [x = Saved(x, 0), lo, hi](const Tensor& g, Grads& gr) {
     if (grad_enabled())  // create_graph: g times a constant mask
-      return gr.add(0, mul(g, unary_any("clamp_backward", *x, [lo, hi](auto v) {
-                             using T = decltype(v);
-                             return T(v >= T(lo) && v <= T(hi));
-                           })));
-    gr.add(0, binary("clamp_backward", g, *x, [lo, hi](auto d, auto v) {
-      using T = decltype(d);
-      return (v >= T(lo) && v <= T(hi)) ? d : T(0);
-    }));
+      return gr.add(0, mul(g, unary("clamp_backward", Unary::ClampMask, *x, {lo, hi})));
+    gr.add(0, binary("clamp_backward", Binary::ClampBackward, g, *x, {lo, hi}));
   });
 }
 
@@ -252,9 +239,9 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
   Tensor m = mask.dtype() == a.dtype() ? mask : mask.to(a.dtype());
   Shape s = broadcast_shapes("where", broadcast_shapes("where", m.shape(), a.shape()), b.shape());
   // where = m ? a : b, written as two broadcasts so the shared kernel does the work.
-  Tensor ma = binary("where", m, a, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); });
-  Tensor mb = binary("where", m, b, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; });
-  Tensor out = binary("where", ma.expand(s), mb.expand(s), [](auto x, auto y) { return x + y; });
+  Tensor ma = binary("where", Binary::KeepWhereSet, m, a);
+  Tensor mb = binary("where", Binary::KeepWhereUnset, m, b);
+  Tensor out = binary("where", Binary::Add, ma.expand(s), mb.expand(s));
   return record("where", {a, b}, out, [ms = Saved(m, "its mask"), sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     const Tensor& m = *ms;
     if (grad_enabled()) {  // create_graph: where() of g itself, recorded
@@ -263,8 +250,8 @@ Tensor where(const Tensor& mask, const Tensor& a, const Tensor& b) {
       if (gr.needs(1)) gr.add(1, sum_to(where(m, z, g), sb));
       return;
     }
-    if (gr.needs(0)) gr.add(0, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? x : decltype(x)(0); }), sa));
-    if (gr.needs(1)) gr.add(1, sum_to(binary("where", m, g, [](auto c, auto x) { return c != 0 ? decltype(x)(0) : x; }), sb));
+    if (gr.needs(0)) gr.add(0, sum_to(binary("where", Binary::KeepWhereSet, m, g), sa));
+    if (gr.needs(1)) gr.add(1, sum_to(binary("where", Binary::KeepWhereUnset, m, g), sb));
   });
 }
 
@@ -272,25 +259,24 @@ TG_REGISTER_OP("maximum", "elementwise");
 Tensor maximum(const Tensor& a, const Tensor& b) {
   if (mixed_int_float(a, b)) return maximum(promote_to(a, b), promote_to(b, a));
   // A NaN in either operand wins (as in PyTorch), and its operand gets the gradient.
-  const auto a_wins_at = [](auto x, auto y) { return x != x || (y == y && x >= y); };
-  Tensor out = binary("maximum", a, b, [=](auto x, auto y) { return a_wins_at(x, y) ? x : y; });
-  return record("maximum", {a, b}, out, [a = Saved(a, 0), b = Saved(b, 1), a_wins_at](const Tensor& g, Grads& gr) {
-    Tensor a_wins = binary("maximum", *a, *b, [=](auto x, auto y) { return decltype(x)(a_wins_at(x, y)); });
+  Tensor out = binary("maximum", Binary::Maximum, a, b);
+  return record("maximum", {a, b}, out, [a = Saved(a, 0), b = Saved(b, 1)](const Tensor& g, Grads& gr) {
+    Tensor a_wins = binary("maximum", Binary::MaximumMask, *a, *b);
     if (gr.needs(0)) gr.add(0, sum_to(mul(g, a_wins), a.shape()));
     if (gr.needs(1)) gr.add(1, sum_to(mul(g, 1.0 - a_wins), b.shape()));
   });
 }
 
-#define TG_COMPARISON(fn, expr)                                                                     \
-  Tensor fn(const Tensor& a, const Tensor& b) {                                                   \
-    if (mixed_int_float(a, b)) return fn(promote_to(a, b), promote_to(b, a));                     \
-    return binary(#fn, a, b, [](auto x, auto y) { return decltype(x)(expr); });                   \
+#define TG_COMPARISON(fn, op)                                                 \
+  Tensor fn(const Tensor& a, const Tensor& b) {                               \
+    if (mixed_int_float(a, b)) return fn(promote_to(a, b), promote_to(b, a)); \
+    return binary(#fn, op, a, b);                                             \
   }
-TG_COMPARISON(eq, x == y)
-TG_COMPARISON(gt, x > y)
-TG_COMPARISON(lt, x < y)
-TG_COMPARISON(ge, x >= y)
-TG_COMPARISON(le, x <= y)
+TG_COMPARISON(eq, Binary::Eq)
+TG_COMPARISON(gt, Binary::Gt)
+TG_COMPARISON(lt, Binary::Lt)
+TG_COMPARISON(ge, Binary::Ge)
+TG_COMPARISON(le, Binary::Le)
 #undef TG_COMPARISON
 
 // ---- in place ----------------------------------------------------------------------------------
@@ -326,58 +312,19 @@ void add_(Tensor& dst, const Tensor& src, double alpha) {
   if (!(src.shape() == dst.shape()) && !(broadcast_shapes("add_", dst.shape(), src.shape()) == dst.shape()))
     throw std::invalid_argument(fmt::format("add_: source {} does not broadcast to destination {}",
                                             src.shape().str(), dst.shape().str()));
-  dispatch("add_", dst.device(), dst.dtype(), [&]<class T>() {
-    T* d = dst.data<T>();
-    const T* s = src.data<T>();
-    const T al = static_cast<T>(alpha);
-    if (dst.is_contiguous() && src.is_contiguous() && src.shape() == dst.shape()) {
-      const int64_t n = dst.numel();
-      if (alpha == 1.0) for (int64_t i = 0; i < n; ++i) d[i] += s[i];
-      else for (int64_t i = 0; i < n; ++i) d[i] += al * s[i];
-      return;  // bumped below
-    }
-    Strides ss = broadcast_strides(src.shape(), src.strides(), dst.shape());
-    Strides sd = dst.strides();
-    const Strides* st[2] = {&sd, &ss};
-    const int64_t base[2] = {0, 0};
-    for_each_run<2>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-      for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] += al * s[off[1] + i * in[1]];
-    });
-  });
+  kernels_of(dst).elementwise->add_scaled(view_of(dst), view_of(src), alpha);
   bump(dst);
 }
 
 void mul_(Tensor& dst, double factor) {
   check_inplace("mul_", dst);
-  dispatch("mul_", dst.device(), dst.dtype(), [&]<class T>() {
-    T* d = dst.data<T>();
-    const T f = static_cast<T>(factor);
-    if (dst.is_contiguous()) {
-      for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] *= f;
-      return;
-    }
-    Strides sd = dst.strides();
-    const Strides* st[1] = {&sd};
-    const int64_t base[1] = {0};
-    for_each_run<1>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-      for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] *= f;
-    });
-  });
+  kernels_of(dst).elementwise->scale(view_of(dst), factor);
   bump(dst);
 }
 
 void fill_(Tensor& dst, double value) {
   check_inplace("fill_", dst);
-  dispatch("fill_", dst.device(), dst.dtype(), [&]<class T>() {
-    T* d = dst.data<T>();
-    const T v = static_cast<T>(value);
-    Strides sd = dst.strides();
-    const Strides* st[1] = {&sd};
-    const int64_t base[1] = {0};
-    for_each_run<1>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-      for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] = v;
-    });
-  });
+  kernels_of(dst).elementwise->fill(view_of(dst), value);
   bump(dst);
 }
 
@@ -387,24 +334,7 @@ void copy_(Tensor& dst, const Tensor& src) {
   if (!(broadcast_shapes("copy_", dst.shape(), src.shape()) == dst.shape()))
     throw std::invalid_argument(fmt::format("copy_: source {} does not broadcast to destination {}",
                                             src.shape().str(), dst.shape().str()));
-  dispatch("copy_", dst.device(), dst.dtype(), [&]<class D>() {
-    dispatch("copy_", src.device(), src.dtype(), [&]<class S>() {
-      D* d = dst.data<D>();
-      const S* s = src.data<S>();
-      if (dst.is_contiguous() && src.is_contiguous() && src.shape() == dst.shape()) {
-        const int64_t n = dst.numel();
-        for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(s[i]);
-        return;
-      }
-      Strides ss = broadcast_strides(src.shape(), src.strides(), dst.shape());
-      Strides sd = dst.strides();
-      const Strides* st[2] = {&sd, &ss};
-      const int64_t base[2] = {0, 0};
-      for_each_run<2>(dst.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-        for (int64_t i = 0; i < len; ++i) d[off[0] + i * in[0]] = static_cast<D>(s[off[1] + i * in[1]]);
-      });
-    });
-  });
+  kernels_of(dst).elementwise->copy_from[static_cast<int>(src.dtype())](view_of(dst), view_of(src));
   bump(dst);
 }
 

@@ -1,15 +1,16 @@
 // Neural-network ops: embedding, softmax family, losses, dropout, fused cell non-linearity.
 #include <cmath>
-#include <cstring>
 
 #include "autograd/elementwise.h"
-#include "autograd/vmath.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 
 namespace tg {
 using namespace detail;
 
 namespace {
+const int64_t* index_data(const Tensor& index) { return static_cast<const int64_t*>(mem(index)); }
+
 Tensor reduce(const Tensor& per_element, Reduction r) {
   switch (r) {
     case Reduction::Mean: return mean(per_element);
@@ -29,46 +30,33 @@ Tensor embedding(const Tensor& weight, const Tensor& indices_in, int64_t padding
                                             dtype_name(indices_in.dtype()), indices_in.shape().str()));
   const int64_t V = weight.size(0), E = weight.size(1);
   Tensor indices = indices_in.contiguous();
-  const int64_t* ix = indices.data<int64_t>();
-  for (int64_t i = 0; i < indices.numel(); ++i)
-    if (ix[i] < 0 || ix[i] >= V)
-      throw std::out_of_range(fmt::format("embedding: index {} at position {} is out of range [0, {}) for weight {}; "
-                                          "map unknown words to an <unk> id below {}",
-                                          ix[i], i, V, weight.shape().str(), V));
+  const int64_t* ix = index_data(indices);
+  int64_t bad = 0;
+  if (const int64_t i = kernels_of(indices).index->first_out_of_range(ix, indices.numel(), V, nullptr, nullptr, &bad);
+      i >= 0)
+    throw std::out_of_range(fmt::format("embedding: index {} at position {} is out of range [0, {}) for weight {}; "
+                                        "map unknown words to an <unk> id below {}",
+                                        bad, i, V, weight.shape().str(), V));
   Tensor w = weight.detach().contiguous();
   Shape s = indices.shape();
   s.push_back(E);
   Tensor out = empty(s, weight.dtype());
-  const size_t row = static_cast<size_t>(E) * dtype_size(weight.dtype());
-  const char* src = static_cast<const char*>(w.raw_data());
-  char* dst = static_cast<char*>(out.raw_data());
-  for (int64_t i = 0; i < indices.numel(); ++i) std::memcpy(dst + i * row, src + ix[i] * row, row);
+  kernels_of(w).index->gather(mem(w), mem(out), 1, indices.numel(), V, E, ix);
   return record("embedding", {weight}, out, [indices_s = Saved(indices, "its indices"), V, E, padding_idx](const Tensor& g, Grads& gr) {
     const Tensor& indices = *indices_s;
     if (grad_enabled()) {  // create_graph: index_add (recorded; its own gradient is index_select)
       const int64_t n = indices.numel();
       Tensor rows = g.reshape(Shape{n, E});
-      if (padding_idx >= 0) {
-        std::vector<double> keep(static_cast<size_t>(n));
-        const int64_t* ix = indices.data<int64_t>();
-        for (int64_t i = 0; i < n; ++i) keep[static_cast<size_t>(i)] = ix[i] == padding_idx ? 0.0 : 1.0;
-        rows = mul(rows, from_vector(keep, Shape{n, 1}).to(g.dtype()));
+      if (padding_idx >= 0) {  // a constant mask: 0 for the padding rows
+        const Tensor pad = eq(indices.reshape(Shape{n, 1}), scalar(static_cast<double>(padding_idx), DType::Int64));
+        rows = mul(rows, 1.0 - pad.to(g.dtype()));
       }
       return gr.add(0, index_add(rows, 0, indices.reshape(Shape{n}), V));
     }
+    const kern::KernelTable& k = float_kernels_of("embedding_backward", g);
     Tensor gw = zeros(Shape{V, E}, g.dtype());
     Tensor gc = g.contiguous();
-    dispatch_float("embedding_backward", g.device(), g.dtype(), [&]<class T>() {
-      const int64_t* ix = indices.data<int64_t>();
-      const T* pg = gc.data<T>();
-      T* pw = gw.data<T>();
-      for (int64_t i = 0; i < indices.numel(); ++i) {
-        if (ix[i] == padding_idx) continue;
-        T* dst = pw + ix[i] * E;
-        const T* src = pg + i * E;
-        for (int64_t k = 0; k < E; ++k) dst[k] += src[k];
-      }
-    });
+    k.index->scatter_add(mem(gc), mem(gw), 1, indices.numel(), V, E, index_data(indices), padding_idx);
     gr.add(0, gw);
   });
 }
@@ -80,19 +68,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
   Tensor xt = transpose(x.detach(), d, -1).contiguous();  // rows along the softmax dim
   const int64_t n = xt.size(-1), rows = n ? xt.numel() / n : 0;
   Tensor yt = empty(xt.shape(), x.dtype());
-  dispatch_float("softmax", x.device(), x.dtype(), [&]<class T>() {
-    const T* p = xt.data<T>();
-    T* o = yt.data<T>();
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* in = p + r * n;
-      T* out = o + r * n;
-      T m = in[0];
-      for (int64_t i = 1; i < n; ++i) m = in[i] > m ? in[i] : m;
-      T total = 0;
-      for (int64_t i = 0; i < n; ++i) total += (out[i] = vmath::exp(in[i] - m));
-      for (int64_t i = 0; i < n; ++i) out[i] /= total;
-    }
-  });
+  float_kernels_of("softmax", x).reduce->softmax_rows(mem(xt), mem(yt), rows, n);
   Tensor out = transpose(yt, d, -1).contiguous();
   return record("softmax", {x}, out, [out_s = Saved(out, Saved::kOutput), d](const Tensor& g, Grads& gr) {
     const Tensor out = out_s.connected();
@@ -112,9 +88,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
     NoGradGuard ng;
     shift = x.dim() == 0 ? x.detach() : max(x.detach(), d, true);
     // A slice with -inf/+inf/NaN as its max gets shift 0, so the result is NaN/-inf as it should be.
-    shift = dispatch_float("log_softmax", x.device(), x.dtype(), [&]<class T>() {
-      return unary_map<T>(shift, [](T v) { return std::isfinite(v) ? v : T(0); });
-    });
+    shift = unary_map("log_softmax", kern::Unary::FiniteOrZero, shift);
   }
   Tensor z = x - shift;
   return z - log(x.dim() == 0 ? exp(z) : sum(exp(z), {d}, true));
@@ -132,17 +106,8 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   Tensor x = logits.contiguous(), y = target.contiguous();
   const int64_t n = x.numel();
   Tensor per = empty(x.shape(), x.dtype());
-  double total = dispatch_float("binary_cross_entropy_with_logits", x.device(), x.dtype(), [&]<class T>() {
-    const T *px = x.data<T>(), *py = y.data<T>();
-    T* o = per.data<T>();
-    double acc = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const T v = px[i];
-      o[i] = (v > 0 ? v : T(0)) - v * py[i] + std::log1p(std::exp(-std::abs(v)));
-      acc += o[i];
-    }
-    return acc;
-  });
+  const double total =
+      float_kernels_of("binary_cross_entropy_with_logits", x).reduce->bce_with_logits(mem(x), mem(y), mem(per), n);
   const double scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
   Tensor out = r == Reduction::None ? per : scalar(total * scale, x.dtype());
   if (r == Reduction::Mean && n == 0) out = scalar(NAN, x.dtype());
@@ -157,16 +122,10 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
     }
     Tensor gc = g.contiguous();
     const int64_t n = x.numel();
+    const kern::KernelTable& k = float_kernels_of("binary_cross_entropy_with_logits_backward", x);
     auto grad_of = [&](bool wrt_logits) {
       Tensor d = empty(x.shape(), x.dtype());
-      dispatch_float("binary_cross_entropy_with_logits_backward", x.device(), x.dtype(), [&]<class T>() {
-        const T *px = x.data<T>(), *py = y.data<T>(), *pg = gc.data<T>();
-        T* o = d.data<T>();
-        for (int64_t i = 0; i < n; ++i) {
-          const T gi = static_cast<T>(scale) * (r == Reduction::None ? pg[i] : pg[0]);
-          o[i] = gi * (wrt_logits ? T(1) / (T(1) + std::exp(-px[i])) - py[i] : -px[i]);
-        }
-      });
+      k.reduce->bce_with_logits_backward(mem(x), mem(y), mem(gc), mem(d), n, scale, r == Reduction::None, wrt_logits);
       return d;
     };
     if (gr.needs(0)) gr.add(0, grad_of(true));
@@ -184,24 +143,15 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore
                                 dtype_name(target_in.dtype()));
   const int64_t N = log_probs.size(0), C = log_probs.size(1);
   Tensor target = target_in.contiguous();
-  const int64_t* t = target.data<int64_t>();
-  int64_t valid = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    if (t[i] == ignore_index) continue;
-    if (t[i] < 0 || t[i] >= C)
-      throw std::out_of_range(fmt::format("nll_loss: target {} at position {} is out of range [0, {}) classes", t[i],
-                                          i, C));
-    ++valid;
-  }
+  const int64_t* t = index_data(target);
+  int64_t valid = 0, bad = 0;
+  if (const int64_t i = kernels_of(target).index->first_out_of_range(t, N, C, &ignore_index, &valid, &bad); i >= 0)
+    throw std::out_of_range(fmt::format("nll_loss: target {} at position {} is out of range [0, {}) classes", bad, i,
+                                        C));
   // Per-element losses (0 where ignored), then the reduction; mean divides by the valid count.
   Tensor picked = zeros(Shape{N}, log_probs.dtype());
   Tensor lp = log_probs.detach();
-  dispatch_float("nll_loss", lp.device(), lp.dtype(), [&]<class T>() {
-    const T* p = lp.data<T>();
-    T* o = picked.data<T>();
-    for (int64_t i = 0; i < N; ++i)
-      if (t[i] != ignore_index) o[i] = -p[i * lp.strides()[0] + t[i] * lp.strides()[1]];
-  });
+  float_kernels_of("nll_loss", lp).reduce->nll_pick(view_of(lp), t, ignore_index, mem(picked));
   Tensor out = picked;
   double scale = 1.0;
   if (r != Reduction::None) {
@@ -211,23 +161,16 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore
   }
   return record("nll_loss", {log_probs}, out, [target_s = Saved(target, "its target"), ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
     const Tensor& target = *target_s;
-    if (grad_enabled()) {  // create_graph: a constant one-hot times g, recorded
-      std::vector<double> onehot(static_cast<size_t>(N * C), 0.0);
-      const int64_t* t = target.data<int64_t>();
-      for (int64_t i = 0; i < N; ++i)
-        if (t[i] != ignore_index) onehot[static_cast<size_t>(i * C + t[i])] = -scale;
-      const Tensor m = from_vector(onehot, Shape{N, C}).to(g.dtype());
+    const kern::KernelTable& k = float_kernels_of("nll_loss_backward", g);
+    if (grad_enabled()) {  // create_graph: a constant one-hot (-scale at the targets) times g, recorded
+      Tensor m = zeros(Shape{N, C}, g.dtype());
+      const Tensor one = ones(Shape{}, g.dtype());
+      k.reduce->nll_backward(index_data(target), mem(one), mem(m), N, C, ignore_index, scale, false);
       return gr.add(0, mul(m, r == Reduction::None ? g.reshape(Shape{N, 1}) : g));
     }
     Tensor gl = zeros(Shape{N, C}, g.dtype());
     Tensor gc = g.contiguous();
-    dispatch_float("nll_loss_backward", g.device(), g.dtype(), [&]<class T>() {
-      const int64_t* t = target.data<int64_t>();
-      const T* pg = gc.data<T>();
-      T* o = gl.data<T>();
-      for (int64_t i = 0; i < N; ++i)
-        if (t[i] != ignore_index) o[i * C + t[i]] = -static_cast<T>(scale) * (r == Reduction::None ? pg[i] : pg[0]);
-    });
+    k.reduce->nll_backward(index_data(target), mem(gc), mem(gl), N, C, ignore_index, scale, r == Reduction::None);
     gr.add(0, gl);
   });
 }
@@ -254,42 +197,13 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   if (p == 1.0) return x * 0.0;
   Tensor mask = empty(x.shape(), x.dtype());
   const double keep_scale = 1.0 / (1.0 - p);
-  dispatch_float("dropout", x.device(), x.dtype(), [&]<class T>() {
-    T* m = mask.data<T>();
-    for (int64_t i = 0; i < mask.numel(); ++i) m[i] = next_uniform() >= p ? T(keep_scale) : T(0);
-  });
+  float_kernels_of("dropout", x).elementwise->bernoulli_mask(mem(mask), mask.numel(), &next_uniform, p, keep_scale);
   return x * mask;
 }
 
 TG_REGISTER_OP("add_tanh", "nn");
 Tensor add_tanh(const Tensor& a, const Tensor& b) {
-  check_same_dtype("add_tanh", a, b);
-  Shape s = broadcast_shapes("add_tanh", a.shape(), b.shape());
-  Tensor out;
-  if (a.dtype() == DType::Float32 && a.shape() == s && b.shape() == s) {
-    // Same shapes (the RNN case, where one side may be a strided time-step slice): SIMD over runs.
-    out = empty(s, a.dtype());
-    const auto f = [](vmath::f8 x, vmath::f8 y) { return vmath::tanh(x + y); };
-    if (a.is_contiguous() && b.is_contiguous()) {
-      vmath::map(a.data<float>(), b.data<float>(), out.data<float>(), out.numel(), f);
-    } else {
-      Strides so = out.strides(), sa = a.strides(), sb = b.strides();
-      const Strides* st[3] = {&so, &sa, &sb};
-      const int64_t base[3] = {0, 0, 0};
-      float *po = out.data<float>(), *pa = a.data<float>(), *pb = b.data<float>();
-      for_each_run<3>(s, st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-        if (in[1] == 1 && in[2] == 1) {
-          vmath::map(pa + off[1], pb + off[2], po + off[0], len, f);
-        } else {
-          for (int64_t i = 0; i < len; ++i) po[off[0] + i] = vmath::tanh(pa[off[1] + i * in[1]] + pb[off[2] + i * in[2]]);
-        }
-      });
-    }
-  } else {
-    out = dispatch_float("add_tanh", a.device(), a.dtype(), [&]<class T>() {
-      return binary_map<T>(a, b, s, a.dtype(), [](T x, T y) { return vmath::tanh(x + y); });
-    });
-  }
+  Tensor out = binary_map("add_tanh", kern::Binary::AddTanh, a, b);  // float32: 8 lanes per step
   return record("add_tanh", {a, b}, out, [out_s = Saved(out, Saved::kOutput), sa = a.shape(), sb = b.shape()](const Tensor& g, Grads& gr) {
     if (grad_enabled()) {  // create_graph: g (1 - y^2), recorded
       const Tensor y = out_s.connected();
@@ -299,9 +213,7 @@ Tensor add_tanh(const Tensor& a, const Tensor& b) {
       return;
     }
     const Tensor& out = *out_s;
-    Tensor d = dispatch_float("add_tanh_backward", g.device(), g.dtype(), [&]<class T>() {
-      return binary_map<T>(g, out, g.shape(), g.dtype(), [](T dy, T y) { return dy * (1 - y * y); });
-    });
+    Tensor d = binary_map("add_tanh_backward", kern::Binary::TanhBackward, g, out);
     if (gr.needs(0)) gr.add(0, sum_to(d, sa));
     if (gr.needs(1)) gr.add(1, sum_to(d, sb));
   });

@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "autograd/elementwise.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 
 namespace tg {
@@ -35,44 +36,15 @@ ReducePlan plan_reduce(const char* op, const Shape& in, std::vector<int64_t> dim
   return p;
 }
 
-// Sums x into a zeroed tensor of keep_shape, walking x in memory order.
+// Sums x into a new tensor of keep_shape (x's shape with 1 in the reduced dims).
 Tensor sum_kernel(const Tensor& x, const Shape& keep_shape) {
-  Tensor out = zeros(keep_shape, x.dtype());
-  dispatch("sum", x.device(), x.dtype(), [&]<class T>() {
-    const T* px = x.data<T>();
-    T* po = out.data<T>();
-    if (out.numel() == 1) {  // full reduction: accumulate in double for float32 accuracy
-      using Acc = std::conditional_t<std::is_floating_point_v<T>, double, T>;
-      Acc acc = 0;
-      Strides sx = x.strides();
-      const Strides* st[1] = {&sx};
-      const int64_t base[1] = {0};
-      for_each_run<1>(x.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-        for (int64_t i = 0; i < len; ++i) acc += px[off[0] + i * in[0]];
-      });
-      po[0] = static_cast<T>(acc);
-      return;
-    }
-    Strides so = broadcast_strides(keep_shape, out.strides(), x.shape());
-    Strides sx = x.strides();
-    const Strides* st[2] = {&sx, &so};
-    const int64_t base[2] = {0, 0};
-    for_each_run<2>(x.shape(), st, base, [&](const int64_t* off, int64_t len, const int64_t* in) {
-      const T* a = px + off[0];
-      T* o = po + off[1];
-      if (in[1] == 0) {
-        T acc = 0;
-        for (int64_t i = 0; i < len; ++i) acc += a[i * in[0]];
-        *o += acc;
-      } else if (in[0] == 1 && in[1] == 1) {
-        for (int64_t i = 0; i < len; ++i) o[i] += a[i];
-      } else {
-        for (int64_t i = 0; i < len; ++i) o[i * in[1]] += a[i * in[0]];
-      }
-    });
-  });
+  Tensor out = empty(keep_shape, x.dtype());
+  kernels_of(x).reduce->sum(view_of(x), mem(out), keep_shape.begin());
   return out;
 }
+
+const int64_t* index_data(const Tensor& index) { return static_cast<const int64_t*>(mem(index)); }
+int64_t* index_data(Tensor& index) { return static_cast<int64_t*>(mem(index)); }
 
 // Broadcasts a reduced gradient back to the input's shape (a stride-0 view, no copy).
 Tensor expand_back(const Tensor& g, const Shape& keep_shape, const Shape& in_shape) {
@@ -114,19 +86,7 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
   Shape keep = x.shape();
   keep[d] = 1;
   Tensor values = empty(Shape{rows}, x.dtype()), index = empty(Shape{rows}, DType::Int64);
-  dispatch("max", x.device(), x.dtype(), [&]<class T>() {
-    const T* p = xt.data<T>();
-    T* v = values.data<T>();
-    int64_t* ix = index.data<int64_t>();
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* row = p + r * n;
-      int64_t best = 0;
-      for (int64_t i = 1; i < n; ++i)
-        if (row[i] > row[best] || (std::isnan(static_cast<double>(row[i])) && !std::isnan(static_cast<double>(row[best])))) best = i;
-      v[r] = row[best];
-      ix[r] = best;
-    }
-  });
+  kernels_of(x).reduce->max_rows(mem(xt), rows, n, mem(values), index_data(index));
   Shape moved = x.shape();  // the transposed layout's shape, with dim d last and reduced
   std::swap(moved[d], moved[moved.size() - 1]);
   moved[moved.size() - 1] = 1;
@@ -143,24 +103,8 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
     const Tensor g = recording ? ones(keep, g_in.dtype()) : g_in;
     Tensor gi = zeros(in, g.dtype());
     Tensor gk = g.reshape(keep).contiguous();
-    dispatch("max_backward", g.device(), g.dtype(), [&]<class T>() {
-      // Walk the reduced positions; each sends its gradient to its argmax along d.
-      const int64_t* ix = index.data<int64_t>();
-      const T* pg = gk.data<T>();
-      T* po = gi.data<T>();
-      Strides in_st = gi.strides();
-      const int64_t inner = in_st[d];
-      int64_t outer_idx[kMaxRank] = {};
-      for (int64_t k = 0; k < gk.numel(); ++k) {
-        int64_t off = 0, rem = k;
-        for (int64_t j = keep.size() - 1; j >= 0; --j) {
-          outer_idx[j] = rem % keep[j];
-          rem /= keep[j];
-          off += outer_idx[j] * in_st[j];
-        }
-        po[off + ix[k] * inner] += pg[k];
-      }
-    });
+    kernels_of(gi).index->scatter_to_argmax(mem(gk), index_data(index), mem(gi), keep.begin(), gi.strides().begin(),
+                                            keep.size(), d);
     gr.add(0, recording ? mul(gi, expand_back(g_in, keep, in)) : gi);
   });
 }
@@ -181,9 +125,9 @@ Tensor max(const Tensor& x) {
   return record("max", {x}, m, [index, in = x.shape()](const Tensor& g, Grads& gr) {
     const bool recording = grad_enabled();  // create_graph: a one-hot mask times g (recorded)
     Tensor gi = zeros(Shape{in.numel()}, g.dtype());
-    dispatch("max_backward", g.device(), g.dtype(), [&]<class T>() {
-      gi.data<T>()[index.data<int64_t>()[0]] = recording ? T(1) : g.contiguous().data<T>()[0];
-    });
+    const kern::ElementwiseKernels& ew = *kernels_of(gi).elementwise;
+    const auto at = static_cast<int64_t>(kernels_of(index).elementwise->load(mem(index), 0));
+    ew.store(mem(gi), at, recording ? 1.0 : ew.load(mem(g), 0));  // g has one element
     gr.add(0, recording ? mul(gi.reshape(in), g) : gi.reshape(in));
   });
 }
@@ -197,19 +141,9 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
   Tensor xt = transpose(x.detach(), d, -1).contiguous();
   const int64_t n = x.size(d), rows = x.numel() / n;
   Tensor index = empty(Shape{rows}, DType::Int64);
-  dispatch("argmax", x.device(), x.dtype(), [&]<class T>() {
-    const T* p = xt.data<T>();
-    int64_t* ix = index.data<int64_t>();
-    for (int64_t r = 0; r < rows; ++r) {
-      // The first maximum; a NaN is the maximum (PyTorch), the same rule as max(x, dim), so max(x)
-      // (whose gradient goes to argmax of the flattened tensor) agrees with it.
-      const T* row = p + r * n;
-      int64_t best = 0;
-      for (int64_t i = 1; i < n; ++i)
-        if (row[i] > row[best] || (std::isnan(static_cast<double>(row[i])) && !std::isnan(static_cast<double>(row[best])))) best = i;
-      ix[r] = best;
-    }
-  });
+  // The first maximum; a NaN is the maximum (PyTorch), the same rule as max(x, dim), so max(x)
+  // (whose gradient goes to argmax of the flattened tensor) agrees with it.
+  kernels_of(x).reduce->max_rows(mem(xt), rows, n, nullptr, index_data(index));
   Shape moved = x.shape();
   std::swap(moved[d], moved[moved.size() - 1]);
   moved[moved.size() - 1] = 1;
@@ -228,9 +162,7 @@ Tensor logsumexp(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
     for (int64_t d = 0; d < x.dim(); ++d)
       if (p.keep_shape[d] == 1 && x.size(d) != 1) shift = max(shift, d, true);
     // A slice that is all -inf (or has +inf/NaN) gets shift 0 so the result is -inf/inf/NaN, as it should.
-    shift = dispatch_float("logsumexp", x.device(), x.dtype(), [&]<class T>() {
-      return unary_map<T>(shift, [](T v) { return std::isfinite(v) ? v : T(0); });
-    });
+    shift = unary_map("logsumexp", kern::Unary::FiniteOrZero, shift);
   }
   Tensor out = log(sum(exp(x - shift), dims, true)) + shift;
   if (!keepdim) {

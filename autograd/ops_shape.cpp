@@ -1,7 +1,6 @@
 // Shape ops. Views share storage with their input; cat/stack/index_select copy.
-#include <cstring>
-
 #include "autograd/elementwise.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 
 namespace tg {
@@ -240,15 +239,17 @@ std::vector<Tensor> split(const Tensor& x, int64_t size, int64_t dim) {
 }
 
 namespace {
+const int64_t* index_data(const Tensor& index) { return static_cast<const int64_t*>(mem(index)); }
+
 void check_indices(const char* op, const Tensor& index, int64_t limit, const Shape& source) {
   if (index.dtype() != DType::Int64)
     throw std::invalid_argument(fmt::format("{}: indices must be int64, got {}", op, dtype_name(index.dtype())));
   Tensor c = index.contiguous();
-  const int64_t* p = c.data<int64_t>();
-  for (int64_t i = 0; i < c.numel(); ++i)
-    if (p[i] < 0 || p[i] >= limit)
-      throw std::out_of_range(fmt::format("{}: index {} at position {} is out of range [0, {}) for source of shape {}",
-                                          op, p[i], i, limit, source.str()));
+  int64_t bad = 0;
+  if (const int64_t i = kernels_of(c).index->first_out_of_range(index_data(c), c.numel(), limit, nullptr, nullptr, &bad);
+      i >= 0)
+    throw std::out_of_range(fmt::format("{}: index {} at position {} is out of range [0, {}) for source of shape {}",
+                                        op, bad, i, limit, source.str()));
 }
 }  // namespace
 
@@ -266,29 +267,13 @@ Tensor index_select(const Tensor& x_in, int64_t dim, const Tensor& index_in) {
   for (int64_t k = d + 1; k < x.dim(); ++k) inner *= x.size(k);
   const int64_t n = index.numel(), src_n = x.size(d);
   Tensor out = empty(s, x.dtype());
-  const int64_t* ix = index.data<int64_t>();
-  const size_t row_bytes = static_cast<size_t>(inner) * dtype_size(x.dtype());
-  const char* src = static_cast<const char*>(x.raw_data());
-  char* dst = static_cast<char*>(out.raw_data());
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t i = 0; i < n; ++i)
-      std::memcpy(dst + (o * n + i) * row_bytes, src + (o * src_n + ix[i]) * row_bytes, row_bytes);
+  kernels_of(x).index->gather(mem(x), mem(out), outer, n, src_n, inner, index_data(index));
   return record("index_select", {x_in}, out, [index_s = Saved(index, "its indices"), in = x.shape(), d, outer, inner, n](const Tensor& g, Grads& gr) {
     const Tensor& index = *index_s;
     if (grad_enabled()) return gr.add(0, index_add(g, d, index, in[d]));  // create_graph: recorded
     Tensor gi = zeros(in, g.dtype());
     Tensor gc = g.contiguous();
-    dispatch("index_select_backward", g.device(), g.dtype(), [&]<class T>() {
-      const int64_t* ix = index.data<int64_t>();
-      const T* pg = gc.data<T>();
-      T* po = gi.data<T>();
-      for (int64_t o = 0; o < outer; ++o)
-        for (int64_t i = 0; i < n; ++i) {
-          T* row = po + (o * in[d] + ix[i]) * inner;
-          const T* grow = pg + (o * n + i) * inner;
-          for (int64_t k = 0; k < inner; ++k) row[k] += grow[k];
-        }
-    });
+    kernels_of(gc).index->scatter_add(mem(gc), mem(gi), outer, n, in[d], inner, index_data(index), -1);
     gr.add(0, gi);
   });
 }
@@ -310,17 +295,8 @@ Tensor index_add(const Tensor& src_in, int64_t dim, const Tensor& index_in, int6
   for (int64_t k = d + 1; k < src.dim(); ++k) inner *= src.size(k);
   const int64_t n = index.numel();
   Tensor out = zeros(s, src.dtype());
-  dispatch("index_add", src.device(), src.dtype(), [&]<class T>() {
-    const int64_t* ix = index.data<int64_t>();
-    const T* ps = src.data<T>();
-    T* po = out.data<T>();
-    for (int64_t o = 0; o < outer; ++o)
-      for (int64_t i = 0; i < n; ++i) {
-        T* row = po + (o * size + ix[i]) * inner;
-        const T* srow = ps + (o * n + i) * inner;
-        for (int64_t k = 0; k < inner; ++k) row[k] += srow[k];
-      }
-  });
+  // Indices were checked to be >= 0, so skip = -1 skips nothing.
+  kernels_of(src).index->scatter_add(mem(src), mem(out), outer, n, size, inner, index_data(index), -1);
   return record("index_add", {src_in}, out, [index_s = Saved(index, "its indices"), d](const Tensor& g, Grads& gr) {
     gr.add(0, index_select(g, d, *index_s));
   });

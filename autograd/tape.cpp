@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "autograd/tape_internal.h"
 
@@ -194,13 +195,7 @@ bool anomaly_detection_enabled() { return tl_anomaly && !tl_in_backward; }
 
 void check_finite_output(const char* op, std::span<const Tensor> inputs, const Tensor& out) {
   if (!is_floating(out.dtype())) return;
-  Tensor c = out.contiguous();
-  bool finite = dispatch_float("anomaly", c.device(), c.dtype(), [&]<class T>() {
-    const T* p = c.data<T>();
-    for (int64_t k = 0; k < c.numel(); ++k) if (!std::isfinite(p[k])) return false;
-    return true;
-  });
-  if (finite) return;
+  if (detail::float_kernels_of("anomaly", out).elementwise->all_finite(detail::view_of(out))) return;
   std::string shapes;
   std::string names;
   for (auto& t : inputs) {

@@ -3,15 +3,14 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <cstring>
 #include <mutex>
 #include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
 
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
-#include "autograd/strided.h"
 
 namespace tg {
 
@@ -72,7 +71,7 @@ Tensor full(const Shape& s, double value, DType t) {
 }
 Tensor zeros(const Shape& s, DType t) {
   Tensor x = empty_for("zeros", s, t);
-  std::memset(x.raw_data(), 0, static_cast<size_t>(x.numel()) * dtype_size(t));
+  detail::kernels_of(x).elementwise->zero_bytes(detail::mem(x), detail::nbytes_of(x));
   return x;
 }
 Tensor ones(const Shape& s, DType t) {
@@ -92,10 +91,7 @@ Tensor arange(double start, double end, double step, DType t) {
     throw std::length_error(fmt::format("arange: [{}, {}) in steps of {} has too many elements", start, end, step));
   const int64_t n = static_cast<int64_t>(count);
   Tensor x = empty_for("arange", Shape{n}, t);
-  dispatch("arange", Device::CPU, t, [&]<class T>() {
-    T* p = x.data<T>();
-    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(start + i * step);
-  });
+  detail::kernels_of(x).elementwise->iota(detail::mem(x), n, start, step);
   return x;
 }
 Tensor arange(int64_t n, DType t) { return arange(0.0, static_cast<double>(n), 1.0, t); }
@@ -107,7 +103,7 @@ static Tensor from_values(const std::vector<V>& v, const Shape& s) {
     throw std::invalid_argument(fmt::format("from_vector: {} values do not fill shape {} ({} elements)", v.size(),
                                             s.str(), n));
   Tensor x = empty(s, dtype_of<V>());
-  if (!v.empty()) std::memcpy(x.raw_data(), v.data(), v.size() * sizeof(V));
+  if (!v.empty()) detail::copy_bytes_in(x, v.data());
   return x;
 }
 Tensor from_vector(const std::vector<float>& v, const Shape& s) { return from_values(v, s); }
@@ -210,28 +206,20 @@ void set_rng_state(const RngState& s) {
 
 Tensor uniform(const Shape& s, double lo, double hi, DType t) {
   Tensor x = empty_for("uniform", s, t);
-  dispatch_float("uniform", Device::CPU, t, [&]<class T>() {
-    T* p = x.data<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(lo + (hi - lo) * next_uniform());
-  });
+  detail::float_kernels_of("uniform", x).elementwise->fill_random(detail::mem(x), x.numel(), &next_uniform, lo, hi - lo);
   return x;
 }
 Tensor rand(const Shape& s, DType t) { return uniform(s, 0.0, 1.0, t); }
 Tensor randn(const Shape& s, DType t) {
   Tensor x = empty_for("randn", s, t);
-  dispatch_float("randn", Device::CPU, t, [&]<class T>() {
-    T* p = x.data<T>();
-    for (int64_t i = 0; i < x.numel(); ++i) p[i] = static_cast<T>(next_normal());
-  });
+  detail::float_kernels_of("randn", x).elementwise->fill_random(detail::mem(x), x.numel(), &next_normal, 0.0, 1.0);
   return x;
 }
 Tensor randint(int64_t low, int64_t high, const Shape& s) {
   if (high <= low) throw std::invalid_argument(fmt::format("randint: empty range [{}, {})", low, high));
   Tensor x = empty_for("randint", s, DType::Int64);
-  int64_t* p = x.data<int64_t>();
   const uint64_t span = static_cast<uint64_t>(high) - static_cast<uint64_t>(low);  // no signed overflow
-  for (int64_t i = 0; i < x.numel(); ++i)
-    p[i] = static_cast<int64_t>(static_cast<uint64_t>(low) + next_random_u64() % span);
+  detail::kernels_of(x).elementwise->fill_random_int(detail::mem(x), x.numel(), &next_random_u64, low, span);
   return x;
 }
 
@@ -265,7 +253,7 @@ double Tensor::item() const {
   live("item");
   if (numel() != 1)
     throw std::invalid_argument(fmt::format("item: needs a one-element tensor, got shape {}", shape().str()));
-  return dispatch("item", device(), dtype(), [&]<class T>() { return static_cast<double>(*data<T>()); });
+  return detail::kernels_of(*this).elementwise->load(detail::mem(*this), 0);
 }
 
 double Tensor::at(std::initializer_list<int64_t> idx) const {
@@ -279,17 +267,13 @@ double Tensor::at(std::initializer_list<int64_t> idx) const {
                                           d, shape().str()));
     off += i * strides()[d++];
   }
-  return dispatch("at", device(), dtype(), [&]<class T>() { return static_cast<double>(data<T>()[off]); });
+  return detail::kernels_of(*this).elementwise->load(detail::mem(*this), off);
 }
 
 std::vector<double> Tensor::to_vector() const {
   live("to_vector");
-  Tensor c = contiguous();
   std::vector<double> out(static_cast<size_t>(numel()));
-  dispatch("to_vector", device(), dtype(), [&]<class T>() {
-    const T* p = c.data<T>();
-    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
-  });
+  detail::kernels_of(*this).elementwise->to_doubles(detail::view_of(*this), out.data());
   return out;
 }
 

@@ -6,6 +6,7 @@
 #include <numeric>
 #include <stdexcept>
 
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 
@@ -17,7 +18,8 @@ Lengths::Lengths(const Tensor& lengths) {
     throw std::invalid_argument(fmt::format("lengths must be an int64 tensor [batch], got {} {}",
                                             dtype_name(lengths.dtype()), lengths.shape().str()));
   Tensor c = lengths.contiguous();
-  values_.assign(c.data<int64_t>(), c.data<int64_t>() + c.numel());
+  values_.resize(static_cast<size_t>(c.numel()));
+  detail::copy_bytes_out(c, values_.data());
   given_ = true;
 }
 

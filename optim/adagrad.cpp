@@ -3,7 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "optim/kernels.h"
+#include "autograd/kernel_bridge.h"
 
 namespace tg::optim {
 
@@ -12,23 +12,6 @@ namespace {
 ParamGroup adagrad_defaults(const AdagradOptions& o) {
   return {{}, o.lr, o.weight_decay,
           {{"lr_decay", o.lr_decay}, {"initial_accumulator_value", o.initial_accumulator_value}, {"eps", o.eps}}};
-}
-
-template <class T, bool decay>
-void adagrad_kernel(T* p, const T* g, T* sum, int64_t n, double clr_, double wd_, double eps_) {
-  const T neg_clr = static_cast<T>(-clr_), wd = static_cast<T>(wd_), eps = static_cast<T>(eps_);
-  // The decayed gradient is recomputed after the block's square roots rather than stored.
-  auto grad = [&](int64_t i) -> T {
-    if constexpr (decay) return g[i] + wd * p[i];
-    else return g[i];
-  };
-  detail::sqrt_loop<T>(
-      n,
-      [&](int64_t i) {
-        const T gi = grad(i);
-        return sum[i] = sum[i] + gi * gi;
-      },
-      [&](int64_t i, T root) { p[i] = p[i] + neg_clr * grad(i) / (root + eps); });
 }
 
 }  // namespace
@@ -66,13 +49,9 @@ void Adagrad::update() {
       const double t = static_cast<double>(++st.step);
       const double clr = grp.lr / (1.0 + (t - 1.0) * lr_decay);
       Tensor& sum = buffer(st, 0, p, init);
-      dispatch_float("Adagrad", p.device(), p.dtype(), [&]<class T>() {
-        detail::with_flags(
-            [&](auto decay) {
-              adagrad_kernel<T, decay>(p.data<T>(), g.data<T>(), sum.data<T>(), p.numel(), clr, grp.weight_decay, eps);
-            },
-            grp.weight_decay != 0);
-      });
+      using tg::detail::mem;
+      tg::detail::float_kernels_of("Adagrad", p).optim->adagrad(mem(p), mem(g), mem(sum), p.numel(), clr, grp.weight_decay,
+                                                                eps);
     }
   }
 }

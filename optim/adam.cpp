@@ -3,7 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "optim/kernels.h"
+#include "autograd/kernel_bridge.h"
 
 namespace tg::optim {
 
@@ -16,43 +16,6 @@ AdamWOptions widen(const AdamOptions& o) { return {o.lr, o.betas, o.eps, o.weigh
 ParamGroup adam_defaults(const AdamWOptions& o) {
   return {{}, o.lr, o.weight_decay,
           {{"beta1", o.betas.first}, {"beta2", o.betas.second}, {"eps", o.eps}, {"amsgrad", o.amsgrad ? 1.0 : 0.0}}};
-}
-
-struct AdamScalars {
-  double lr, wd, beta1, beta2, eps;
-  double step_size;  // lr / (1 - beta1^t)
-  double bc2_sqrt;   // sqrt(1 - beta2^t)
-  bool amsgrad, decoupled;
-};
-
-template <class T, bool l2, bool decoupled, bool amsgrad>
-void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s) {
-  // Each scalar is rounded to T where PyTorch hands it to a kernel as a Python float; the
-  // bias corrections themselves are computed in double, as PyTorch does in Python.
-  const T decay = static_cast<T>(1.0 - s.lr * s.wd), wd = static_cast<T>(s.wd);
-  const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
-  const T one_b1 = static_cast<T>(1.0 - s.beta1), one_b2 = static_cast<T>(1.0 - s.beta2);
-  const T bc2 = static_cast<T>(s.bc2_sqrt), eps = static_cast<T>(s.eps), neg_step = static_cast<T>(-s.step_size);
-  detail::sqrt_loop<T>(
-      n,
-      [&](int64_t i) {
-        T gi = g[i];
-        if constexpr (l2) gi = gi + wd * p[i];
-        if constexpr (decoupled) p[i] = p[i] * decay;
-        const T mi = m[i] * b1 + one_b1 * gi;
-        const T vi = v[i] * b2 + one_b2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        if constexpr (amsgrad) {
-          // Like torch.maximum, a NaN in either operand propagates.
-          const T mx = (vmax[i] < vi || vi != vi) ? vi : vmax[i];
-          vmax[i] = mx;
-          return mx;
-        } else {
-          return vi;
-        }
-      },
-      [&](int64_t i, T root) { p[i] = p[i] + neg_step * m[i] / (root / bc2 + eps); });
 }
 
 }  // namespace
@@ -87,7 +50,7 @@ void Adam::update() {
   auto& groups = param_groups();
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const ParamGroup& grp = groups[gi];
-    AdamScalars s{};
+    kern::AdamScalars s{};
     s.lr = grp.lr;
     s.wd = grp.weight_decay;
     s.beta1 = grp.option("beta1");
@@ -112,14 +75,9 @@ void Adam::update() {
       Tensor& m = buffer(st, kExpAvg, p);
       Tensor& v = buffer(st, kExpAvgSq, p);
       Tensor* vmax = s.amsgrad ? &buffer(st, kMaxExpAvgSq, p) : nullptr;
-      dispatch_float(name().c_str(), p.device(), p.dtype(), [&]<class T>() {
-        T* vm = vmax ? vmax->data<T>() : nullptr;
-        detail::with_flags(
-            [&](auto l2, auto decoupled, auto amsgrad) {
-              adam_kernel<T, l2, decoupled, amsgrad>(p.data<T>(), g.data<T>(), m.data<T>(), v.data<T>(), vm, p.numel(), s);
-            },
-            !s.decoupled && s.wd != 0, s.decoupled, s.amsgrad);
-      });
+      using tg::detail::mem;
+      tg::detail::float_kernels_of(name().c_str(), p)
+          .optim->adam(mem(p), mem(g), mem(m), mem(v), vmax ? mem(*vmax) : nullptr, p.numel(), s);
     }
   }
 }

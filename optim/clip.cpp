@@ -4,6 +4,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "optim/optimizer.h"
 
@@ -35,29 +36,8 @@ template <class Params> double total_norm(const Params& params, double norm_type
   double acc = 0;
   for_each_grad(params, [&](const Tensor& g0) {
     const Tensor g = g0.contiguous();
-    dispatch_float("clip_grad_norm_", g.device(), g.dtype(), [&]<class T>() {
-      const T* d = g.data<T>();
-      const int64_t n = g.numel();
-      if (inf) {
-        // A NaN must stick, as in PyTorch's max, so the caller sees it in the returned norm.
-        for (int64_t i = 0; i < n; ++i) {
-          const double a = std::abs(static_cast<double>(d[i]));
-          if (acc == acc && !(a <= acc)) acc = a;
-        }
-      } else if (norm_type == 2.0) {
-        // Eight independent partial sums: the loop vectorises (one running sum cannot be reordered).
-        double part[8] = {};
-        int64_t i = 0;
-        for (; i + 8 <= n; i += 8)
-          for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(d[i + k]) * static_cast<double>(d[i + k]);
-        for (; i < n; ++i) part[0] += static_cast<double>(d[i]) * static_cast<double>(d[i]);
-        for (double p : part) acc += p;
-      } else if (norm_type == 1.0) {
-        for (int64_t i = 0; i < n; ++i) acc += std::abs(static_cast<double>(d[i]));
-      } else {
-        for (int64_t i = 0; i < n; ++i) acc += std::pow(std::abs(static_cast<double>(d[i])), norm_type);
-      }
-    });
+    acc = tg::detail::float_kernels_of("clip_grad_norm_", g).reduce->norm_accumulate(tg::detail::mem(g), g.numel(),
+                                                                                      norm_type, acc);
   });
   if (inf || norm_type == 1.0) return acc;
   return norm_type == 2.0 ? std::sqrt(acc) : std::pow(acc, 1.0 / norm_type);
@@ -77,15 +57,8 @@ template <class Params> double clip_value(const Params& params, double limit) {
   double max_abs = 0;
   for_each_grad(params, [&](Tensor g) {
     Tensor c = g.contiguous();
-    dispatch_float("clip_grad_value_", c.device(), c.dtype(), [&]<class T>() {
-      T* d = c.data<T>();
-      const T hi = static_cast<T>(limit), lo = -hi;
-      for (int64_t i = 0, n = c.numel(); i < n; ++i) {
-        const double a = std::abs(static_cast<double>(d[i]));
-        if (max_abs == max_abs && !(a <= max_abs)) max_abs = a;
-        d[i] = std::clamp(d[i], lo, hi);
-      }
-    });
+    max_abs = tg::detail::float_kernels_of("clip_grad_value_", c).reduce->clamp_abs(tg::detail::mem(c), c.numel(), limit,
+                                                                                     max_abs);
     if (c.impl() != g.impl()) copy_(g, c);  // the gradient was a strided view: write back
   });
   return max_abs;

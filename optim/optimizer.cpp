@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include "autograd/kernel_bridge.h"
+
 namespace tg::optim {
 
 using nlohmann::json;
@@ -148,8 +150,9 @@ json shape_json(const Shape& s) { return s.vec(); }
 
 json tensor_json(const Tensor& t) {
   static const char* digits = "0123456789abcdef";
-  const auto* bytes = static_cast<const unsigned char*>(t.raw_data());
   const size_t n = static_cast<size_t>(t.numel()) * dtype_size(t.dtype());
+  std::vector<unsigned char> bytes(n);
+  tg::detail::copy_bytes_out(t.contiguous(), bytes.data());
   std::string hex(2 * n, '0');
   for (size_t i = 0; i < n; ++i) {
     hex[2 * i] = digits[bytes[i] >> 4];
@@ -173,7 +176,7 @@ Tensor tensor_from_json(const json& j, const Tensor& param, const std::string& w
     throw std::invalid_argument(fmt::format("load_state_dict: {} has {} hex digits, expected {}", what,
                                             hex.size(), 2 * n));
   Tensor t = empty(param.shape(), param.dtype());
-  auto* bytes = static_cast<unsigned char*>(t.raw_data());
+  std::vector<unsigned char> bytes(n);
   for (size_t i = 0; i < n; ++i) {
     unsigned v = 0;
     auto r = std::from_chars(hex.data() + 2 * i, hex.data() + 2 * i + 2, v, 16);
@@ -181,6 +184,7 @@ Tensor tensor_from_json(const json& j, const Tensor& param, const std::string& w
       throw std::invalid_argument("load_state_dict: " + what + " has a bad hex digit at " + std::to_string(2 * i));
     bytes[i] = static_cast<unsigned char>(v);
   }
+  tg::detail::copy_bytes_in(t, bytes.data());
   return t;
 }
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "optim/kernels.h"
+#include "autograd/kernel_bridge.h"
 
 namespace tg::optim {
 
@@ -14,41 +14,6 @@ enum Buffer : size_t { kSquareAvg, kMomentumBuffer, kGradAvg };
 ParamGroup rmsprop_defaults(const RMSpropOptions& o) {
   return {{}, o.lr, o.weight_decay,
           {{"alpha", o.alpha}, {"eps", o.eps}, {"momentum", o.momentum}, {"centered", o.centered ? 1.0 : 0.0}}};
-}
-
-template <class T, bool decay, bool centered, bool use_momentum>
-void rmsprop_kernel(T* p, const T* g, T* sq, T* buf, T* ga, int64_t n, double lr_, double wd_, double alpha_,
-                    double eps_, double mom_) {
-  const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), alpha = static_cast<T>(alpha_);
-  const T one_alpha = static_cast<T>(1.0 - alpha_), eps = static_cast<T>(eps_), mom = static_cast<T>(mom_);
-  // The decayed gradient is recomputed after the block's square roots rather than stored.
-  auto grad = [&](int64_t i) -> T {
-    if constexpr (decay) return g[i] + wd * p[i];
-    else return g[i];
-  };
-  detail::sqrt_loop<T>(
-      n,
-      [&](int64_t i) {
-        const T gi = grad(i);
-        const T s = sq[i] * alpha + one_alpha * gi * gi;
-        sq[i] = s;
-        if constexpr (centered) {
-          const T a = ga[i] * alpha + one_alpha * gi;
-          ga[i] = a;
-          return s + T(-1) * a * a;  // may round below 0: NaN, as in PyTorch
-        } else {
-          return s;
-        }
-      },
-      [&](int64_t i, T root) {
-        const T avg = root + eps;
-        if constexpr (use_momentum) {
-          buf[i] = buf[i] * mom + grad(i) / avg;
-          p[i] = p[i] + (-lr) * buf[i];
-        } else {
-          p[i] = p[i] + (-lr) * grad(i) / avg;
-        }
-      });
 }
 
 }  // namespace
@@ -86,16 +51,10 @@ void RMSprop::update() {
       Tensor& sq = buffer(st, kSquareAvg, p);
       Tensor* buf = mom > 0 ? &buffer(st, kMomentumBuffer, p) : nullptr;
       Tensor* ga = centered ? &buffer(st, kGradAvg, p) : nullptr;
-      dispatch_float("RMSprop", p.device(), p.dtype(), [&]<class T>() {
-        T* b = buf ? buf->data<T>() : nullptr;
-        T* a = ga ? ga->data<T>() : nullptr;
-        detail::with_flags(
-            [&](auto decay, auto centered, auto use_momentum) {
-              rmsprop_kernel<T, decay, centered, use_momentum>(p.data<T>(), g.data<T>(), sq.data<T>(), b, a,
-                                                               p.numel(), grp.lr, grp.weight_decay, alpha, eps, mom);
-            },
-            grp.weight_decay != 0, centered, buf != nullptr);
-      });
+      using tg::detail::mem;
+      tg::detail::float_kernels_of("RMSprop", p)
+          .optim->rmsprop(mem(p), mem(g), mem(sq), buf ? mem(*buf) : nullptr, ga ? mem(*ga) : nullptr, p.numel(), grp.lr,
+                          grp.weight_decay, alpha, eps, mom);
     }
   }
 }

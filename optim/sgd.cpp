@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "autograd/kernel_bridge.h"
+
 namespace tg::optim {
 
 namespace {
@@ -9,24 +11,6 @@ namespace {
 ParamGroup sgd_defaults(const SGDOptions& o) {
   return {{}, o.lr, o.weight_decay,
           {{"momentum", o.momentum}, {"dampening", o.dampening}, {"nesterov", o.nesterov ? 1.0 : 0.0}}};
-}
-
-template <class T>
-void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
-                double damp_, bool nesterov) {
-  // Scalars are rounded to T first, as PyTorch does when it passes them as `alpha`.
-  const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), mom = static_cast<T>(mom_);
-  const T keep = static_cast<T>(1.0 - damp_);
-  const bool decay = wd_ != 0, use_mom = mom_ != 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T d = g[i];
-    if (decay) d = d + wd * p[i];
-    if (use_mom) {
-      buf[i] = first ? d : buf[i] * mom + keep * d;
-      d = nesterov ? d + mom * buf[i] : buf[i];
-    }
-    p[i] = p[i] + (-lr) * d;
-  }
 }
 
 }  // namespace
@@ -63,10 +47,9 @@ void SGD::update() {
       // PyTorch seeds the buffer with the first gradient, so it starts uninitialised here.
       const bool first = !st.buffers[0].defined();
       if (mom != 0 && first) st.buffers[0] = empty(p.shape(), p.dtype());
-      dispatch_float("SGD", p.device(), p.dtype(), [&]<class T>() {
-        sgd_kernel<T>(p.data<T>(), g.data<T>(), mom != 0 ? st.buffers[0].data<T>() : nullptr, p.numel(), first,
-                      grp.lr, grp.weight_decay, mom, damp, nesterov);
-      });
+      tg::detail::float_kernels_of("SGD", p).optim->sgd(tg::detail::mem(p), tg::detail::mem(g),
+                                                        mom != 0 ? tg::detail::mem(st.buffers[0]) : nullptr, p.numel(),
+                                                        first, grp.lr, grp.weight_decay, mom, damp, nesterov);
       ++st.step;
     }
   }

@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 #include "optim/optimizer.h"
@@ -229,7 +230,7 @@ void broadcast_parameters(const Context& ctx, const std::vector<Tensor>& params,
     for (const auto& p : params) {
       const Tensor src = p.contiguous();
       const size_t n = static_cast<size_t>(p.numel()) * dtype_size(p.dtype());
-      if (n) std::memcpy(buf.data() + off, src.raw_data(), n);
+      tg::detail::copy_bytes_out(src, buf.data() + off);
       off += n;
     }
   }
@@ -242,11 +243,11 @@ void broadcast_parameters(const Context& ctx, const std::vector<Tensor>& params,
   for (const auto& p : params) {
     const size_t n = static_cast<size_t>(p.numel()) * dtype_size(p.dtype());
     if (p.is_contiguous()) {
-      if (n) std::memcpy(p.raw_data(), buf.data() + off, n);
+      tg::detail::copy_bytes_in(p, buf.data() + off);
       p.impl()->storage->bump_version();
     } else {
       Tensor tmp = empty(p.shape(), p.dtype());
-      if (n) std::memcpy(tmp.raw_data(), buf.data() + off, n);
+      tg::detail::copy_bytes_in(tmp, buf.data() + off);
       Tensor dst = p;
       copy_(dst, tmp);
     }
@@ -258,7 +259,9 @@ uint64_t hash_parameters(const std::vector<Tensor>& params) {
   uint64_t h = layout_hash(params);
   for (const auto& p : params) {
     const Tensor c = p.contiguous();
-    h = fnv1a(c.raw_data(), static_cast<size_t>(c.numel()) * dtype_size(c.dtype()), h);
+    std::vector<char> bytes(tg::detail::nbytes_of(c));  // a check, not a hot path: hashed from a copy
+    tg::detail::copy_bytes_out(c, bytes.data());
+    h = fnv1a(bytes.data(), bytes.size(), h);
   }
   return h;
 }
@@ -304,7 +307,7 @@ struct AllReduceGradients::State {
                                                   g.shape().str(), dtype_name(g.dtype()), ps[i].shape().str(),
                                                   dtype_name(ps[i].dtype())));
         const Tensor gc = g.contiguous();
-        std::memcpy(buf.data() + off, gc.data<T>(), k * sizeof(T));
+        tg::detail::copy_bytes_out(gc, buf.data() + off);
         buf[n + i] = T(1);
       } else {
         std::fill_n(buf.data() + off, k, T(0));
@@ -330,9 +333,8 @@ struct AllReduceGradients::State {
         Tensor g = p.grad();
         const bool in_place = g.defined() && p.impl()->grad_exclusive && g.is_contiguous();
         if (!in_place) g = empty(p.shape(), p.dtype());
-        T* d = g.data<T>();
-        const T* s = buf.data() + off;
-        for (size_t j = 0; j < k; ++j) d[j] = s[j] / w;
+        tg::detail::kernels_of(g).optim->divide(tg::detail::mem(g), buf.data() + off, static_cast<int64_t>(k),
+                                                static_cast<double>(w));
         if (!in_place) {
           p.set_grad(g);
           p.impl()->grad_exclusive = true;  // freshly allocated here; nobody else holds it

@@ -1,5 +1,5 @@
 #pragma once
-// Internal to the optimizers: the loop their update kernels share.
+// Internal to the optimizer kernels: the loop their updates share.
 //
 // std::sqrt may set errno, so unless the build passes -fno-math-errno GCC leaves any loop that
 // calls it scalar (the Adam update ran 3-5x slower). Then the kernels work on cache-sized blocks:
@@ -18,7 +18,7 @@
 #define TG_OPTIM_HAVE_SIMD 1
 #endif
 
-namespace tg::optim::detail {
+namespace tg::kern::cpu {
 
 inline constexpr int64_t kBlock = 256;
 
@@ -59,4 +59,4 @@ template <class F, class... Rest> decltype(auto) with_flags(F&& f, bool flag, Re
   return with_flags([&](auto... c) { return f(std::false_type{}, c...); }, rest...);
 }
 
-}  // namespace tg::optim::detail
+}  // namespace tg::kern::cpu

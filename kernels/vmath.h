@@ -11,7 +11,7 @@
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-namespace tg::vmath {
+namespace tg::kern::vmath {
 
 using f8 = float __attribute__((vector_size(32)));
 using i8 = int32_t __attribute__((vector_size(32)));  // (i8)f and (f8)i reinterpret the bits
@@ -103,6 +103,6 @@ inline double exp(double x) { return std::exp(x); }
 inline double tanh(double x) { return std::tanh(x); }
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-}  // namespace tg::vmath
+}  // namespace tg::kern::vmath
 
 #pragma GCC diagnostic pop

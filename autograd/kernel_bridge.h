@@ -1,0 +1,36 @@
+#pragma once
+// Internal: the one place where tensors become kernel arguments. An op looks its kernels up by
+// the tensor's (device, dtype) once per call and hands them views of tensor memory; nothing
+// else in autograd/, optim/ or nn/ touches a tensor's bytes (tests/source_scan.cmake checks).
+#include <string>
+
+#include "autograd/tensor.h"
+#include "kernels/kernels.h"
+
+namespace tg::detail {
+
+inline const kern::KernelTable& kernels_of(const Tensor& t) { return kern::kernels_for(t.device(), t.dtype()); }
+
+// kernels_of(t) for an op that is defined on floating point only; otherwise throws (naming the op).
+[[noreturn]] void not_floating_error(const char* op, DType t);
+inline const kern::KernelTable& float_kernels_of(const char* op, const Tensor& t) {
+  if (!is_floating(t.dtype())) [[unlikely]] not_floating_error(op, t.dtype());
+  return kernels_of(t);
+}
+
+// Element 0 of t, and t as a strided view. The view points into t's shape and strides: t must
+// outlive it (bind temporaries to a name first).
+inline void* mem(const Tensor& t) { return t.raw_data(); }
+inline void* mem(const Storage& s) { return s.data(); }  // a saved output's whole storage (tg::SavedOutputStorage)
+inline kern::View view_of(const Tensor& t) { return {t.raw_data(), t.shape().begin(), t.strides().begin(), t.dim()}; }
+
+inline size_t nbytes_of(const Tensor& t) { return static_cast<size_t>(t.numel()) * dtype_size(t.dtype()); }
+// The bytes of a contiguous tensor copied out to / in from plain memory (serialisation, MPI buffers).
+inline void copy_bytes_out(const Tensor& contiguous, void* dst) {
+  kernels_of(contiguous).elementwise->copy_bytes(dst, mem(contiguous), nbytes_of(contiguous));
+}
+inline void copy_bytes_in(const Tensor& contiguous, const void* src) {
+  kernels_of(contiguous).elementwise->copy_bytes(mem(contiguous), src, nbytes_of(contiguous));
+}
+
+}  // namespace tg::detail

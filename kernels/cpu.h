@@ -1,0 +1,20 @@
+#pragma once
+// Internal to the CPU kernels: the per-dtype families each cpu_*.cpp defines, which table.cpp
+// puts together into the CPU row of kTables.
+#include "kernels/kernels.h"
+
+namespace tg::kern::cpu {
+
+extern const ElementwiseKernels kElementwiseF32, kElementwiseF64, kElementwiseI64;
+extern const ReduceKernels kReduceF32, kReduceF64, kReduceI64;
+extern const LinalgKernels kLinalgF32, kLinalgF64;
+extern const IndexKernels kIndexF32, kIndexF64, kIndexI64;
+extern const RnnKernels kRnnF32, kRnnF64;
+extern const OptimKernels kOptimF32, kOptimF64;
+
+// c = beta c + op(a) op(b) (see LinalgKernels::gemm), for the fused kernels of this layer.
+template <class T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+          T beta, T* c, int64_t ldc);
+
+}  // namespace tg::kern::cpu

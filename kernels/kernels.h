@@ -1,0 +1,219 @@
+#pragma once
+// The kernel layer: every read and write of tensor memory goes through here. It knows nothing of
+// tg::Tensor or autograd: a kernel takes raw pointers, sizes, strides and the dtype enums below.
+//
+// Kernels are selected by (device, dtype) through one table: kernels_for(device, dtype) returns
+// the KernelTable of function pointers for that pair (one load from a constant-initialised
+// array, so an op pays nothing measurable for the lookup). A table groups its kernels by family
+// (elementwise, reduce, linalg, index, rnn, optim); an entry that makes no sense for the dtype
+// (exp on int64) is null, and callers check the dtype before they look. Adding a device is
+// adding its enum value, one row of tables in table.cpp, and the kernels those tables point to.
+#include <cstddef>
+#include <cstdint>
+
+namespace tg::kern {
+
+enum class DType : uint8_t { Float32, Float64, Int64 };
+enum class Device : uint8_t { CPU };
+inline constexpr int kNumDTypes = 3;
+inline constexpr int kNumDevices = 1;
+inline constexpr int kMaxRank = 8;
+inline constexpr size_t dtype_size(DType t) { return t == DType::Float32 ? 4 : 8; }
+
+// A strided tensor view as a kernel sees it: element 0, and per dim a size and a stride (in
+// elements; stride 0 for a broadcast dim). The arrays belong to the caller.
+struct View {
+  void* data;
+  const int64_t* sizes;
+  const int64_t* strides;
+  int64_t rank;
+};
+inline int64_t numel(const View& v) {
+  int64_t n = 1;
+  for (int64_t d = 0; d < v.rank; ++d) n *= v.sizes[d];
+  return n;
+}
+inline bool is_contiguous(const View& v) {
+  int64_t expected = 1;
+  for (int64_t d = v.rank - 1; d >= 0; --d) {
+    if (v.sizes[d] != 1 && v.strides[d] != expected) return false;
+    expected *= v.sizes[d];
+  }
+  return true;
+}
+inline bool same_sizes(const View& a, const View& b) {
+  if (a.rank != b.rank) return false;
+  for (int64_t d = 0; d < a.rank; ++d)
+    if (a.sizes[d] != b.sizes[d]) return false;
+  return true;
+}
+
+// Up to two scalar parameters of an elementwise map (clamp's bounds, pow's exponent).
+struct Scalars {
+  double a = 0, b = 0;
+};
+
+// out = f(a, b) with a and b broadcast to out (out is contiguous, all three share the dtype).
+enum class Binary : uint8_t {
+  Add, Sub, Mul, Div, Maximum, Eq, Gt, Lt, Ge, Le,
+  Pow,              // float only
+  MaximumMask,      // 1 where a wins maximum(a, b) (a NaN wins), else 0
+  ReluBackward,     // b > 0 ? a : 0
+  ClampBackward,    // lo <= b <= hi ? a : 0 (Scalars: lo, hi)
+  KeepWhereSet,     // a != 0 ? b : 0
+  KeepWhereUnset,   // a != 0 ? 0 : b
+  TanhBackward,     // a (1 - b^2), float only
+  SigmoidBackward,  // a b (1 - b), float only
+  PowZeroMask,      // 1 where a == 0 and b >= 0, float only
+  AddTanh,          // tanh(a + b), float only
+  kCount
+};
+// out = f(x), out contiguous with x's sizes.
+enum class Unary : uint8_t {
+  Neg, Abs, Sign, Relu, ReluMask,
+  Clamp, ClampMask,  // Scalars: lo, hi
+  PowScalar,         // Scalars: exponent; float only from here on
+  Exp, Log, Sqrt, Tanh, Sigmoid,
+  FiniteOrZero,      // x where finite, else 0
+  kCount
+};
+using BinaryFn = void (*)(const View& out, const View& a, const View& b, Scalars s);
+using UnaryFn = void (*)(const View& out, const View& x, Scalars s);
+
+struct ElementwiseKernels {
+  BinaryFn binary[static_cast<int>(Binary::kCount)];
+  UnaryFn unary[static_cast<int>(Unary::kCount)];
+  void (*fill)(const View& dst, double value);
+  // dst (this table's dtype) = src (dtype given by the index) broadcast to dst, converting.
+  void (*copy_from[kNumDTypes])(const View& dst, const View& src);
+  void (*add_scaled)(const View& dst, const View& src, double alpha);  // dst += alpha src, broadcast
+  void (*scale)(const View& dst, double factor);                       // dst *= factor
+  void (*zero_bytes)(void* dst, size_t nbytes);
+  void (*copy_bytes)(void* dst, const void* src, size_t nbytes);
+  void (*iota)(void* dst, int64_t n, double start, double step);       // dst[i] = start + i step
+  double (*load)(const void* base, int64_t offset);                    // one element, as double
+  void (*store)(void* base, int64_t offset, double value);
+  void (*to_doubles)(const View& src, double* out);                    // row-major order
+  int64_t (*first_zero)(const View& x);                                // position, or -1
+  // float only: dst[i] = shift + scale draw(); dropout's mask: draw() >= p ? keep : 0.
+  void (*fill_random)(void* dst, int64_t n, double (*draw)(), double shift, double scale);
+  void (*bernoulli_mask)(void* dst, int64_t n, double (*draw)(), double p, double keep);
+  bool (*all_finite)(const View& x);
+  // int64 only: dst[i] = low + draw() % span.
+  void (*fill_random_int)(void* dst, int64_t n, uint64_t (*draw)(), int64_t low, uint64_t span);
+};
+
+struct ReduceKernels {
+  // out (contiguous, x's rank, sizes keep_sizes: 1 in the reduced dims) = sums of x. A full
+  // reduction of floats accumulates in double.
+  void (*sum)(const View& x, void* out, const int64_t* keep_sizes);
+  // Per row of n contiguous elements: the first maximum (a NaN is the maximum) and its index;
+  // values may be null.
+  void (*max_rows)(const void* x, int64_t rows, int64_t n, void* values, int64_t* index);
+  // float only from here on
+  void (*softmax_rows)(const void* x, void* y, int64_t rows, int64_t n);
+  void (*column_sums)(const void* d, int64_t rows, int64_t cols, void* out);  // out[j] = sum_r d[r, j]
+  // per[i] = max(x, 0) - x y + log(1 + exp(-|x|)); returns the sum (in double).
+  double (*bce_with_logits)(const void* x, const void* y, void* per, int64_t n);
+  // out[i] = scale g(i) (sigmoid(x) - y) (wrt logits) or scale g(i) (-x); g(i) is g[i] when
+  // per_element, else g[0].
+  void (*bce_with_logits_backward)(const void* x, const void* y, const void* g, void* out, int64_t n, double scale,
+                                   bool per_element, bool wrt_logits);
+  // out[i] = -lp[i, target[i]] for rows not ignored (out zeroed by the caller); lp 2-D strided.
+  void (*nll_pick)(const View& lp, const int64_t* target, int64_t ignore_index, void* out);
+  // out [N, C] (zeroed by the caller): out[i, target[i]] = -scale g(i) for rows not ignored.
+  void (*nll_backward)(const int64_t* target, const void* g, void* out, int64_t N, int64_t C, int64_t ignore_index,
+                       double scale, bool per_element);
+  // Adds to acc: sum |x|^p (p = 1, 2 or other), or takes max |x| (p = inf; a NaN sticks).
+  double (*norm_accumulate)(const void* x, int64_t n, double norm_type, double acc);
+  // Clamps x to [-limit, limit] in place; returns max(max_abs, max |x| before clamping).
+  double (*clamp_abs)(void* x, int64_t n, double limit, double max_abs);
+};
+
+struct LinalgKernels {
+  // c = beta c + op(a) op(b), row-major, m x n x k (op: transpose when ta / tb). Tiny products
+  // run a plain loop, the rest go to BLAS; sizes BLAS cannot take throw std::length_error.
+  void (*gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda, const void* b,
+               int64_t ldb, double beta, void* c, int64_t ldc);
+};
+
+struct IndexKernels {
+  // For o < outer, i < n: dst row (o, i) = src row (o, index[i]); rows of `inner` elements,
+  // src has src_n rows per o.
+  void (*gather)(const void* src, void* dst, int64_t outer, int64_t n, int64_t src_n, int64_t inner,
+                 const int64_t* index);
+  // dst row (o, index[i]) += src row (o, i), skipping index[i] == skip; dst has dst_n rows per o.
+  void (*scatter_add)(const void* src, void* dst, int64_t outer, int64_t n, int64_t dst_n, int64_t inner,
+                      const int64_t* index, int64_t skip);
+  // max's backward: out (zeroed, contiguous, `rank` dims with strides out_strides) gets g[k] at
+  // the argmax index[k] along `dim` of reduced position k (keep_sizes: 1 along dim).
+  void (*scatter_to_argmax)(const void* g, const int64_t* index, void* out, const int64_t* keep_sizes,
+                            const int64_t* out_strides, int64_t rank, int64_t dim);
+  // int64 only: the first position whose value is outside [0, limit) (and is not *skip, when
+  // skip is given), or -1; *value gets that value. *kept (optional) counts entries not *skip.
+  int64_t (*first_out_of_range)(const int64_t* index, int64_t n, int64_t limit, const int64_t* skip, int64_t* kept,
+                                int64_t* value);
+};
+
+// One fused recurrent cell step, all rows unit-stride: px [B, G H] (ld_px), h [B, H] (ld_h),
+// c [B, H] (ld_c, LSTM only), w [G H, H] contiguous, b [G H] or null.
+struct CellArgs {
+  const void* px;
+  int64_t ld_px;
+  const void* h;
+  int64_t ld_h;
+  const void* c;
+  int64_t ld_c;
+  const void* w;
+  const void* b;
+  int64_t B, H;
+};
+struct RnnKernels {  // float only
+  void (*rnn_forward)(const CellArgs& a, bool relu, void* out);
+  void (*rnn_backward)(const void* g, const void* y, void* d, int64_t B, int64_t H, bool relu);
+  // act [B, 4H] gets the activated gates i, f, g, o; out [2, B, H] is [h', c'].
+  void (*lstm_forward)(const CellArgs& a, void* act, void* out);
+  void (*lstm_backward)(const void* act, const void* g, const void* out, const void* c, int64_t ld_c, void* d_gates,
+                        void* dc, int64_t B, int64_t H);
+  // ph [B, 3H] = h w^T + b, act [B, 3H] = r, z, n; out [B, H].
+  void (*gru_forward)(const CellArgs& a, void* ph, void* act, void* out);
+  void (*gru_backward)(const void* act, const void* ph, const void* g, const void* h, int64_t ld_h, void* d_px,
+                       void* d_ph, void* dh, int64_t B, int64_t H);
+};
+
+struct AdamScalars {
+  double lr, wd, beta1, beta2, eps;
+  double step_size;  // lr / (1 - beta1^t)
+  double bc2_sqrt;   // sqrt(1 - beta2^t)
+  bool amsgrad, decoupled;
+};
+struct OptimKernels {  // float only; contiguous arrays of n elements
+  void (*sgd)(void* p, const void* g, void* buf, int64_t n, bool first, double lr, double wd, double momentum,
+              double dampening, bool nesterov);
+  void (*adam)(void* p, const void* g, void* m, void* v, void* vmax, int64_t n, const AdamScalars& s);
+  void (*adagrad)(void* p, const void* g, void* sum, int64_t n, double clr, double wd, double eps);
+  void (*rmsprop)(void* p, const void* g, void* sq, void* buf, void* grad_avg, int64_t n, double lr, double wd,
+                  double alpha, double eps, double momentum);
+  void (*divide)(void* dst, const void* src, int64_t n, double w);  // dst = src / w (gradient averaging)
+};
+
+struct KernelTable {
+  const ElementwiseKernels* elementwise;
+  const ReduceKernels* reduce;
+  const LinalgKernels* linalg;  // null for int64
+  const IndexKernels* index;
+  const RnnKernels* rnn;        // null for int64
+  const OptimKernels* optim;    // null for int64
+};
+
+extern const KernelTable kTables[kNumDevices][kNumDTypes];
+
+inline const KernelTable& kernels_for(Device device, DType dtype) {
+  return kTables[static_cast<int>(device)][static_cast<int>(dtype)];
+}
+
+// Threads used by BLAS (a property of the CPU device, not of a dtype).
+void set_blas_threads(int n);
+int blas_threads();  // TG_NUM_THREADS from the environment (else 1) until set
+
+}  // namespace tg::kern
