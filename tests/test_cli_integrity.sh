@@ -37,42 +37,6 @@ expect_fail() {  # expect_fail NAME ARGS...: exits 1; stderr in $err
   cases=$((cases + 1))
 }
 has() { grep -qF -- "$2" <<<"$err" || fail "$1: message lacks '$2': $err"; }
-# rewrite_manifest DIR: what a deliberate editor would do (recompute every listed checksum)
-rewrite_manifest() {
-  python3 - "$1" <<'EOF'
-import hashlib, json, os, sys
-d = sys.argv[1]
-m = json.load(open(os.path.join(d, "manifest.json")))
-for name, e in m["files"].items():
-    raw = open(os.path.join(d, name), "rb").read()
-    e["bytes"], e["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
-json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
-EOF
-}
-# safetensors_edit FILE MODE: MODE nan (fc.bias := NaN, CRC fixed, so every output is nan) or
-# old (drop the tapegrad_manifest metadata entry, as files written before manifests)
-safetensors_edit() {
-  python3 - "$1" "$2" <<'EOF'
-import json, struct, sys, zlib
-path, mode = sys.argv[1], sys.argv[2]
-raw = open(path, "rb").read()
-(n,) = struct.unpack("<Q", raw[:8])
-header = json.loads(raw[8:8 + n])
-data = bytearray(raw[8 + n:])
-meta = header["__metadata__"]
-if mode == "nan":
-    name = "fc.bias"
-    begin = header[name]["data_offsets"][0]
-    data[begin:begin + 4] = struct.pack("<f", float("nan"))
-    meta["tapegrad_checksum"] = "crc32:%08x" % (zlib.crc32(bytes(data)) & 0xFFFFFFFF)
-else:
-    del meta["tapegrad_manifest"]
-text = json.dumps(header, separators=(",", ":")).encode()
-text += b" " * ((8 - len(text) % 8) % 8)
-open(path, "wb").write(struct.pack("<Q", len(text)) + text + bytes(data))
-EOF
-}
-
 A=(--train "$tmp/train.tsv" --dev "$tmp/dev.tsv" --epochs 1 --batch 32 --eval-every 4 --embed 8 --hidden 8 -q)
 tg train "${A[@]}" --save "$tmp/ref" --stop-after 6 >/dev/null 2>&1 || fail "reference run failed"
 sentence="a gripping , funny and moving film"
