@@ -14,7 +14,9 @@
 #  5. sizes are checked before allocating (options and config.json, train and predict);
 #  6. stray positional arguments and bad option values are refused;
 #  7. a resume on other data is refused unless --allow-data-change;
-#  8. a write that fails (file size limit, as a full disk) leaves no *.tmp and keeps last/.
+#  8. a write that fails (file size limit, as a full disk) leaves no *.tmp and keeps last/;
+#  9. the same on a really full disk (ENOSPC on a 2 MB tmpfs in a private mount namespace,
+#     tests/enospc_case.sh), and the run resumes once space is freed.
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data). Without the
 # data the test prints SKIP and exits 77, which CTest reports as skipped.
 # usage: test_cli_hostile.sh path/to/tapegrad-train
@@ -232,4 +234,20 @@ grep -q "the partial $tmp/full/last.tmp was removed and the previous checkpoint 
 ls -d "$tmp/full"/*.tmp "$tmp/full"/*/*.tmp 2>/dev/null && fail "a failed write left *.tmp behind"
 unchanged "$tmp/full.before" "$tmp/full" "failed write"
 echo "ok   a failed write: exit 1, no *.tmp left, last/ unchanged ($(grep -o 'File too large' "$tmp/err" | head -1))"
+
+# ---- 9. a really full disk (ENOSPC): a 2 MB tmpfs in a private mount namespace ----
+# `unshare -rm` (an unprivileged user namespace) mounts it without root; it vanishes with the
+# namespace. Where user namespaces are off, this case is skipped with a note (8 covers EFBIG).
+if unshare -rm true 2>/dev/null; then
+  mkdir "$tmp/disk"
+  unshare -rm bash "$(dirname "$0")/enospc_case.sh" "$bin" "$tmp/disk" "$tmp/enospc.last" "${A[@]}" >"$tmp/enospc.out" 2>&1 ||
+    fail "disk-full case: $(cat "$tmp/enospc.out")"
+  out=$(cat "$tmp/enospc.out")
+  for want in "rc=1" "No space left on device" cleanup-message "tmp-left=0" last-unchanged resumed-after-freeing; do
+    grep -qx -- "$want" <<<"$out" || fail "disk full (ENOSPC): no '$want' in: $out; stderr: $(cat "$tmp/enospc.last.err")"
+  done
+  echo "ok   a full 2 MB tmpfs (ENOSPC): exit 1, no *.tmp left, last/ unchanged, resumed once space was freed"
+else
+  echo "     (unshare -rm is not permitted here: the ENOSPC case is skipped; 8 covers a failing write)"
+fi
 echo "test_cli_hostile: all checks passed in $((SECONDS - start)) s"
