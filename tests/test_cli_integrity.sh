@@ -6,8 +6,8 @@
 #     changed, config.json's pooling changed, a flipped byte in model.safetensors, a missing
 #     file, a deleted or unreadable manifest, a crafted manifest entry; each error names the file
 #     and says what to do; nothing is written by a refused resume;
-#  3. config.json's model section is compared with the description stored in model.safetensors
-#     even when the manifest was rewritten to match the edit;
+#  3. config.json's model section and vocab.txt's SHA-256 are compared with what model.safetensors
+#     records, even when the manifest was rewritten to match the edit;
 #  4. a checkpoint from before manifests (no manifest, no tapegrad_manifest metadata) loads with a
 #     warning; a user's file in best/ is not checked;
 #  5. non-finite weights are refused by predict and resume (naming the parameter and the index);
@@ -81,6 +81,10 @@ expect_fail "vocab word changed (resume)" train --resume "$tmp/c" --stop-after 8
 has "vocab resume" "checkpoint $tmp/c/last: vocab.txt does not match manifest.json"
 diff -r "$tmp/c.before" "$tmp/c" >/dev/null || fail "a refused resume changed the run folder"
 rm -rf "$tmp/c.before"
+# ... and with the manifest rewritten to match: the vocabulary digest in the weights refuses it
+rewrite_manifest "$tmp/c/best"
+expect_fail "vocab word changed, manifest rewritten" predict --checkpoint "$tmp/c" "$sentence"
+has "vocab (metadata)" "checkpoint $tmp/c/best: vocab.txt is not the vocabulary the weights were trained with"
 # pooling changed in config.json
 fresh
 sed -i 's/"pooling": "last"/"pooling": "max"/' "$tmp/c/best/config.json"

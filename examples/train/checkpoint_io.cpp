@@ -167,10 +167,15 @@ void Run::write_checkpoint(const fs::path& dir, const std::vector<std::pair<std:
       write_file_synced(staged / name, content);
       files.push_back(name);
     }
-    nn::save_weights(*model, staged / "model.safetensors",
-                     {{"format", "pt"}, {"tapegrad_model", config["model"].dump()}, {kManifestKey, kManifestName}});
     write_file_synced(staged / "config.json", config.dump(2) + "\n");
     vocab.save(staged / "vocab.txt");
+    // The weights record the model and the vocabulary they belong to (checked on load even if
+    // someone rewrote manifest.json to match an edit).
+    nn::save_weights(*model, staged / "model.safetensors",
+                     {{"format", "pt"},
+                      {"tapegrad_model", config["model"].dump()},
+                      {kVocabKey, sha256_file(staged / "vocab.txt")},
+                      {kManifestKey, kManifestName}});
     write_file_synced(staged / "optimizer.json", opt->state_dict().dump() + "\n");
     write_file_synced(staged / "trainer.json", to_json(st).dump(1) + "\n");
     files.insert(files.end(), {"model.safetensors", "config.json", "vocab.txt", "optimizer.json", "trainer.json"});

@@ -114,7 +114,9 @@ fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer);
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kManifestFormat = "tapegrad-checkpoint-manifest/1";
 inline constexpr const char* kManifestKey = "tapegrad_manifest";
+inline constexpr const char* kVocabKey = "tapegrad_vocab_sha256";  // model.safetensors metadata
 std::string sha256_hex(std::string_view bytes);
+std::string sha256_file(const fs::path& path);  // throws std::runtime_error naming the file
 // dir/manifest.json listing `files` (names in dir), fsync'ed.
 void write_manifest(const fs::path& dir, const std::vector<std::string>& files);
 // Before a checkpoint is used: every file manifest.json lists exists with its size and SHA-256,

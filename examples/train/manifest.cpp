@@ -150,6 +150,8 @@ std::string sha256_hex(std::string_view bytes) {
   return h.hex();
 }
 
+std::string sha256_file(const fs::path& path) { return digest_file(path, 1e30L).sha256; }
+
 void write_manifest(const fs::path& dir, const std::vector<std::string>& files) {
   json list = json::object();
   for (const std::string& name : files) {
@@ -254,8 +256,25 @@ void verify_checkpoint(const fs::path& dir, const std::vector<std::string>& requ
                                              dir.string(), kManifestName, name, then));
   }
 
-  // The model the weights were written for, against config.json's (also without a manifest:
-  // an edited "pooling" would load and change every output).
+  // The vocabulary the weights were trained with (a changed word would silently map to another
+  // embedding row), and the model they were written for, against config.json's (also without a
+  // manifest: an edited "pooling" would load and change every output).
+  if (const auto v = meta.find(kVocabKey); v != meta.end()) {
+    std::string got;
+    try {
+      got = digest_file(dir / "vocab.txt", memory_budget(nullptr)).sha256;
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("checkpoint {}: {}; restore vocab.txt from a backup or use another "
+                                           "checkpoint{}",
+                                           dir.string(), e.what(), then));
+    }
+    if (got != v->second)
+      throw std::runtime_error(fmt::format(
+          "checkpoint {}: vocab.txt is not the vocabulary the weights were trained with (SHA-256 {}, model.safetensors "
+          "records {}): a changed word would silently feed another word's embedding. Restore the original vocab.txt "
+          "from a backup or use another checkpoint{}",
+          dir.string(), got.substr(0, 16), printable(v->second, 16), then));
+  }
   const auto it = meta.find("tapegrad_model");
   if (it == meta.end()) return;  // written by another tool (no description to compare)
   json stored, given;
