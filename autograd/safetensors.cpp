@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <stdexcept>
 #include <unordered_set>
@@ -56,7 +57,9 @@ std::string errno_text() { return std::strerror(errno); }
 std::string preview(std::string_view s) { return printable(s, 40); }
 
 struct Entry {
-  std::string name;
+  // Into the header text (or, for a name written with escapes, into HeaderParser::decoded): no
+  // allocation per entry while parsing; the text must outlive the entries.
+  std::string_view name;
   DType dtype = DType::Float32;
   Shape shape;
   uint64_t begin = 0, end = 0;
@@ -191,6 +194,7 @@ class HeaderParser {
                                                             end_(text.data() + text.size()), data_size_(data_size) {}
 
   std::vector<Entry> entries;
+  std::deque<std::string> decoded;  // names that held escapes (Entry::name points here)
   TensorMetadata metadata;
   std::string error;      // the first structural problem
   std::string duplicate;  // the first repeated key found while parsing (top-level names: see below)
@@ -324,6 +328,21 @@ class HeaderParser {
       }
     }
     p_ += len;
+  }
+  // A string at p_ (which is '"'): a view of its text in the header when it has no escape (the
+  // usual case: no copy), else its decoded text in `scratch`.
+  std::string_view string_view(std::string& scratch) {
+    const char* from = p_ + 1;
+    for (const char* q = from; q != end_; ++q) {
+      const auto u = static_cast<unsigned char>(*q);
+      if (u == '"') {
+        p_ = q + 1;
+        return {from, static_cast<size_t>(q - from)};
+      }
+      if (u == '\\' || u < 0x20 || u >= 0x80) break;  // escapes, errors and UTF-8: the full reader
+    }
+    string(scratch);
+    return scratch;
   }
   // A string at p_ (which is '"'); its decoded text into `out`.
   void string(std::string& out) {
@@ -491,11 +510,11 @@ class HeaderParser {
       --depth_;
       return;
     }
-    std::string key;
+    std::string scratch;
     while (true) {
       ws();
       if (p_ == end_ || *p_ != '"') syntax(fmt::format("expected a string key, got {}", char_here()));
-      string(key);
+      const std::string_view key = string_view(scratch);
       expect(':', "after an object key");
       ws();
       if (p_ == end_) syntax("expected a value, got end of header");
@@ -543,7 +562,7 @@ class HeaderParser {
   }
 
   void top_object() {
-    members([&](const std::string& key) {
+    members([&](std::string_view key) {
       if (key == "__metadata__") {
         if (have_metadata_) note_duplicate(key);
         have_metadata_ = true;
@@ -560,7 +579,7 @@ class HeaderParser {
       skip_value();
       return;
     }
-    members([&](const std::string& key) {
+    members([&](std::string_view key) {
       if (*p_ != '"') {
         note(fmt::format("__metadata__ value of '{}' must be a string, got {}", preview(key), type_here()));
         skip_value();
@@ -568,14 +587,19 @@ class HeaderParser {
       }
       std::string value;
       string(value);
-      if (!metadata.emplace(key, std::move(value)).second) note_duplicate(key);
+      if (!metadata.emplace(std::string(key), std::move(value)).second) note_duplicate(key);
     });
   }
 
-  void entry(const std::string& key) {
+  void entry(std::string_view key) {
     entries.emplace_back();
     Entry& e = entries.back();
-    e.name = key;
+    if (key.data() >= begin_ && key.data() < end_) {
+      e.name = key;
+    } else {  // decoded from escapes: kept here (a deque never moves its elements)
+      decoded.emplace_back(key);
+      e.name = decoded.back();
+    }
     auto who = [&] { return fmt::format("tensor '{}'", preview(key)); };  // only on errors: this runs per entry
     if (*p_ != '{') {
       note(fmt::format("{}: entry must be an object, got {}", who(), type_here()));
@@ -593,7 +617,7 @@ class HeaderParser {
       bad = true;
       note(fmt::format("{}: {}", who(), what));
     };
-    members([&](const std::string& field) {
+    members([&](std::string_view field) {
       const char* start = p_;
       if (field == "dtype") {
         if (have_dtype) note_duplicate(field);
@@ -675,8 +699,10 @@ struct Where {
 };
 
 struct Header {
-  std::vector<Entry> entries;  // sorted by name
-  std::vector<size_t> order;   // indices into entries by offset: they tile the data section
+  std::vector<Entry> entries;    // in header order (never moved: an entry is large)
+  std::deque<std::string> decoded;  // what names with escapes point into
+  std::vector<uint32_t> by_name;  // indices into entries, sorted by name
+  std::vector<size_t> order;      // indices into entries by offset: they tile the data section
   TensorMetadata metadata;
 };
 
@@ -700,6 +726,9 @@ uint64_t header_length(const uint8_t* first8, uint64_t size, const Where& fail) 
 // requires: no gap, no overlap, no trailing bytes).
 Header read_header(std::string_view text, uint64_t data_size, const Where& fail) {
   HeaderParser p(text, data_size);
+  // The smallest entry ("a":{"dtype":"F32","shape":[],"data_offsets":[0,0]},) takes 50 bytes:
+  // reserving for that many never copies the entries; untouched pages cost no memory.
+  p.entries.reserve(text.size() / 50 + 1);
   try {
     p.parse();
   } catch (const JsonSyntaxError& e) {
@@ -709,36 +738,47 @@ Header read_header(std::string_view text, uint64_t data_size, const Where& fail)
   }
   // Sorted by name (usually they are already: writers sort them), permuting indices, not entries.
   Header h;
+  h.entries = std::move(p.entries);
   {
-    std::vector<Entry>& in = p.entries;
-    // Keys: the first 8 bytes of the name, big-endian (so they order as the strings do), then
-    // the whole names on a tie: the sort touches the strings only where the prefixes agree.
+    const std::vector<Entry>& in = h.entries;
+    // Keys: 16 bytes of the name, big-endian (so they order as the strings do; zero-padded),
+    // taken after the prefix all names share (a model's names mostly begin alike, "model.layers."),
+    // then the whole names on a tie: the sort touches the strings only where those bytes agree.
+    size_t common = in.empty() ? 0 : in[0].name.size();
+    for (size_t i = 1; i < in.size() && common > 0; ++i) {
+      const std::string_view a = in[0].name;
+      const std::string_view b = in[i].name;
+      const size_t n = std::min(common, b.size());
+      common = static_cast<size_t>(std::mismatch(a.data(), a.data() + n, b.data()).first - a.data());
+    }
     struct Key {
-      uint64_t prefix;
+      uint64_t hi, lo;
       uint32_t index;
     };
     std::vector<Key> keys(in.size());
     for (size_t i = 0; i < keys.size(); ++i) {
-      uint64_t prefix = 0;
-      const std::string& n = in[i].name;
-      for (size_t k = 0; k < 8; ++k)
-        prefix = (prefix << 8) | (k < n.size() ? static_cast<unsigned char>(n[k]) : 0u);
-      keys[i] = {prefix, static_cast<uint32_t>(i)};
+      unsigned char bytes[16] = {};
+      const std::string_view n = in[i].name;
+      if (n.size() > common) std::memcpy(bytes, n.data() + common, std::min<size_t>(16, n.size() - common));
+      uint64_t w[2];
+      std::memcpy(w, bytes, 16);
+      keys[i] = {__builtin_bswap64(w[0]), __builtin_bswap64(w[1]), static_cast<uint32_t>(i)};
     }
     auto name_less = [&](const Key& a, const Key& b) {
-      return a.prefix != b.prefix ? a.prefix < b.prefix : in[a.index].name < in[b.index].name;
+      if (a.hi != b.hi) return a.hi < b.hi;
+      if (a.lo != b.lo) return a.lo < b.lo;
+      return in[a.index].name < in[b.index].name;
     };
-    if (std::is_sorted(keys.begin(), keys.end(), name_less)) {
-      h.entries = std::move(in);
-    } else {
-      std::sort(keys.begin(), keys.end(), name_less);
-      h.entries.reserve(in.size());
-      for (const Key& k : keys) h.entries.push_back(std::move(in[k.index]));
-    }
+    if (!std::is_sorted(keys.begin(), keys.end(), name_less)) std::sort(keys.begin(), keys.end(), name_less);
+    h.by_name.resize(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) h.by_name[i] = keys[i].index;
+    // A repeated name sorts next to itself; names whose keys differ differ.
+    for (size_t i = 1; i < keys.size() && p.duplicate.empty(); ++i)
+      if (keys[i].hi == keys[i - 1].hi && keys[i].lo == keys[i - 1].lo &&
+          in[keys[i].index].name == in[keys[i - 1].index].name)
+        p.duplicate = std::string(in[keys[i].index].name);
   }
-  std::string duplicate = std::move(p.duplicate);
-  for (size_t i = 1; i < h.entries.size() && duplicate.empty(); ++i)
-    if (h.entries[i].name == h.entries[i - 1].name) duplicate = h.entries[i].name;
+  const std::string duplicate = std::move(p.duplicate);
   if (!duplicate.empty()) throw fail(fmt::format("header repeats the key '{}'", preview(duplicate)));
   if (!p.error.empty()) throw fail(p.error);
 
@@ -775,6 +815,7 @@ Header read_header(std::string_view text, uint64_t data_size, const Where& fail)
                            "data section)",
                            data_size - pos, pos, data_size));
   h.metadata = std::move(p.metadata);
+  h.decoded = std::move(p.decoded);  // moving a deque keeps its elements where they are
   return h;
 }
 
@@ -805,7 +846,7 @@ int64_t first_non_finite(const void* data, int64_t count, Bits exp) {
   return -1;
 }
 
-void check_finite(const std::string& name, const Tensor& t, const Where& fail) {
+void check_finite(std::string_view name, const Tensor& t, const Where& fail) {
   int64_t bad = -1;
   double value = 0;
   if (t.dtype() == DType::Float32) {
@@ -874,6 +915,7 @@ const char* file_kind(mode_t mode) {
 // A safetensors file opened and its header read and checked; the data section not read yet.
 struct OpenFile {
   Fd fd;
+  std::string text;  // the header's text: the entries' names point into it
   Header header;
   uint64_t data_start = 0, data_size = 0;
 };
@@ -894,7 +936,8 @@ void open_and_read_header(const std::filesystem::path& path, const Where& fail, 
   if (size >= 8 && !read_at(f.fd.fd, 0, first8, 8, fail))
     throw fail("the file ended while reading the header length (did it change while loading?)");
   const uint64_t n = header_length(first8, size, fail);
-  std::string text(static_cast<size_t>(n), '\0');
+  std::string& text = f.text;
+  text.assign(static_cast<size_t>(n), '\0');
   if (!read_at(f.fd.fd, 8, text.data(), n, fail))
     throw fail("the file ended while reading the header (did it change while loading?)");
   f.data_start = 8 + n;
@@ -999,11 +1042,11 @@ NamedTensors load_safetensors(const std::filesystem::path& path, TensorMetadata*
   }
   check_checksum(h.metadata, crc, fail);
   if (!options.allow_non_finite)
-    for (size_t i = 0; i < tensors.size(); ++i) check_finite(h.entries[i].name, tensors[i], fail);
+    for (const uint32_t i : h.by_name) check_finite(h.entries[i].name, tensors[i], fail);
 
   NamedTensors out;
   out.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) out.emplace_back(std::move(h.entries[i].name), std::move(tensors[i]));
+  for (const uint32_t i : h.by_name) out.emplace_back(std::string(h.entries[i].name), std::move(tensors[i]));
   if (metadata_out) *metadata_out = std::move(h.metadata);
   return out;
 }
@@ -1027,11 +1070,12 @@ NamedTensors parse_safetensors(const uint8_t* data, size_t size, std::string_vie
 
   NamedTensors out;
   out.reserve(h.entries.size());
-  for (auto& e : h.entries) {  // sorted by name
+  for (const uint32_t i : h.by_name) {
+    Entry& e = h.entries[i];
     Tensor t = allocate(e, fail);
     if (e.end > e.begin) std::memcpy(t.raw_data(), base + e.begin, static_cast<size_t>(e.end - e.begin));
     if (!options.allow_non_finite) check_finite(e.name, t, fail);
-    out.emplace_back(std::move(e.name), std::move(t));
+    out.emplace_back(std::string(e.name), std::move(t));
   }
   if (metadata_out) *metadata_out = std::move(h.metadata);
   return out;

@@ -24,3 +24,44 @@ same_run_folders() {
   cmp -s "$1/last/model.safetensors" "$2/last/model.safetensors" || fail "final weights differ"
   cmp -s "$1/last/optimizer.json" "$2/last/optimizer.json" || fail "final optimizer state differs"
 }
+
+# Crafting checkpoints (python3): what a deliberate editor would do.
+# rewrite_manifest DIR: what a deliberate editor would do (recompute every listed checksum)
+rewrite_manifest() {
+  python3 - "$1" <<'EOF'
+import hashlib, json, os, sys
+d = sys.argv[1]
+m = json.load(open(os.path.join(d, "manifest.json")))
+for name, e in m["files"].items():
+    raw = open(os.path.join(d, name), "rb").read()
+    e["bytes"], e["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+EOF
+}
+# safetensors_edit FILE MODE: MODE nan (fc.bias := NaN, CRC fixed, so every output is nan), old
+# (drop the tapegrad_manifest metadata entry, as files written before manifests) or foreign (also
+# drop tapegrad_model, as a file another tool wrote: config.json is then the only description)
+safetensors_edit() {
+  python3 - "$1" "$2" <<'EOF'
+import json, struct, sys, zlib
+path, mode = sys.argv[1], sys.argv[2]
+raw = open(path, "rb").read()
+(n,) = struct.unpack("<Q", raw[:8])
+header = json.loads(raw[8:8 + n])
+data = bytearray(raw[8 + n:])
+meta = header["__metadata__"]
+if mode == "nan":
+    name = "fc.bias"
+    begin = header[name]["data_offsets"][0]
+    data[begin:begin + 4] = struct.pack("<f", float("nan"))
+    meta["tapegrad_checksum"] = "crc32:%08x" % (zlib.crc32(bytes(data)) & 0xFFFFFFFF)
+else:
+    del meta["tapegrad_manifest"]
+    if mode == "foreign":
+        del meta["tapegrad_model"]
+text = json.dumps(header, separators=(",", ":")).encode()
+text += b" " * ((8 - len(text) % 8) % 8)
+open(path, "wb").write(struct.pack("<Q", len(text)) + text + bytes(data))
+EOF
+}
+

@@ -389,6 +389,10 @@ TEST_CASE("safetensors: repeated keys are refused at every level") {
               "repeats the key 'dtype'");
   CHECK_ERROR(make_file("{\"__metadata__\": {\"k\": \"1\", \"k\": \"2\"}}"), "repeats the key 'k'");
   CHECK_ERROR(make_file("{\"__metadata__\": {}, \"__metadata__\": {}}"), "repeats the key '__metadata__'");
+  // The same name spelled with and without an escape is the same key (names are compared decoded).
+  CHECK_ERROR(make_file("{\"ab\": " + e + ", \"\\u0061b\": " + e + "}"), "repeats the key 'ab'");
+  CHECK_ERROR(make_file("{\"model.layers.1.w\\n\": " + e + ", \"model.layers.1.w\\u000a\": " + e + "}"),
+              "repeats the key 'model.layers.1.w\\x0a'");
   // Inside a value that is wrong anyway, the repeat is what is reported.
   CHECK_ERROR(make_file("{\"a\": {\"x\": {\"y\": 1, \"y\": 2}}}"), "repeats the key 'y'");
 }

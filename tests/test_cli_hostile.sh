@@ -8,12 +8,15 @@
 #     last/ and exits 143, and the run resumes from there (bit-identity: test_kill_resume.sh 2);
 #  3. nothing read from a checkpoint chooses where to write or what to read: a copied last/
 #     needs --save, a crafted training.save is ignored, a crafted training.train is checked and
-#     its contents never printed;
+#     its contents never printed (crafted with a rewritten manifest.json, which would otherwise
+#     refuse the edit: see test_cli_integrity.sh);
 #  4. --resume DIR/best does not overwrite the newer DIR/last (a new --save is required);
 #  5. sizes are checked before allocating (options and config.json, train and predict);
 #  6. stray positional arguments and bad option values are refused;
 #  7. a resume on other data is refused unless --allow-data-change;
-#  8. a write that fails (file size limit, as a full disk) leaves no *.tmp and keeps last/.
+#  8. a write that fails (file size limit, as a full disk) leaves no *.tmp and keeps last/;
+#  9. the same on a really full disk (ENOSPC on a 2 MB tmpfs in a private mount namespace,
+#     tests/enospc_case.sh), and the run resumes once space is freed.
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data). Without the
 # data the test prints SKIP and exits 77, which CTest reports as skipped.
 # usage: test_cli_hostile.sh path/to/tapegrad-train
@@ -116,6 +119,7 @@ mkdir "$tmp/victim" && echo precious >"$tmp/victim/file"
 cp -r "$tmp/ref" "$tmp/crafted"
 sed -i "s#\"save\": \"[^\"]*\"#\"save\": \"$tmp/victim\"#" "$tmp/crafted/last/config.json"
 grep -q "\"save\": \"$tmp/victim\"" "$tmp/crafted/last/config.json" || fail "could not craft training.save"
+rewrite_manifest "$tmp/crafted/last"  # else the manifest refuses the edit (test_cli_integrity.sh)
 tg train --resume "$tmp/crafted" --epochs 2 >/dev/null 2>&1 || fail "resume of the crafted checkpoint failed"
 [ "$(ls -A "$tmp/victim")" = file ] && [ "$(cat "$tmp/victim/file")" = precious ] || fail "training.save was written to"
 [ "$(step_of "$tmp/crafted/last")" = 16 ] || fail "the crafted run did not continue in its own folder"
@@ -124,6 +128,7 @@ printf 'SECRET-LINE-1 of a private file\nSECRET-LINE-2\n' >"$tmp/secret"
 for target in "$tmp/secret" "$tmp/victim" "$tmp/nowhere"; do
   rm -rf "$tmp/crafted2" && cp -r "$tmp/ref" "$tmp/crafted2"
   sed -i "s#\"train\": \"[^\"]*\"#\"train\": \"$target\"#" "$tmp/crafted2/last/config.json"
+  rewrite_manifest "$tmp/crafted2/last"
   expect_fail 1 "crafted training.train $target" train --resume "$tmp/crafted2" --epochs 2
   grep -q SECRET <<<"$err$(cat "$tmp/out")" && fail "an error quoted a file named by config.json: $err"
   has "crafted training.train" "$target (the training file named by the checkpoint's config.json; give another with --train FILE)"
@@ -163,6 +168,12 @@ msg100k=$err
 cp -r "$tmp/ref" "$tmp/huge"
 sed -i 's/"embed": 8,/"embed": 4611686018427387904,/' "$tmp/huge/last/config.json" "$tmp/huge/best/config.json"
 grep -q 4611686018427387904 "$tmp/huge/last/config.json" || fail "could not craft config.json"
+# As if another tool wrote the weights (no model description to compare config.json with) and
+# the manifest were rewritten: only the size check stands between the file and the allocator.
+for sub in best last; do
+  safetensors_edit "$tmp/huge/$sub/model.safetensors" foreign
+  rewrite_manifest "$tmp/huge/$sub"
+done
 expect_fail 1 "embed 2^62 in config.json (train --resume)" train --resume "$tmp/huge"
 has "config embed" "--embed 4611686018427387904 (from $tmp/huge/last/config.json) needs too much memory"
 expect_fail 1 "embed 2^62 in config.json (predict)" predict --checkpoint "$tmp/huge" "a fine film"
@@ -223,4 +234,20 @@ grep -q "the partial $tmp/full/last.tmp was removed and the previous checkpoint 
 ls -d "$tmp/full"/*.tmp "$tmp/full"/*/*.tmp 2>/dev/null && fail "a failed write left *.tmp behind"
 unchanged "$tmp/full.before" "$tmp/full" "failed write"
 echo "ok   a failed write: exit 1, no *.tmp left, last/ unchanged ($(grep -o 'File too large' "$tmp/err" | head -1))"
+
+# ---- 9. a really full disk (ENOSPC): a 2 MB tmpfs in a private mount namespace ----
+# `unshare -rm` (an unprivileged user namespace) mounts it without root; it vanishes with the
+# namespace. Where user namespaces are off, this case is skipped with a note (8 covers EFBIG).
+if unshare -rm true 2>/dev/null; then
+  mkdir "$tmp/disk"
+  unshare -rm bash "$(dirname "$0")/enospc_case.sh" "$bin" "$tmp/disk" "$tmp/enospc.last" "${A[@]}" >"$tmp/enospc.out" 2>&1 ||
+    fail "disk-full case: $(cat "$tmp/enospc.out")"
+  out=$(cat "$tmp/enospc.out")
+  for want in "rc=1" "No space left on device" cleanup-message "tmp-left=0" last-unchanged resumed-after-freeing; do
+    grep -qx -- "$want" <<<"$out" || fail "disk full (ENOSPC): no '$want' in: $out; stderr: $(cat "$tmp/enospc.last.err")"
+  done
+  echo "ok   a full 2 MB tmpfs (ENOSPC): exit 1, no *.tmp left, last/ unchanged, resumed once space was freed"
+else
+  echo "     (unshare -rm is not permitted here: the ENOSPC case is skipped; 8 covers a failing write)"
+fi
 echo "test_cli_hostile: all checks passed in $((SECONDS - start)) s"

@@ -162,13 +162,24 @@ void RunLock::abandon() {
 void Run::write_checkpoint(const fs::path& dir, const std::vector<std::pair<std::string, std::string>>& extra) {
   replace_checkpoint(dir, [&](const fs::path& staged) {
     fs::create_directories(staged);
-    for (const auto& [name, content] : extra) write_file_synced(staged / name, content);
-    nn::save_weights(*model, staged / "model.safetensors",
-                     {{"format", "pt"}, {"tapegrad_model", config["model"].dump()}});
+    std::vector<std::string> files;
+    for (const auto& [name, content] : extra) {
+      write_file_synced(staged / name, content);
+      files.push_back(name);
+    }
     write_file_synced(staged / "config.json", config.dump(2) + "\n");
     vocab.save(staged / "vocab.txt");
+    // The weights record the model and the vocabulary they belong to (checked on load even if
+    // someone rewrote manifest.json to match an edit).
+    nn::save_weights(*model, staged / "model.safetensors",
+                     {{"format", "pt"},
+                      {"tapegrad_model", config["model"].dump()},
+                      {kVocabKey, sha256_file(staged / "vocab.txt")},
+                      {kManifestKey, kManifestName}});
     write_file_synced(staged / "optimizer.json", opt->state_dict().dump() + "\n");
     write_file_synced(staged / "trainer.json", to_json(st).dump(1) + "\n");
+    files.insert(files.end(), {"model.safetensors", "config.json", "vocab.txt", "optimizer.json", "trainer.json"});
+    write_manifest(staged, files);  // last: a checkpoint with a manifest is complete
   });
 }
 
@@ -187,7 +198,15 @@ std::string restore_checkpoint(Run& r, const World& world, const boost::program_
   const TrainOptions& o = r.opts;
   const int W = world.size();
   std::string rng_note;
-  nn::load_weights(*r.model, resume_dir / "model.safetensors");
+  nn::load_weights(*r.model, resume_dir / "model.safetensors", true, nullptr, LoadOptions{.allow_non_finite = true});
+  if (const std::string bad = non_finite_weight(*r.model); !bad.empty()) {
+    const std::string other = other_checkpoint_advice(resume_dir, true);
+    throw std::runtime_error(fmt::format(
+        "{}: {}: training cannot continue from non-finite weights. Resume from an earlier checkpoint{} with a lower "
+        "--lr, or inspect these weights with tapegrad-train predict --allow-non-finite --checkpoint {}",
+        (resume_dir / "model.safetensors").string(), bad, other.empty() ? "" : fmt::format(" ({})", other),
+        resume_dir.string()));
+  }
   const json ostate = read_json(resume_dir / "optimizer.json");
   try {
     r.opt->load_state_dict(ostate);

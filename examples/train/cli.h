@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -104,6 +105,31 @@ void fsync_dir(const fs::path& dir);
 // A checkpoint folder: `dir` itself when it holds config.json, else dir/<prefer>, else the other
 // of best/last. Throws std::runtime_error saying what was looked for.
 fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer);
+
+// ---- checkpoint integrity (manifest.cpp) ----
+// Every checkpoint folder tapegrad writes holds manifest.json, written last (before the folder is
+// swapped in): {"format": kManifestFormat, "files": {"<name>": {"bytes": N, "sha256": "<hex>"}}}
+// for each file tapegrad wrote there. model.safetensors' metadata holds kManifestKey, so a
+// deleted manifest is noticed; a checkpoint from before manifests has neither and only warns.
+inline constexpr const char* kManifestName = "manifest.json";
+inline constexpr const char* kManifestFormat = "tapegrad-checkpoint-manifest/1";
+inline constexpr const char* kManifestKey = "tapegrad_manifest";
+inline constexpr const char* kVocabKey = "tapegrad_vocab_sha256";  // model.safetensors metadata
+std::string sha256_hex(std::string_view bytes);
+std::string sha256_file(const fs::path& path);  // throws std::runtime_error naming the file
+// dir/manifest.json listing `files` (names in dir), fsync'ed.
+void write_manifest(const fs::path& dir, const std::vector<std::string>& files);
+// Before a checkpoint is used: every file manifest.json lists exists with its size and SHA-256,
+// the manifest lists every name in `required`, and the "model" section of config.json equals
+// the model description saved in model.safetensors (also without a manifest). Throws
+// std::runtime_error naming the file, what is wrong and what to do; `elsewhere` (may be empty)
+// names another checkpoint to use instead. Files not listed (a user's notes) are not checked.
+void verify_checkpoint(const fs::path& dir, const std::vector<std::string>& required, const std::string& elsewhere);
+// "parameter 'NAME' [shape] holds NaN at [i, j]" for the first non-finite weight, or "".
+std::string non_finite_weight(const tg::nn::Module& model);
+// The other checkpoint of dir's run folder, as advice for a message ("" when there is none):
+// for predict "--checkpoint RUN/last", for resume "--resume RUN/best --save NEW_FOLDER".
+std::string other_checkpoint_advice(const fs::path& dir, bool resume);
 
 struct Checkpoint {
   json config;

@@ -23,6 +23,7 @@ int run_predict(int argc, char** argv) {
   int64_t batch = 0;
   int threads = 1;
   bool as_json = false;
+  bool allow_non_finite = false;
   po::options_description desc(
       "tapegrad-train predict: classify sentences with a checkpoint saved by `train`.\n"
       "Usage: tapegrad-train predict --checkpoint DIR [options] [SENTENCE ...]\n"
@@ -35,7 +36,10 @@ int run_predict(int argc, char** argv) {
     ("batch", po::value(&batch)->default_value(batch), "batch size (0 = the checkpoint's --eval-batch, so "
                                                        "results match train-time evaluation bit for bit)")
     ("threads", po::value(&threads)->default_value(threads), "threads for matrix products (OpenBLAS)")
-    ("json", po::bool_switch(&as_json), "print JSON lines {label, logit, probability, text} at full precision");
+    ("json", po::bool_switch(&as_json), "print JSON lines {label, logit, probability, text} at full precision")
+    ("allow-non-finite", po::bool_switch(&allow_non_finite), "load a checkpoint whose weights hold NaN or Inf "
+                                                             "(to inspect a diverged run; its outputs may be nan); "
+                                                             "without it such a checkpoint is refused");
   // clang-format on
   po::options_description hidden;
   hidden.add_options()("sentence", po::value(&sentences)->composing());
@@ -55,6 +59,9 @@ int run_predict(int argc, char** argv) {
   set_num_threads(threads);
 
   const fs::path dir = resolve_checkpoint(checkpoint, "best");
+  const std::string elsewhere = other_checkpoint_advice(dir, false);
+  // manifest.json's checksums and config.json against model.safetensors, before anything is used
+  verify_checkpoint(dir, {"config.json", "vocab.txt", "model.safetensors"}, elsewhere);
   Checkpoint ck = read_checkpoint_meta(dir);
   const json training = ck.config.value("training", json::object());
   const int64_t max_len = training.value("max-len", int64_t{100});
@@ -97,7 +104,17 @@ int run_predict(int argc, char** argv) {
     }
   }
   nn::TextClassifier model(ck.model);
-  nn::load_weights(model, dir / "model.safetensors");
+  nn::load_weights(model, dir / "model.safetensors", true, nullptr, LoadOptions{.allow_non_finite = true});
+  if (const std::string bad = non_finite_weight(model); !bad.empty()) {
+    if (!allow_non_finite)
+      throw std::runtime_error(fmt::format(
+          "{}: {}; non-finite weights are refused (the run that wrote them had diverged, and every prediction "
+          "would be nan). To inspect them anyway: tapegrad-train predict --allow-non-finite --checkpoint {}{}",
+          (dir / "model.safetensors").string(), bad, checkpoint,
+          elsewhere.empty() ? "" : fmt::format("; or use another checkpoint ({})", elsewhere)));
+    fmt::print(stderr, "tapegrad-train: warning: {}: {}; loaded anyway (--allow-non-finite)\n",
+               (dir / "model.safetensors").string(), bad);
+  }
   model.eval();
 
   if (sentences.empty() && !vm.count("sentence"))

@@ -31,7 +31,8 @@ using namespace tg;
 
 namespace {
 
-// The signal that asked the run to stop (SIGINT, SIGTERM; SIGUSR1 counts as SIGINT), or 0.
+// The signal that asked the run to stop (SIGINT, SIGTERM; SIGUSR1 counts as SIGINT, SIGUSR2 as
+// SIGTERM), or 0.
 volatile std::sig_atomic_t g_interrupted = 0;
 extern "C" void on_stop_signal(int sig) {
   g_interrupted = sig;
@@ -40,6 +41,8 @@ extern "C" void on_stop_signal(int sig) {
 // With --np, Ctrl-C reaches the launching process, which has mpirun forward SIGUSR1 to every
 // rank (see dist::maybe_relaunch_under_mpirun); `kill -USR1 <mpirun pid>` does the same.
 extern "C" void on_sigusr1(int) { g_interrupted = SIGINT; }
+// ... and SIGTERM to the launching process reaches every rank as SIGUSR2.
+extern "C" void on_sigusr2(int) { g_interrupted = SIGTERM; }
 
 struct NonFiniteGradient {};
 
@@ -304,6 +307,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_sigusr1);
+  std::signal(SIGUSR2, on_sigusr2);
   r.elapsed_before = r.st.elapsed;
 
   // --stop-after counts steps of the whole run, so a checkpoint already past it trains no further.
@@ -329,9 +333,11 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
       const int64_t step_no = r.st.step + 1;
       if (fault.loss_at(step_no)) loss = loss * std::numeric_limits<double>::quiet_NaN();
       // The step's loss summed over its examples on all ranks (every rank has b.batch of them),
-      // and whether any rank was interrupted: one small all-reduce, so all ranks decide alike.
-      std::vector<double> step_vals = {loss.item() * static_cast<double>(b.batch),
-                                       static_cast<double>(g_interrupted)};
+      // and whether any rank was interrupted (SIGINT) or terminated (SIGTERM): one small
+      // all-reduce, so all ranks decide alike (also which of the two it was).
+      const int seen = g_interrupted;
+      std::vector<double> step_vals = {loss.item() * static_cast<double>(b.batch), seen == SIGINT ? 1.0 : 0.0,
+                                       seen == SIGTERM ? 1.0 : 0.0};
       world.sum(step_vals);
       const double step_loss_sum = step_vals[0];
       const int64_t step_examples = b.batch * W;
@@ -413,10 +419,11 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
       if (evaluated) evaluate(r, world, progress, epoch, i + 1, n);
       // One process: a Ctrl-C seen now. Several: one seen by any rank before this step's
       // all-reduce (the same verdict on every rank).
-      const bool interrupted = W > 1 ? step_vals[1] > 0 : g_interrupted != 0;
+      const bool interrupted = W > 1 ? step_vals[1] + step_vals[2] > 0 : g_interrupted != 0;
       if (interrupted) {
-        // SIGTERM (a scheduler, `kill`) is handled like Ctrl-C; the exit status says which it was.
-        const int sig = g_interrupted == SIGTERM ? SIGTERM : SIGINT;
+        // SIGTERM (a scheduler, `kill`) is handled like Ctrl-C; the exit status says which it was
+        // (SIGTERM when any rank saw one).
+        const int sig = (W > 1 ? step_vals[2] > 0 : g_interrupted == SIGTERM) ? SIGTERM : SIGINT;
         if (!evaluated) save_last(r, world);
         progress.end_epoch();
         if (root)
@@ -438,6 +445,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
   std::signal(SIGUSR1, SIG_DFL);
+  std::signal(SIGUSR2, SIG_DFL);
 
   if (root) {
     const json summary = final_summary(r, stopped, world);

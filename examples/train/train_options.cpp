@@ -242,6 +242,9 @@ int run_train(int argc, char** argv) {
     resume_dir = resolve_checkpoint(cli.resume, "last");
     if (!fs::exists(resume_dir / "trainer.json"))
       throw std::runtime_error(fmt::format("{} has no trainer.json: not a resumable checkpoint", resume_dir.string()));
+    // manifest.json's checksums and config.json against model.safetensors, before anything is used
+    verify_checkpoint(resume_dir, {"config.json", "vocab.txt", "model.safetensors", "optimizer.json", "trainer.json"},
+                      other_checkpoint_advice(resume_dir, true));
     json saved_cfg = read_json(resume_dir / "config.json");
     json saved = saved_cfg.at("training"), given = to_json(cli);
     for (const auto& [name, value] : vm) {

@@ -140,9 +140,9 @@ template <class F> int run_or_abort(F&& fn);
 //          $TG_MPIRUN_ARGS <this executable> <argv[1..]>
 // as a child in its own process group, waits for it and exits (std::_Exit) with its status: it
 // does not return in the launching process. Signals: the first SIGINT (Ctrl-C) is relayed as
-// SIGUSR1, which mpirun forwards to every rank (a program may catch it to stop cleanly, e.g.
-// save a checkpoint; uncaught, it ends the job); a second SIGINT, or SIGTERM/SIGHUP, makes
-// mpirun end the job. If the launching process dies, mpirun gets SIGTERM (Linux).
+// SIGUSR1 and the first SIGTERM as SIGUSR2, which mpirun forwards to every rank (a program may
+// catch them to stop cleanly, e.g. save a checkpoint; uncaught, they end the job); a later
+// SIGINT or SIGTERM, or SIGHUP, makes mpirun end the job. If the launching process dies, mpirun gets SIGTERM (Linux).
 // Returns normally (doing nothing) when np <= 1, when TG_DIST_CHILD is set or when already
 // launched by mpirun (OMPI_COMM_WORLD_SIZE set); the caller then creates a Context.
 // `mpirun_args` are extra mpirun options, e.g. {"--hostfile", "/abs/hosts"}. When they or

@@ -30,19 +30,20 @@ bool launched_by_mpirun() {
 
 namespace {
 volatile std::sig_atomic_t g_mpirun_pid = 0;
-volatile std::sig_atomic_t g_interrupts = 0;
+volatile std::sig_atomic_t g_stops = 0;
 
-// In the launching process: the first SIGINT becomes SIGUSR1 for the ranks (mpirun forwards it),
-// so they can stop cleanly; a second one (or SIGTERM, SIGHUP) goes to mpirun, which ends the job.
+// In the launching process: the first SIGINT (Ctrl-C) becomes SIGUSR1 and the first SIGTERM
+// becomes SIGUSR2 for the ranks (mpirun forwards both), so they can stop cleanly and tell which
+// it was; any later SIGINT or SIGTERM, and SIGHUP, goes to mpirun as SIGINT or SIGTERM, which
+// ends the job at once.
 extern "C" void relay_to_mpirun(int sig) {
   const pid_t pid = static_cast<pid_t>(g_mpirun_pid);
   if (pid <= 0) return;
-  if (sig == SIGINT) {
-    g_interrupts = g_interrupts + 1;
-    ::kill(pid, g_interrupts == 1 ? SIGUSR1 : SIGINT);
-  } else {
-    ::kill(pid, SIGTERM);
-  }
+  const bool first = g_stops == 0;
+  if (sig == SIGINT || sig == SIGTERM) g_stops = g_stops + 1;
+  if (sig == SIGINT) ::kill(pid, first ? SIGUSR1 : SIGINT);
+  else if (sig == SIGTERM) ::kill(pid, first ? SIGUSR2 : SIGTERM);
+  else ::kill(pid, SIGTERM);
 }
 
 // Runs mpirun (args) as a child in its own process group, relays signals to it and exits with

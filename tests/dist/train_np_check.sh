@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tapegrad-train --np 2 (data-parallel over MPI) end to end on a slice of SST-2 (~30 s on 2 cores):
+# tapegrad-train --np 2 (data-parallel over MPI) end to end on a slice of SST-2 (~45 s on 2 cores):
 #  1. `train --np 2` relaunches itself under mpirun, trains, and only rank 0 prints (mpirun's
 #     --tag-output shows which rank wrote each line); the final JSON line says world_size 2.
 #  2. 2 processes x batch 16 train like 1 process x batch 32 (dropout off): the first
@@ -12,6 +12,7 @@
 #     30 s, with "rank 1: error: ..." on stderr.
 #  6. SIGINT to the launching process: every rank stops after the same step, rank 0 saves
 #     last/ there, the job exits 130; resumed with --np 2 it ends bit-identical to 1.
+#  7. SIGTERM to the launching process: the same, exit 143 ("terminated (SIGTERM)").
 # usage: train_np_check.sh MPIRUN path/to/tapegrad-train
 # TAPEGRAD_DATA points at the folder holding sst2/ (default <repo>/../shared/data); without the
 # data the test prints SKIP and exits 77, which CTest reports as skipped.
@@ -97,42 +98,49 @@ set -e
 [ "$rc" -ne 124 ] || fail "the job hung after rank 1 failed"
 grep -q "^rank 1: error: .*missing.tsv" "$tmp/f.err" || fail "no 'rank 1: error: ... missing.tsv' line: $(head -5 "$tmp/f.err")"
 echo "ok   rank 1 failed: mpirun exited $rc after $((SECONDS - t0)) s ($(grep -m1 '^rank 1: error' "$tmp/f.err"))"
-# ---- 6. Ctrl-C (SIGINT to the launcher) saves last/ on every rank's same step ----
-# SIGINT goes out as soon as the first checkpoint (step 30 of 94) is seen, polled every 10 ms. A
-# job that ends before the signal reaches it (a machine fast enough to do the remaining 64 steps
-# in that time) proves nothing either way: it is run again, up to 3 attempts.
+# ---- 6, 7. Ctrl-C (SIGINT) and SIGTERM to the launcher save last/ on every rank's same step ----
+# The signal goes out as soon as the first checkpoint (step 30 of 94) is seen, polled every 10 ms.
+# A job that ends before the signal reaches it (a machine fast enough to do the remaining 64
+# steps in that time) proves nothing either way: it is run again, up to 3 attempts.
 total=$(field "$summary" steps)
-for attempt in 1 2 3; do
-  rm -rf "$tmp/c"
-  "$bin" train "${args[@]}" --np 2 --save "$tmp/c" -q >"$tmp/c.out" 2>"$tmp/c.err" &
-  pid=$!
-  deadline=$((SECONDS + 60))  # a hang, not a slow machine
-  until [ -s "$tmp/c/last/trainer.json" ]; do
-    kill -0 "$pid" 2>/dev/null || fail "the --np 2 run ended before its first checkpoint: $(tail -5 "$tmp/c.err")"
-    [ $SECONDS -lt $deadline ] || fail "no checkpoint from the --np 2 run after 60 s"
-    sleep 0.01
+# stop_and_resume SIG RC MESSAGE: the job stops with status RC, rank 0 prints MESSAGE once; resumed
+# with --np 2 it ends bit-identical to the uninterrupted run of 1.
+stop_and_resume() {
+  local sig=$1 want_rc=$2 message=$3 attempt pid deadline rc msg at resumed
+  for attempt in 1 2 3; do
+    rm -rf "$tmp/c"
+    "$bin" train "${args[@]}" --np 2 --save "$tmp/c" -q >"$tmp/c.out" 2>"$tmp/c.err" &
+    pid=$!
+    deadline=$((SECONDS + 60))  # a hang, not a slow machine
+    until [ -s "$tmp/c/last/trainer.json" ]; do
+      kill -0 "$pid" 2>/dev/null || fail "the --np 2 run ended before its first checkpoint: $(tail -5 "$tmp/c.err")"
+      [ $SECONDS -lt $deadline ] || fail "no checkpoint from the --np 2 run after 60 s"
+      sleep 0.01
+    done
+    kill -"$sig" "$pid" 2>/dev/null || true  # fails when the job is over: its status says so below
+    set +e
+    wait "$pid"
+    rc=$?
+    set -e
+    if grep -Eq "^ \"step\": $total,\$" "$tmp/c/last/trainer.json" && ! grep -q "$message at step" "$tmp/c.err"; then
+      echo "note: the --np 2 job ended (step $total, exit $rc) before SIG$sig reached its training loop; once more"
+      rc=missed
+      continue
+    fi
+    break
   done
-  kill -INT "$pid" 2>/dev/null || true  # fails when the job is over: its status says so below
-  set +e
-  wait "$pid"
-  rc=$?
-  set -e
-  if grep -Eq "^ \"step\": $total,\$" "$tmp/c/last/trainer.json" && ! grep -q 'interrupted at step' "$tmp/c.err"; then
-    echo "note: the --np 2 job ended (step $total, exit $rc) before SIGINT reached its training loop; once more"
-    rc=missed
-    continue
-  fi
-  break
-done
-[ "$rc" != missed ] || fail "3 --np 2 jobs all ended before SIGINT reached them"
-[ "$rc" -eq 130 ] || fail "SIGINT: the --np 2 job exited $rc, expected 130: $(tail -5 "$tmp/c.err")"
-msg=$(grep -h 'interrupted at step' "$tmp/c.err") || fail "SIGINT: no 'interrupted at step' message: $(tail -5 "$tmp/c.err")"
-[ "$(grep -c 'interrupted at step' "$tmp/c.err")" -eq 1 ] || fail "SIGINT: more than one rank reported the interrupt"
-at=$(sed -E 's/.*interrupted at step ([0-9]+).*/\1/' <<<"$msg")
-grep -Eq "^ \"step\": $at,\$" "$tmp/c/last/trainer.json" || fail "SIGINT at step $at but last/ holds another step"
-resumed=$("$bin" train --resume "$tmp/c" --np 2 -q 2>"$tmp/c.err2" | tail -n 1) || fail "resume after SIGINT failed"
-[ "$(field "$resumed" weights_checksum)" = "$(field "$summary" weights_checksum)" ] ||
-  fail "resumed after SIGINT at step $at: weights $(field "$resumed" weights_checksum) != $(field "$summary" weights_checksum)"
-cmp -s "$tmp/a/last/optimizer.json" "$tmp/c/last/optimizer.json" || fail "resumed after SIGINT: optimizer state differs"
-echo "ok   SIGINT to the --np 2 launcher: exit 130 at step $at with last/ saved; resumed: bit-identical"
+  [ "$rc" != missed ] || fail "3 --np 2 jobs all ended before SIG$sig reached them"
+  [ "$rc" -eq "$want_rc" ] || fail "SIG$sig: the --np 2 job exited $rc, expected $want_rc: $(tail -5 "$tmp/c.err")"
+  msg=$(grep -h "$message at step" "$tmp/c.err") || fail "SIG$sig: no '$message at step' message: $(tail -5 "$tmp/c.err")"
+  [ "$(grep -c "$message at step" "$tmp/c.err")" -eq 1 ] || fail "SIG$sig: more than one rank reported it"
+  at=$(sed -E 's/.* at step ([0-9]+).*/\1/' <<<"$msg")
+  grep -Eq "^ \"step\": $at,\$" "$tmp/c/last/trainer.json" || fail "SIG$sig at step $at but last/ holds another step"
+  resumed=$("$bin" train --resume "$tmp/c" --np 2 -q 2>"$tmp/c.err2" | tail -n 1) || fail "resume after SIG$sig failed"
+  [ "$(field "$resumed" weights_checksum)" = "$(field "$summary" weights_checksum)" ] ||
+    fail "resumed after SIG$sig at step $at: weights $(field "$resumed" weights_checksum) != $(field "$summary" weights_checksum)"
+  cmp -s "$tmp/a/last/optimizer.json" "$tmp/c/last/optimizer.json" || fail "resumed after SIG$sig: optimizer state differs"
+  echo "ok   SIG$sig to the --np 2 launcher: exit $rc at step $at with last/ saved by rank 0; resumed: bit-identical"
+}
+stop_and_resume INT 130 "interrupted"
+stop_and_resume TERM 143 "terminated (SIGTERM)"
 echo "train_np_check: all checks passed in $((SECONDS - start)) s"
