@@ -58,14 +58,18 @@ void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamSca
       [&](int64_t i, T root) { p[i] = p[i] + neg_step * m[i] / (root / bc2 + eps); });
 }
 
+// The gradient with L2 weight decay folded in; recomputed after a block's square roots rather
+// than stored (Adagrad, RMSprop).
+template <bool decay, class T>
+inline T decayed_grad(const T* g, const T* p, T wd, int64_t i) {
+  if constexpr (decay) return g[i] + wd * p[i];
+  else return g[i];
+}
+
 template <class T, bool decay>
 void adagrad_kernel(T* p, const T* g, T* sum, int64_t n, double clr_, double wd_, double eps_) {
   const T neg_clr = static_cast<T>(-clr_), wd = static_cast<T>(wd_), eps = static_cast<T>(eps_);
-  // The decayed gradient is recomputed after the block's square roots rather than stored.
-  auto grad = [&](int64_t i) -> T {
-    if constexpr (decay) return g[i] + wd * p[i];
-    else return g[i];
-  };
+  const auto grad = [&](int64_t i) { return decayed_grad<decay>(g, p, wd, i); };
   sqrt_loop<T>(
       n,
       [&](int64_t i) {
@@ -80,11 +84,7 @@ void rmsprop_kernel(T* p, const T* g, T* sq, T* buf, T* ga, int64_t n, double lr
                     double eps_, double mom_) {
   const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), alpha = static_cast<T>(alpha_);
   const T one_alpha = static_cast<T>(1.0 - alpha_), eps = static_cast<T>(eps_), mom = static_cast<T>(mom_);
-  // The decayed gradient is recomputed after the block's square roots rather than stored.
-  auto grad = [&](int64_t i) -> T {
-    if constexpr (decay) return g[i] + wd * p[i];
-    else return g[i];
-  };
+  const auto grad = [&](int64_t i) { return decayed_grad<decay>(g, p, wd, i); };
   sqrt_loop<T>(
       n,
       [&](int64_t i) {
