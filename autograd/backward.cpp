@@ -158,9 +158,11 @@ void accumulate_leaf(TensorImpl* leaf, Tensor g) {
 bool all_finite(const Tensor& g) { return detail::float_kernels_of("anomaly", g).elementwise->all_finite(detail::view_of(g)); }
 
 // End of a pass: each touched leaf gets its summed contributions plus its stacked products
-// (one GEMM), then its hooks see the total once, then the total joins leaf.grad.
+// (one GEMM), then its hooks see the total once, then all the totals join their leaf.grad under
+// one lock.
 void flush_leaves(BackwardPass& pass) {
-  for (StagedLeaf& staged : pass.leaves()) {
+  const std::span<StagedLeaf> leaves = pass.leaves();
+  for (StagedLeaf& staged : leaves) {
     TensorImpl* leaf = staged.leaf.get();
     Tensor total = std::move(staged.pending);
     if (!staged.products.empty()) total = staged.products.flush(std::move(total), staged.exclusive, leaf->shape, leaf->dtype);
@@ -170,11 +172,18 @@ void flush_leaves(BackwardPass& pass) {
       throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
                                            leaf->shape.str(), name.empty() ? "" : " ('" + name + "')"));
     }
-    if (Capture* c = pass.capture()) {
-      if (leaf->meta) run_hooks(leaf->meta->hooks, total);
-      c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
-    } else {
-      accumulate_leaf(leaf, std::move(total));
+    if (leaf->meta) run_hooks(leaf->meta->hooks, total);
+    if (Capture* c = pass.capture()) c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
+    else staged.pending = std::move(total);
+  }
+  if (!pass.capture()) {
+    std::lock_guard<std::mutex> lock(g_leaf_mutex);
+    for (StagedLeaf& staged : leaves) {
+      if (!staged.pending.defined()) continue;
+      TensorImpl* leaf = staged.leaf.get();
+      Tensor slot(leaf->grad);
+      accumulate(slot, leaf->grad_exclusive, std::move(staged.pending), /*must_own=*/true);
+      leaf->grad = slot.ref();
     }
   }
   pass.reset();
