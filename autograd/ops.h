@@ -108,7 +108,8 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
 // ---- neural-network ops (ops_nn.cpp) ----
-// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient.
+// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient;
+// -1: none (PyTorch counts a negative padding_idx from the end: its -1 is V - 1 here).
 Tensor embedding(const Tensor& weight, const Tensor& indices, int64_t padding_idx = -1);
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
