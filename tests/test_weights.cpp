@@ -97,7 +97,7 @@ TEST_CASE("saved under PyTorch's names, the file holds exactly torch's state_dic
   const nlohmann::json ref = expected();
   Pair m(DType::Float32);
   const fs::path path = scratch("torch_names.safetensors");
-  nn::save_weights(m, path, {.names = nn::WeightNames::PyTorch});
+  nn::save_weights(m, path, {}, nn::WeightNames::PyTorch);
   std::map<std::string, std::vector<int64_t>> written, wanted;
   for (auto& [name, t] : load_safetensors(path)) written[name] = std::vector<int64_t>(t.shape().begin(), t.shape().end());
   for (auto& [name, s] : ref["state_dict"].items()) wanted[name] = s.get<std::vector<int64_t>>();
@@ -113,7 +113,7 @@ TEST_CASE("round trip under our names; strict and non-strict loading; errors nam
   manual_seed(3);
   Pair m(DType::Float32);
   const fs::path path = scratch("ours.safetensors");
-  nn::save_weights(m, path, {.metadata = {{"note", "round trip"}}});
+  nn::save_weights(m, path, {{"note", "round trip"}});
   CHECK(read_safetensors_metadata(path).at("note") == "round trip");
   Pair back(DType::Float32);
   nn::load_weights(back, path);
