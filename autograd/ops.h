@@ -124,6 +124,11 @@ Tensor nll_loss(const Tensor& log_probs, const Tensor& target, int64_t ignore_in
 Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction r = Reduction::Mean);
 // Zeroes each element with probability p and scales the rest by 1/(1-p); identity when !training.
 Tensor dropout(const Tensor& x, double p, bool training = true);
+// PyTorch's layer_norm: each slice over the trailing dims normalized_shape (x [..., *normalized_shape])
+// becomes (x - mean) / sqrt(var + eps) (biased variance), then * weight + bias (each of
+// normalized_shape, optional). Differentiable in x, weight and bias.
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
+                  const Tensor& bias = Tensor(), double eps = 1e-5);
 // Fused tanh(a + b) (the Elman cell's non-linearity on two projections); same as the composite.
 Tensor add_tanh(const Tensor& a, const Tensor& b);
 

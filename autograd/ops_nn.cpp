@@ -1,5 +1,6 @@
 // Neural-network ops: embedding, softmax family, losses, dropout, fused cell non-linearity.
 #include <cmath>
+#include <utility>
 
 #include "autograd/elementwise.h"
 #include "autograd/kernel_bridge.h"
@@ -199,6 +200,66 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   const double keep_scale = 1.0 / (1.0 - p);
   float_kernels_of("dropout", x).elementwise->bernoulli_mask(mem(mask), mask.numel(), &next_uniform, p, keep_scale);
   return x * mask;
+}
+
+TG_REGISTER_OP("layer_norm", "nn");
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+  const int64_t D = normalized_shape.size(), lead = x.dim() - D;
+  bool fits = D >= 1 && lead >= 0;
+  for (int64_t i = 0; fits && i < D; ++i) fits = x.size(lead + i) == normalized_shape[i];
+  if (!fits)
+    throw std::invalid_argument(fmt::format("layer_norm: input {} does not end in normalized_shape {}; pass the "
+                                            "input's trailing dims (e.g. [{}] to normalise over the last one)",
+                                            x.shape().str(), normalized_shape.str(), x.dim() ? x.size(-1) : 1));
+  for (const auto& [t, what] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    if (!t->defined()) continue;
+    check_same_dtype("layer_norm", x, *t);
+    if (!(t->shape() == normalized_shape))
+      throw std::invalid_argument(fmt::format("layer_norm: {} {} must have normalized_shape {}", what,
+                                              t->shape().str(), normalized_shape.str()));
+  }
+  if (!(eps >= 0) || !std::isfinite(eps))
+    throw std::invalid_argument(fmt::format("layer_norm: eps must be finite and >= 0, got {}", eps));
+  const kern::KernelTable& k = float_kernels_of("layer_norm", x);
+  const int64_t m = normalized_shape.numel();
+  int64_t rows = 1;
+  for (int64_t d = 0; d < lead; ++d) rows *= x.size(d);
+  Tensor xc = x.detach().contiguous();
+  Tensor wc = weight.defined() ? weight.detach().contiguous() : Tensor();
+  Tensor bc = bias.defined() ? bias.detach().contiguous() : Tensor();
+  Tensor y = empty(x.shape(), x.dtype()), mu = empty(Shape{rows}, DType::Float64),
+         rstd = empty(Shape{rows}, DType::Float64);
+  k.norm->layer_norm(mem(xc), wc.defined() ? mem(wc) : nullptr, bc.defined() ? mem(bc) : nullptr, rows, m, eps,
+                     mem(y), mem(mu), mem(rstd));
+  return record("layer_norm", {x, weight, bias}, y, [xs = Saved(xc, 0), ws = Saved(wc, 1), mu_s = Saved(mu, "its mean"),
+                                                     rstd_s = Saved(rstd, "its 1/std"), xo = Saved(x, 0), wo = Saved(weight, 1),
+                                                     normalized_shape, lead, rows, m, eps](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: the same gradients from recorded ops on the original x, weight
+      const Tensor& x = *xo;
+      const Tensor& w = *wo;
+      std::vector<int64_t> dims;
+      for (int64_t d = lead; d < x.dim(); ++d) dims.push_back(d);
+      const Tensor xc = x - mean(x, dims, true);
+      const Tensor rs = pow(mean(xc * xc, dims, true) + eps, -0.5);
+      const Tensor xhat = xc * rs;
+      const Tensor d = w.defined() ? g * w : g;
+      if (gr.needs(0)) gr.add(0, rs * (d - mean(d, dims, true) - xhat * mean(d * xhat, dims, true)));
+      if (gr.needs(1)) gr.add(1, sum_to(g * xhat, normalized_shape));
+      if (gr.needs(2)) gr.add(2, sum_to(g, normalized_shape));
+      return;
+    }
+    const Tensor gc = g.contiguous();
+    const Tensor& wc = *ws;
+    Tensor dx = gr.needs(0) ? empty(xs.shape(), g.dtype()) : Tensor();
+    Tensor dw = gr.needs(1) ? empty(normalized_shape, g.dtype()) : Tensor();
+    Tensor db = gr.needs(2) ? empty(normalized_shape, g.dtype()) : Tensor();
+    auto ptr = [](const Tensor& t) { return t.defined() ? mem(t) : nullptr; };
+    float_kernels_of("layer_norm_backward", g).norm->layer_norm_backward(mem(*xs), mem(gc), ptr(wc), mem(*mu_s),
+                                                                         mem(*rstd_s), rows, m, ptr(dx), ptr(dw), ptr(db));
+    if (dx.defined()) gr.add(0, dx);
+    if (dw.defined()) gr.add(1, dw);
+    if (db.defined()) gr.add(2, db);
+  });
 }
 
 TG_REGISTER_OP("add_tanh", "nn");

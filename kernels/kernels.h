@@ -5,9 +5,10 @@
 // Kernels are selected by (device, dtype) through one table: kernels_for(device, dtype) returns
 // the KernelTable of function pointers for that pair (one load from a constant-initialised
 // array, so an op pays nothing measurable for the lookup). A table groups its kernels by family
-// (elementwise, reduce, linalg, index, rnn, optim, select); an entry that makes no sense for the dtype
-// (exp on int64) is null, and callers check the dtype before they look. Adding a device is
-// adding its enum value, one row of tables in table.cpp, and the kernels those tables point to.
+// (elementwise, reduce, linalg, index, rnn, optim, select, norm); an entry that makes no sense
+// for the dtype (exp on int64) is null, and callers check the dtype before they look. Adding a
+// device is adding its enum value, one row of tables in table.cpp, and the kernels those tables
+// point to.
 #include <cstddef>
 #include <cstdint>
 
@@ -198,6 +199,17 @@ struct OptimKernels {  // float only; contiguous arrays of n elements
   void (*divide)(void* dst, const void* src, int64_t n, double w);  // dst = src / w (gradient averaging)
 };
 
+// Layer normalisation over rows of m contiguous elements (the trailing normalized dims).
+struct NormKernels {  // float only
+  // y = (x - mean) rstd w + b per row, rstd = 1 / sqrt(var + eps) (biased variance); w, b [m]
+  // or null; mean and rstd [rows] (double, whatever T is) are kept for the backward.
+  void (*layer_norm)(const void* x, const void* w, const void* b, int64_t rows, int64_t m, double eps, void* y,
+                     void* mean, void* rstd);
+  // From g [rows, m]: dx [rows, m], dw and db [m] (column sums over rows); any output may be null.
+  void (*layer_norm_backward)(const void* x, const void* g, const void* w, const void* mean, const void* rstd,
+                              int64_t rows, int64_t m, void* dx, void* dw, void* db);
+};
+
 // Selection and sampling along rows of n contiguous elements (topk, multinomial).
 // What multinomial_rows found wrong with its input; nothing is drawn unless kind is Ok.
 struct MultinomialStatus {
@@ -230,6 +242,7 @@ struct KernelTable {
   const RnnKernels* rnn;        // null for int64
   const OptimKernels* optim;    // null for int64
   const SelectKernels* select;
+  const NormKernels* norm;      // null for int64
 };
 
 extern const KernelTable kTables[kNumDevices][kNumDTypes];

@@ -181,6 +181,18 @@ TEST_CASE("neural-network ops and losses") {
   check("add_tanh", [](auto& v) { return add_tanh(v[0], v[1]); }, {rnd({3, 4}), rnd({4})});
 }
 
+TEST_CASE("layer_norm: x, weight and bias; one or two normalized dims; without affine") {
+  manual_seed(13);
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {5}, v[1], v[2]); }, {rnd({3, 5}), rnd({5}), rnd({5})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {3, 4}, v[1], v[2], 1e-3); },
+        {rnd({2, 3, 4}), rnd({3, 4}), rnd({3, 4})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {4}); }, {rnd({2, 3, 4})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {4}, v[1]); }, {rnd({3, 4}), rnd({4})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {4}, Tensor(), v[1]); }, {rnd({1, 4}), rnd({4})});
+  check("layer_norm", [](auto& v) { return layer_norm(transpose(v[0], 0, 1), {3}, v[1], v[2]); },
+        {rnd({3, 2}), rnd({3}), rnd({3})});  // a strided input
+}
+
 TEST_CASE("fused recurrent cells: gradients, strided operands, and the composite they replace") {
   manual_seed(9);
   const int64_t B = 3, H = 4;

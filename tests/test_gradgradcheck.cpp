@@ -138,6 +138,8 @@ TEST_CASE("neural-network ops and losses") {
   check2("mse_loss", [](auto& v) { return mse_loss(v[0], v[1]); }, {rnd({2, 3}), rnd({2, 3})});
   check2("dropout", [](auto& v) { manual_seed(11); Tensor d = dropout(v[0], 0.4); return d * d; }, {rnd({3, 4})});
   check2("add_tanh", [](auto& v) { return add_tanh(v[0], v[1]); }, {rnd({3, 4}), rnd({4})});
+  check2("layer_norm", [](auto& v) { return layer_norm(v[0], {4}, v[1], v[2]); }, {rnd({3, 4}), rnd({4}), rnd({4})});
+  check2("layer_norm", [](auto& v) { return layer_norm(v[0], {2, 3}); }, {rnd({2, 2, 3})});
 }
 
 TEST_CASE("fused recurrent cells: the recorded backward of a create_graph pass") {
