@@ -1,4 +1,5 @@
-// Neural-network ops: embedding, softmax family, losses, dropout, fused cell non-linearity.
+// Neural-network ops: embedding, softmax family, mse_loss, dropout, layer_norm, fused cell
+// non-linearity. The other losses are in ops_loss.cpp.
 #include <cmath>
 #include <utility>
 
@@ -93,94 +94,6 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
   }
   Tensor z = x - shift;
   return z - log(x.dim() == 0 ? exp(z) : sum(exp(z), {d}, true));
-}
-
-TG_REGISTER_OP("binary_cross_entropy_with_logits", "nn");
-Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target, Reduction r) {
-  if (!(logits.shape() == target.shape()))
-    throw std::invalid_argument(fmt::format("binary_cross_entropy_with_logits: logits {} and target {} must have the "
-                                            "same shape",
-                                            logits.shape().str(), target.shape().str()));
-  check_same_dtype("binary_cross_entropy_with_logits", logits, target);
-  // One fused op (the toy benchmark's loss was a dozen recorded nodes): per element
-  // max(x, 0) - x*y + log(1 + exp(-|x|)), which never exponentiates a large positive number.
-  Tensor x = logits.contiguous(), y = target.contiguous();
-  const int64_t n = x.numel();
-  Tensor per = empty(x.shape(), x.dtype());
-  const double total =
-      float_kernels_of("binary_cross_entropy_with_logits", x).reduce->bce_with_logits(mem(x), mem(y), mem(per), n);
-  const double scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
-  Tensor out = r == Reduction::None ? per : scalar(total * scale, x.dtype());
-  if (r == Reduction::Mean && n == 0) out = scalar(NAN, x.dtype());
-  return record("binary_cross_entropy_with_logits", {logits, target}, out, [xs = Saved(x, 0), ys = Saved(y, 1), r, scale](const Tensor& g, Grads& gr) {
-    const Tensor& x = *xs;
-    const Tensor& y = *ys;
-    if (grad_enabled()) {  // create_graph: scale g (sigmoid(x) - y) and scale g (-x), recorded
-      const Tensor sg = g * scale;
-      if (gr.needs(0)) gr.add(0, mul(sg, sigmoid(x) - y));
-      if (gr.needs(1)) gr.add(1, mul(sg, neg(x)));
-      return;
-    }
-    Tensor gc = g.contiguous();
-    const int64_t n = x.numel();
-    const kern::KernelTable& k = float_kernels_of("binary_cross_entropy_with_logits_backward", x);
-    auto grad_of = [&](bool wrt_logits) {
-      Tensor d = empty(x.shape(), x.dtype());
-      k.reduce->bce_with_logits_backward(mem(x), mem(y), mem(gc), mem(d), n, scale, r == Reduction::None, wrt_logits);
-      return d;
-    };
-    if (gr.needs(0)) gr.add(0, grad_of(true));
-    if (gr.needs(1)) gr.add(1, grad_of(false));
-  });
-}
-
-TG_REGISTER_OP("nll_loss", "nn");
-Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore_index, Reduction r) {
-  if (log_probs.dim() != 2 || target_in.dim() != 1 || target_in.size(0) != log_probs.size(0))
-    throw std::invalid_argument(fmt::format("nll_loss: expected log_probs [N, C] and target [N], got {} and {}",
-                                            log_probs.shape().str(), target_in.shape().str()));
-  if (target_in.dtype() != DType::Int64)
-    throw std::invalid_argument(std::string("nll_loss: target must be int64 class indices, got ") +
-                                dtype_name(target_in.dtype()));
-  const int64_t N = log_probs.size(0), C = log_probs.size(1);
-  Tensor target = target_in.contiguous();
-  const int64_t* t = index_data(target);
-  int64_t valid = 0, bad = 0;
-  if (const int64_t i = kernels_of(target).index->first_out_of_range(t, N, C, &ignore_index, &valid, &bad); i >= 0)
-    throw std::out_of_range(fmt::format("nll_loss: target {} at position {} is out of range [0, {}) classes", bad, i,
-                                        C));
-  // Per-element losses (0 where ignored), then the reduction; mean divides by the valid count.
-  Tensor picked = zeros(Shape{N}, log_probs.dtype());
-  Tensor lp = log_probs.detach();
-  float_kernels_of("nll_loss", lp).reduce->nll_pick(view_of(lp), t, ignore_index, mem(picked));
-  Tensor out = picked;
-  double scale = 1.0;
-  if (r != Reduction::None) {
-    scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
-    out = scalar(picked.sum().item() * scale, log_probs.dtype());
-    if (r == Reduction::Mean && valid == 0) out = scalar(NAN, log_probs.dtype());
-  }
-  return record("nll_loss", {log_probs}, out, [target_s = Saved(target, "its target"), ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
-    const Tensor& target = *target_s;
-    const kern::KernelTable& k = float_kernels_of("nll_loss_backward", g);
-    if (grad_enabled()) {  // create_graph: a constant one-hot (-scale at the targets) times g, recorded
-      Tensor m = zeros(Shape{N, C}, g.dtype());
-      const Tensor one = ones(Shape{}, g.dtype());
-      k.reduce->nll_backward(index_data(target), mem(one), mem(m), N, C, ignore_index, scale, false);
-      return gr.add(0, mul(m, r == Reduction::None ? g.reshape(Shape{N, 1}) : g));
-    }
-    Tensor gl = zeros(Shape{N, C}, g.dtype());
-    Tensor gc = g.contiguous();
-    k.reduce->nll_backward(index_data(target), mem(gc), mem(gl), N, C, ignore_index, scale, r == Reduction::None);
-    gr.add(0, gl);
-  });
-}
-
-TG_REGISTER_OP("cross_entropy", "nn");
-Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, Reduction r) {
-  if (logits.dim() != 2)
-    throw std::invalid_argument("cross_entropy: expected logits [N, C], got " + logits.shape().str());
-  return nll_loss(log_softmax(logits, 1), target, ignore_index, r);
 }
 
 TG_REGISTER_OP("mse_loss", "nn");
