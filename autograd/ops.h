@@ -139,4 +139,15 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
 // h' = (1 - z) n + z h. -> [B, H]
 Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b);
 
+// ---- selection and sampling (ops_select.cpp) ----
+// probs [C] or [N, C]: finite, non-negative, each row with a positive sum (need not be normalised).
+// -> int64 [num_samples] or [N, num_samples], drawn from the calling thread's generator (manual_seed).
+Tensor multinomial(const Tensor& probs, int64_t num_samples, bool replacement = false);
+struct TopK { Tensor values; Tensor indices; };  // indices int64
+// k largest (largest=false: smallest) along dim; values differentiable (gradient scattered to indices).
+TopK topk(const Tensor& x, int64_t k, int64_t dim = -1, bool largest = true, bool sorted = true);
+// x with `value` where mask != 0. mask: any dtype, broadcastable to x's shape (the result keeps
+// it); the gradient is g with zeros where masked.
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+
 }  // namespace tg

@@ -40,6 +40,7 @@ TG_BINARY_OP(TanhBackwardOp, x * (1 - y * y))
 TG_BINARY_OP(SigmoidBackwardOp, x * y * (1 - y))
 TG_BINARY_OP(PowZeroMaskOp, T(x == 0 && y >= 0))
 TG_BINARY_OP(AddTanhOp, vmath::tanh(x + y))
+TG_BINARY_OP(MaskedFillOp, x != 0 ? T(s.a) : y)
 #undef TG_BINARY_OP
 
 #define TG_UNARY_OP(Name, expr)                              \
@@ -299,6 +300,7 @@ template <class T> constexpr ElementwiseKernels make_elementwise() {
   bin(Binary::ClampBackward, &binary_kernel<T, ClampBackwardOp>);
   bin(Binary::KeepWhereSet, &binary_kernel<T, KeepWhereSetOp>);
   bin(Binary::KeepWhereUnset, &binary_kernel<T, KeepWhereUnsetOp>);
+  bin(Binary::MaskedFill, &binary_kernel<T, MaskedFillOp>);
   un(Unary::Neg, &unary_kernel<T, NegOp>);
   un(Unary::Abs, &unary_kernel<T, AbsOp>);
   un(Unary::Sign, &unary_kernel<T, SignOp>);

@@ -5,7 +5,7 @@
 // Kernels are selected by (device, dtype) through one table: kernels_for(device, dtype) returns
 // the KernelTable of function pointers for that pair (one load from a constant-initialised
 // array, so an op pays nothing measurable for the lookup). A table groups its kernels by family
-// (elementwise, reduce, linalg, index, rnn, optim); an entry that makes no sense for the dtype
+// (elementwise, reduce, linalg, index, rnn, optim, select); an entry that makes no sense for the dtype
 // (exp on int64) is null, and callers check the dtype before they look. Adding a device is
 // adding its enum value, one row of tables in table.cpp, and the kernels those tables point to.
 #include <cstddef>
@@ -66,6 +66,7 @@ enum class Binary : uint8_t {
   SigmoidBackward,  // a b (1 - b), float only
   PowZeroMask,      // 1 where a == 0 and b >= 0, float only
   AddTanh,          // tanh(a + b), float only
+  MaskedFill,       // a != 0 ? Scalars a : b
   kCount
 };
 // out = f(x), out contiguous with x's sizes.
@@ -197,6 +198,30 @@ struct OptimKernels {  // float only; contiguous arrays of n elements
   void (*divide)(void* dst, const void* src, int64_t n, double w);  // dst = src / w (gradient averaging)
 };
 
+// Selection and sampling along rows of n contiguous elements (topk, multinomial).
+// What multinomial_rows found wrong with its input; nothing is drawn unless kind is Ok.
+struct MultinomialStatus {
+  enum Kind : uint8_t { Ok, BadValue, ZeroRow, SumOverflow, TooFewNonzero } kind = Ok;
+  int64_t row = -1, col = -1;
+  double value = 0;     // BadValue: the entry
+  int64_t nonzero = 0;  // TooFewNonzero: the row's count of positive entries
+};
+struct SelectKernels {
+  // Per row: the k first elements of the order "largest first" (largest = false: smallest
+  // first), NaN above every number, equal values by position; values and their positions.
+  // sorted = false: the same k elements in ascending position order.
+  void (*topk_rows)(const void* x, int64_t rows, int64_t n, int64_t k, bool largest, bool sorted, void* values,
+                    int64_t* index);
+  // inv [rows, n] = the flat position r k + j of the entry of index [rows, k] that points at
+  // (r, i), or rows k where none does (the entries of a row must be distinct).
+  void (*invert_rows)(const int64_t* index, int64_t rows, int64_t k, int64_t n, int64_t* inv);
+  // float only: per row of non-negative weights, k draws of a position with probability
+  // proportional to its weight, from uniforms draw() in [0, 1). Without replacement the k are
+  // distinct, in the order sequential draws would give them. Checks every row first.
+  MultinomialStatus (*multinomial_rows)(const void* probs, int64_t rows, int64_t n, int64_t k, bool replacement,
+                                        double (*draw)(), int64_t* out);
+};
+
 struct KernelTable {
   const ElementwiseKernels* elementwise;
   const ReduceKernels* reduce;
@@ -204,6 +229,7 @@ struct KernelTable {
   const IndexKernels* index;
   const RnnKernels* rnn;        // null for int64
   const OptimKernels* optim;    // null for int64
+  const SelectKernels* select;
 };
 
 extern const KernelTable kTables[kNumDevices][kNumDTypes];

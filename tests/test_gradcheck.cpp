@@ -244,6 +244,25 @@ TEST_CASE("stack and select are one node each, with gradients") {
   CHECK_THROWS_AS(select(x, 0, 3), std::out_of_range);
 }
 
+TEST_CASE("selection: topk along every dim, non-square, largest and smallest") {
+  manual_seed(12);
+  Tensor x = rnd({3, 5});  // distinct values (almost surely): topk is smooth there
+  check("topk", [](auto& v) { return topk(v[0], 2, 1).values; }, {x});
+  check("topk", [](auto& v) { return topk(v[0], 2, 0).values; }, {x});
+  check("topk", [](auto& v) { return topk(v[0], 3, -1, false).values; }, {x});
+  check("topk", [](auto& v) { return topk(v[0], 2, 1, true, false).values; }, {x});
+  check("topk", [](auto& v) { return topk(v[0], 2, 1).values; }, {rnd({2, 4, 3})});
+  check("topk", [](auto& v) { return topk(transpose(v[0], 0, 1), 1, 0).values; }, {rnd({4, 2})});
+  // masked_fill with masks of x's shape and broadcast ones, int64 and float.
+  const Tensor row_mask = from_vector(std::vector<int64_t>{1, 0, 0, 1}, {4});
+  const Tensor col_mask = from_vector(std::vector<double>{0, 1, 0}, {3, 1});
+  const Tensor full_mask = gt(randn({3, 4}, F64), scalar(0.0, F64));
+  check("masked_fill", [row_mask](auto& v) { return masked_fill(v[0], row_mask, -2.5); }, {rnd({3, 4})});
+  check("masked_fill", [col_mask](auto& v) { return masked_fill(v[0], col_mask, 0.0); }, {rnd({3, 4})});
+  check("masked_fill", [full_mask](auto& v) { return masked_fill(v[0] * v[0], full_mask, 1.0); }, {rnd({3, 4})});
+  check("masked_fill", [row_mask](auto& v) { return masked_fill(v[0], row_mask, 3.0); }, {rnd({2, 3, 4})});
+}
+
 TEST_CASE("every registered op has a gradient check") {
   // doctest runs test cases in file order, so the cases above have filled checked_ops().
   std::vector<std::string> missing;

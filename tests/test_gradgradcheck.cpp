@@ -155,6 +155,15 @@ TEST_CASE("fused recurrent cells: the recorded backward of a create_graph pass")
          {rnd({B, 3 * H + 1}), rnd({B, H}), rnd({3 * H, H})});
 }
 
+TEST_CASE("selection") {
+  manual_seed(27);
+  check2("topk", [](auto& v) { Tensor t = topk(v[0], 2, 1).values; return t * t; }, {rnd({3, 4})});
+  check2("topk", [](auto& v) { Tensor t = topk(v[0], 2, 0, false).values; return t * t; }, {rnd({3, 2})});
+  const Tensor mask = from_vector(std::vector<int64_t>{0, 1, 1}, {3});
+  check2("masked_fill", [mask](auto& v) { Tensor m = masked_fill(v[0], mask, -1.0); return m * m * v[1]; },
+         {rnd({2, 3}), rnd({3})});
+}
+
 TEST_CASE("every registered op has a second-derivative check") {
   std::vector<std::string> missing;
   for (const OpInfo& op : registered_ops())
