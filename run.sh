@@ -94,9 +94,9 @@ case "$cmd" in
     if [ "${1:-}" = sample ]; then shift; exec "$RELEASE/examples/tapegrad-lm" sample "$@"; fi
     [ "${1:-}" = train ] && shift
     # The recommended configuration (docs/lm.md); an option given on the command line replaces its entry.
-    recommended=(--text "${TAPEGRAD_DATA:-$ROOT/../shared/data}/tinyshakespeare/input.txt" --model lstm --embed 64
-                 --hidden 256 --layers 1 --batch 32 --bptt 64 --lr 3e-3 --time-limit 600 --epochs 50
-                 --eval-every 200 --save "$ROOT/runs/lm")
+    recommended=(--text "${TAPEGRAD_DATA:-$ROOT/../shared/data}/tinyshakespeare/input.txt" --model lstm --embed 32
+                 --hidden 128 --layers 1 --batch 16 --bptt 64 --lr 3e-3 --time-limit 600 --epochs 100
+                 --eval-every 1000 --save "$ROOT/runs/lm")
     args=()
     for ((i = 0; i < ${#recommended[@]}; i += 2)); do
       opt=${recommended[i]} given=0

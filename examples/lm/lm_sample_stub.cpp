@@ -1,2 +1,0 @@
-#include "lm.h"
-namespace tglm { int run_lm_sample(int, char**) { throw std::runtime_error("sample: not built yet"); } }
