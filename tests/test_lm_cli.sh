@@ -6,7 +6,8 @@
 #  3. --tie-weights shares the embedding with the decoder (vocab x hidden fewer parameters);
 #  4. bad input is refused with a message naming the file, the option or the position;
 #  5. sampling is reproducible: the same --seed gives the same text, another seed another one;
-#     a corrupted checkpoint is refused.
+#     a corrupted checkpoint is refused;
+#  6. word level: a capped vocabulary with <eos>, trained and sampled.
 # usage: test_lm_cli.sh path/to/tapegrad-lm
 set -euo pipefail
 bin=$1
@@ -98,4 +99,12 @@ python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[
   "$tmp/broken/model.safetensors"
 expect_error "does not match manifest.json" "$bin" sample --checkpoint "$tmp/broken"
 echo "sampling: reproducible"
+
+# ---- 6. word level: <eos> at line ends, a capped vocabulary ----
+words=$("$bin" train --text "$tmp/small.txt" --level word --vocab-cap 20 --embed 16 --hidden 16 --batch 2 --bptt 8 \
+  --eval-batch 1 --stop-after 2 --save "$tmp/w" -q | tail -n 1)
+[ "$(field "$words" vocab)" = 20 ] || fail "--vocab-cap 20 not applied: $words"
+grep -q '"<eos>"' "$tmp/w/best/vocab.json" || fail "no <eos> token in the word vocabulary"
+"$bin" sample --checkpoint "$tmp/w" --prompt "ROMEO: line" --length 10 --seed 1 >/dev/null
+echo "word level: trained and sampled"
 echo "PASS"
