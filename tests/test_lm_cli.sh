@@ -58,7 +58,7 @@ done
 cmp -s <(timeless "$tmp/a/metrics.jsonl") <(timeless "$tmp/b/metrics.jsonl") ||
   fail "metrics differ: $(diff <(timeless "$tmp/a/metrics.jsonl") <(timeless "$tmp/b/metrics.jsonl"))"
 expect_error "cannot change when resuming" "$bin" train --resume "$tmp/b" --hidden 64 -q
-expect_error "already\|in use\|not empty" "$bin" train "${args[@]}" --stop-after 1 --save "$tmp/a"
+expect_error "not empty.*tapegrad-lm train --resume" "$bin" train "${args[@]}" --stop-after 1 --save "$tmp/a"
 echo "resume: bit-identical"
 
 # ---- 3. tied weights ----
@@ -98,6 +98,8 @@ cp -r "$tmp/a/best" "$tmp/broken"
 python3 -c 'import sys; p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[-5] ^= 1; open(p, "wb").write(b)' \
   "$tmp/broken/model.safetensors"
 expect_error "does not match manifest.json" "$bin" sample --checkpoint "$tmp/broken"
+mkdir "$tmp/classifier" && echo '{"format": "tapegrad-text-classifier"}' >"$tmp/classifier/config.json"
+expect_error "not a tapegrad-lm checkpoint" "$bin" sample --checkpoint "$tmp/classifier"
 echo "sampling: reproducible"
 
 # ---- 6. word level: <eos> at line ends, a capped vocabulary ----

@@ -74,6 +74,9 @@ struct LmCheckpoint {
   LmModelOptions model;
 };
 LmCheckpoint read_lm_checkpoint(const fs::path& dir);  // after verify_checkpoint
+// Before verify_checkpoint: dir/config.json says "format": "tapegrad-lm" (so a classifier's
+// checkpoint is named as such instead of failing on a missing file).
+void require_lm_checkpoint(const fs::path& dir);
 // The files every LM checkpoint holds (the manifest must list them).
 const std::vector<std::string>& lm_checkpoint_files();
 // Writes dir (replaced as a whole): config, vocab, weights, carried state, optimizer, trainer.

@@ -146,15 +146,23 @@ void write_lm_checkpoint(const fs::path& dir, const json& config, const data::Te
   });
 }
 
+void require_lm_checkpoint(const fs::path& dir) {
+  const fs::path cfg = dir / "config.json";
+  const json config = tgcli::read_json(cfg);
+  if (!config.is_object() || !config.contains("format") || config.at("format") != "tapegrad-lm")
+    throw std::runtime_error(fmt::format("{}: not a tapegrad-lm checkpoint (its \"format\" is {}, not \"tapegrad-lm\"; "
+                                         "a tapegrad-train classifier is used with tapegrad-train predict)",
+                                         cfg.string(),
+                                         config.is_object() && config.contains("format") ? config.at("format").dump()
+                                                                                         : std::string("missing")));
+}
+
 LmCheckpoint read_lm_checkpoint(const fs::path& dir) {
+  require_lm_checkpoint(dir);
   LmCheckpoint c;
   const fs::path cfg = dir / "config.json";
   c.config = tgcli::read_json(cfg);
   try {
-    if (c.config.value("format", std::string()) != "tapegrad-lm")
-      throw std::runtime_error(fmt::format("{}: not a tapegrad-lm checkpoint (\"format\" is not \"tapegrad-lm\"; a "
-                                           "tapegrad-train checkpoint is used with tapegrad-train predict)",
-                                           cfg.string()));
     c.model = lm_model_options_from_json(c.config.at("model"));
     c.level = data::parse_token_level(c.config.at("training").at("level").get<std::string>());
   } catch (const json::exception& e) {

@@ -83,6 +83,7 @@ int run_lm_sample(int argc, char** argv) {
   set_num_threads(o.threads);
 
   const fs::path dir = tgcli::resolve_checkpoint(o.checkpoint, "best");
+  require_lm_checkpoint(dir);
   tgcli::verify_checkpoint(dir, lm_checkpoint_files(), tgcli::other_checkpoint_advice(dir, false));
   const LmCheckpoint ck = read_lm_checkpoint(dir);
   LanguageModel model(ck.model);

@@ -156,6 +156,7 @@ int run_lm_train(int argc, char** argv) {
   LmCheckpoint ck;
   if (!o.resume.empty()) {
     resume_dir = tgcli::resolve_checkpoint(o.resume, "last");
+    require_lm_checkpoint(resume_dir);
     tgcli::verify_checkpoint(resume_dir, lm_checkpoint_files(), tgcli::other_checkpoint_advice(resume_dir, true));
     ck = read_lm_checkpoint(resume_dir);
     LmOptions saved = lm_options_from_json(ck.config.at("training"));
@@ -196,7 +197,15 @@ int run_lm_train(int argc, char** argv) {
   folder.save = o.save;
   folder.opts.overwrite = o.overwrite;
   folder.opts.quiet = o.quiet;
-  if (!folder.save.empty()) tgcli::open_run_folder(folder, resume_dir);
+  if (!folder.save.empty()) {
+    try {
+      tgcli::open_run_folder(folder, resume_dir);
+    } catch (const std::runtime_error& e) {  // its advice names the classifier CLI; the commands are ours
+      std::string msg = e.what();
+      for (size_t at; (at = msg.find("tapegrad-train")) != std::string::npos;) msg.replace(at, 14, "tapegrad-lm");
+      throw std::runtime_error(msg);
+    }
+  }
 
   const auto started = std::chrono::steady_clock::now();
   const data::TokenLevel level = data::parse_token_level(o.level);
