@@ -3,6 +3,7 @@
 #  1. training writes best/, last/ (every checkpoint file), metrics.jsonl, and a final JSON line;
 #  2. a run stopped (--stop-after) and resumed (--resume) ends bit-identical to the uninterrupted
 #     run, across an epoch boundary, with dropout on: weights, optimizer, carried state, metrics;
+#     Ctrl-C saves last/ and exits 130;
 #  3. --tie-weights shares the embedding with the decoder (vocab x hidden fewer parameters);
 #  4. bad input is refused with a message naming the file, the option or the position;
 #  5. sampling is reproducible: the same --seed gives the same text, another seed another one;
@@ -60,6 +61,21 @@ cmp -s <(timeless "$tmp/a/metrics.jsonl") <(timeless "$tmp/b/metrics.jsonl") ||
 expect_error "cannot change when resuming" "$bin" train --resume "$tmp/b" --hidden 64 -q
 expect_error "not empty.*tapegrad-lm train --resume" "$bin" train "${args[@]}" --stop-after 1 --save "$tmp/a"
 echo "resume: bit-identical"
+
+# Ctrl-C: the run validates, saves last/ and exits 130; --resume continues from there.
+"$bin" train --text "$tmp/small.txt" --embed 16 --hidden 16 --batch 4 --bptt 16 --eval-batch 2 --epochs 1000000 --eval-every 0 \
+  --save "$tmp/int" >"$tmp/int.out" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q "^tapegrad-lm:" "$tmp/int.out" && break; sleep 0.05; done
+sleep 0.3
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+[ "$rc" = 130 ] || fail "an interrupted run exited with $rc, not 130: $(cat "$tmp/int.out")"
+grep -q '"status":"interrupted"' "$tmp/int.out" || fail "no interrupted status: $(tail -n 2 "$tmp/int.out")"
+[ -s "$tmp/int/last/trainer.json" ] || fail "an interrupted run left no last/"
+"$bin" train --resume "$tmp/int" --epochs 1000000 --stop-after $(($(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$tmp/int/last/trainer.json") + 2)) -q >/dev/null
+echo "interrupt: saved and resumed"
 
 # ---- 3. tied weights ----
 untied=$("$bin" train "${args[@]}" --stop-after 1 | tail -n 1)
