@@ -108,22 +108,54 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
 // ---- neural-network ops (ops_nn.cpp) ----
-// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient.
+// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient;
+// -1: none (PyTorch counts a negative padding_idx from the end: its -1 is V - 1 here).
 Tensor embedding(const Tensor& weight, const Tensor& indices, int64_t padding_idx = -1);
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
 enum class Reduction { Mean, Sum, None };
-// Stable: max(x,0) - x*y + log(1 + exp(-|x|)). `target` same shape, values in [0, 1].
+
+// ---- losses (ops_loss.cpp), PyTorch's semantics ----
+// Per element w ((1 - y) x + (1 + (pos_weight - 1) y) softplus(-x)), computed stably; `target`
+// has the logits' shape, values in [0, 1]. weight and pos_weight (optional, not differentiated)
+// broadcast to it: pos_weight [C] weighs the positives of class c along the last dim. Mean is
+// the plain mean over all elements.
+struct BCEWithLogitsOptions {
+  Reduction reduction = Reduction::Mean;
+  Tensor weight;
+  Tensor pos_weight;
+};
+Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target, const BCEWithLogitsOptions& options);
 Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target,
                                         Reduction r = Reduction::Mean);
-// logits [N, C], target int64 [N]; entries equal to ignore_index contribute nothing.
+// Input [N, C], [C], or [N, C, d1, ..., dk] (class dim 1, PyTorch's layout) with int64 target
+// [N], [] or [N, d1, ..., dk]; class_dim = -1 takes the classes last instead ([N, T, C] with
+// target [N, T], no permute copy). Targets equal to ignore_index contribute nothing. weight [C]
+// (optional, not differentiated) weighs each target's class, and Mean divides by the sum of the
+// weights of the targets not ignored (their count without weight; NaN when there are none).
+// label_smoothing e mixes in the uniform distribution: (1 - e) nll + e / C sum_c w[c] (-log p_c).
+struct CrossEntropyOptions {
+  int64_t ignore_index = -100;
+  Reduction reduction = Reduction::Mean;
+  Tensor weight;
+  double label_smoothing = 0;
+  int64_t class_dim = 1;
+};
+// log_softmax (max-shifted) along the class dim, then nll_loss.
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& options);
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100,
                      Reduction r = Reduction::Mean);
+Tensor nll_loss(const Tensor& log_probs, const Tensor& target, const CrossEntropyOptions& options);
 Tensor nll_loss(const Tensor& log_probs, const Tensor& target, int64_t ignore_index = -100,
                 Reduction r = Reduction::Mean);
 Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction r = Reduction::Mean);
 // Zeroes each element with probability p and scales the rest by 1/(1-p); identity when !training.
 Tensor dropout(const Tensor& x, double p, bool training = true);
+// PyTorch's layer_norm: each slice over the trailing dims normalized_shape (x [..., *normalized_shape])
+// becomes (x - mean) / sqrt(var + eps) (biased variance), then * weight + bias (each of
+// normalized_shape, optional). Differentiable in x, weight and bias.
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight = Tensor(),
+                  const Tensor& bias = Tensor(), double eps = 1e-5);
 // Fused tanh(a + b) (the Elman cell's non-linearity on two projections); same as the composite.
 Tensor add_tanh(const Tensor& a, const Tensor& b);
 
@@ -138,6 +170,18 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
 // GRU, gates r, z, n (PyTorch's): q = h w^T + b; r, z = sigmoid(px + q); n = tanh(px_n + r q_n);
 // h' = (1 - z) n + z h. -> [B, H]
 Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b);
+// One step's projected input as a window of the whole sequence's projection `seq`: select(seq, dim,
+// start) when `squeezed`, else narrow(seq, dim, start, length). Given to a cell below in place of
+// that view, it records no view op per time step: the cell reads the window where it lies, and its
+// gradient goes straight into that window of seq's gradient (what nn::RNN / LSTM / GRU run).
+struct SeqWindow {
+  Tensor seq;
+  int64_t dim = 0, start = 0, length = 1;
+  bool squeezed = false;
+};
+Tensor rnn_cell(const SeqWindow& px, const Tensor& h, const Tensor& w, const Tensor& b, bool relu = false);
+Tensor lstm_cell(const SeqWindow& px, const Tensor& h, const Tensor& c, const Tensor& w, const Tensor& b);
+Tensor gru_cell(const SeqWindow& px, const Tensor& h, const Tensor& w, const Tensor& b);
 
 // ---- selection and sampling (ops_select.cpp) ----
 // probs [C] or [N, C]: finite, non-negative, each row with a positive sum (need not be normalised).

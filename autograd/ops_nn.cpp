@@ -1,5 +1,7 @@
-// Neural-network ops: embedding, softmax family, losses, dropout, fused cell non-linearity.
+// Neural-network ops: embedding, softmax family, mse_loss, dropout, layer_norm, fused cell
+// non-linearity. The other losses are in ops_loss.cpp.
 #include <cmath>
+#include <utility>
 
 #include "autograd/elementwise.h"
 #include "autograd/kernel_bridge.h"
@@ -94,94 +96,6 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
   return z - log(x.dim() == 0 ? exp(z) : sum(exp(z), {d}, true));
 }
 
-TG_REGISTER_OP("binary_cross_entropy_with_logits", "nn");
-Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& target, Reduction r) {
-  if (!(logits.shape() == target.shape()))
-    throw std::invalid_argument(fmt::format("binary_cross_entropy_with_logits: logits {} and target {} must have the "
-                                            "same shape",
-                                            logits.shape().str(), target.shape().str()));
-  check_same_dtype("binary_cross_entropy_with_logits", logits, target);
-  // One fused op (the toy benchmark's loss was a dozen recorded nodes): per element
-  // max(x, 0) - x*y + log(1 + exp(-|x|)), which never exponentiates a large positive number.
-  Tensor x = logits.contiguous(), y = target.contiguous();
-  const int64_t n = x.numel();
-  Tensor per = empty(x.shape(), x.dtype());
-  const double total =
-      float_kernels_of("binary_cross_entropy_with_logits", x).reduce->bce_with_logits(mem(x), mem(y), mem(per), n);
-  const double scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
-  Tensor out = r == Reduction::None ? per : scalar(total * scale, x.dtype());
-  if (r == Reduction::Mean && n == 0) out = scalar(NAN, x.dtype());
-  return record("binary_cross_entropy_with_logits", {logits, target}, out, [xs = Saved(x, 0), ys = Saved(y, 1), r, scale](const Tensor& g, Grads& gr) {
-    const Tensor& x = *xs;
-    const Tensor& y = *ys;
-    if (grad_enabled()) {  // create_graph: scale g (sigmoid(x) - y) and scale g (-x), recorded
-      const Tensor sg = g * scale;
-      if (gr.needs(0)) gr.add(0, mul(sg, sigmoid(x) - y));
-      if (gr.needs(1)) gr.add(1, mul(sg, neg(x)));
-      return;
-    }
-    Tensor gc = g.contiguous();
-    const int64_t n = x.numel();
-    const kern::KernelTable& k = float_kernels_of("binary_cross_entropy_with_logits_backward", x);
-    auto grad_of = [&](bool wrt_logits) {
-      Tensor d = empty(x.shape(), x.dtype());
-      k.reduce->bce_with_logits_backward(mem(x), mem(y), mem(gc), mem(d), n, scale, r == Reduction::None, wrt_logits);
-      return d;
-    };
-    if (gr.needs(0)) gr.add(0, grad_of(true));
-    if (gr.needs(1)) gr.add(1, grad_of(false));
-  });
-}
-
-TG_REGISTER_OP("nll_loss", "nn");
-Tensor nll_loss(const Tensor& log_probs, const Tensor& target_in, int64_t ignore_index, Reduction r) {
-  if (log_probs.dim() != 2 || target_in.dim() != 1 || target_in.size(0) != log_probs.size(0))
-    throw std::invalid_argument(fmt::format("nll_loss: expected log_probs [N, C] and target [N], got {} and {}",
-                                            log_probs.shape().str(), target_in.shape().str()));
-  if (target_in.dtype() != DType::Int64)
-    throw std::invalid_argument(std::string("nll_loss: target must be int64 class indices, got ") +
-                                dtype_name(target_in.dtype()));
-  const int64_t N = log_probs.size(0), C = log_probs.size(1);
-  Tensor target = target_in.contiguous();
-  const int64_t* t = index_data(target);
-  int64_t valid = 0, bad = 0;
-  if (const int64_t i = kernels_of(target).index->first_out_of_range(t, N, C, &ignore_index, &valid, &bad); i >= 0)
-    throw std::out_of_range(fmt::format("nll_loss: target {} at position {} is out of range [0, {}) classes", bad, i,
-                                        C));
-  // Per-element losses (0 where ignored), then the reduction; mean divides by the valid count.
-  Tensor picked = zeros(Shape{N}, log_probs.dtype());
-  Tensor lp = log_probs.detach();
-  float_kernels_of("nll_loss", lp).reduce->nll_pick(view_of(lp), t, ignore_index, mem(picked));
-  Tensor out = picked;
-  double scale = 1.0;
-  if (r != Reduction::None) {
-    scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(valid, 1)) : 1.0;
-    out = scalar(picked.sum().item() * scale, log_probs.dtype());
-    if (r == Reduction::Mean && valid == 0) out = scalar(NAN, log_probs.dtype());
-  }
-  return record("nll_loss", {log_probs}, out, [target_s = Saved(target, "its target"), ignore_index, scale, N, C, r](const Tensor& g, Grads& gr) {
-    const Tensor& target = *target_s;
-    const kern::KernelTable& k = float_kernels_of("nll_loss_backward", g);
-    if (grad_enabled()) {  // create_graph: a constant one-hot (-scale at the targets) times g, recorded
-      Tensor m = zeros(Shape{N, C}, g.dtype());
-      const Tensor one = ones(Shape{}, g.dtype());
-      k.reduce->nll_backward(index_data(target), mem(one), mem(m), N, C, ignore_index, scale, false);
-      return gr.add(0, mul(m, r == Reduction::None ? g.reshape(Shape{N, 1}) : g));
-    }
-    Tensor gl = zeros(Shape{N, C}, g.dtype());
-    Tensor gc = g.contiguous();
-    k.reduce->nll_backward(index_data(target), mem(gc), mem(gl), N, C, ignore_index, scale, r == Reduction::None);
-    gr.add(0, gl);
-  });
-}
-
-TG_REGISTER_OP("cross_entropy", "nn");
-Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index, Reduction r) {
-  if (logits.dim() != 2)
-    throw std::invalid_argument("cross_entropy: expected logits [N, C], got " + logits.shape().str());
-  return nll_loss(log_softmax(logits, 1), target, ignore_index, r);
-}
-
 TG_REGISTER_OP("mse_loss", "nn");
 Tensor mse_loss(const Tensor& a, const Tensor& b, Reduction r) {
   if (!(a.shape() == b.shape()))
@@ -199,6 +113,66 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   const double keep_scale = 1.0 / (1.0 - p);
   float_kernels_of("dropout", x).elementwise->bernoulli_mask(mem(mask), mask.numel(), &next_uniform, p, keep_scale);
   return x * mask;
+}
+
+TG_REGISTER_OP("layer_norm", "nn");
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+  const int64_t D = normalized_shape.size(), lead = x.dim() - D;
+  bool fits = D >= 1 && lead >= 0;
+  for (int64_t i = 0; fits && i < D; ++i) fits = x.size(lead + i) == normalized_shape[i];
+  if (!fits)
+    throw std::invalid_argument(fmt::format("layer_norm: input {} does not end in normalized_shape {}; pass the "
+                                            "input's trailing dims (e.g. [{}] to normalise over the last one)",
+                                            x.shape().str(), normalized_shape.str(), x.dim() ? x.size(-1) : 1));
+  for (const auto& [t, what] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    if (!t->defined()) continue;
+    check_same_dtype("layer_norm", x, *t);
+    if (!(t->shape() == normalized_shape))
+      throw std::invalid_argument(fmt::format("layer_norm: {} {} must have normalized_shape {}", what,
+                                              t->shape().str(), normalized_shape.str()));
+  }
+  if (!(eps >= 0) || !std::isfinite(eps))
+    throw std::invalid_argument(fmt::format("layer_norm: eps must be finite and >= 0, got {}", eps));
+  const kern::KernelTable& k = float_kernels_of("layer_norm", x);
+  const int64_t m = normalized_shape.numel();
+  int64_t rows = 1;
+  for (int64_t d = 0; d < lead; ++d) rows *= x.size(d);
+  Tensor xc = x.detach().contiguous();
+  Tensor wc = weight.defined() ? weight.detach().contiguous() : Tensor();
+  Tensor bc = bias.defined() ? bias.detach().contiguous() : Tensor();
+  Tensor y = empty(x.shape(), x.dtype()), mu = empty(Shape{rows}, DType::Float64),
+         rstd = empty(Shape{rows}, DType::Float64);
+  k.norm->layer_norm(mem(xc), wc.defined() ? mem(wc) : nullptr, bc.defined() ? mem(bc) : nullptr, rows, m, eps,
+                     mem(y), mem(mu), mem(rstd));
+  return record("layer_norm", {x, weight, bias}, y, [xs = Saved(xc, 0), ws = Saved(wc, 1), mu_s = Saved(mu, "its mean"),
+                                                     rstd_s = Saved(rstd, "its 1/std"), xo = Saved(x, 0), wo = Saved(weight, 1),
+                                                     normalized_shape, lead, rows, m, eps](const Tensor& g, Grads& gr) {
+    if (grad_enabled()) {  // create_graph: the same gradients from recorded ops on the original x, weight
+      const Tensor& x = *xo;
+      const Tensor& w = *wo;
+      std::vector<int64_t> dims;
+      for (int64_t d = lead; d < x.dim(); ++d) dims.push_back(d);
+      const Tensor xc = x - mean(x, dims, true);
+      const Tensor rs = pow(mean(xc * xc, dims, true) + eps, -0.5);
+      const Tensor xhat = xc * rs;
+      const Tensor d = w.defined() ? g * w : g;
+      if (gr.needs(0)) gr.add(0, rs * (d - mean(d, dims, true) - xhat * mean(d * xhat, dims, true)));
+      if (gr.needs(1)) gr.add(1, sum_to(g * xhat, normalized_shape));
+      if (gr.needs(2)) gr.add(2, sum_to(g, normalized_shape));
+      return;
+    }
+    const Tensor gc = g.contiguous();
+    const Tensor& wc = *ws;
+    Tensor dx = gr.needs(0) ? empty(xs.shape(), g.dtype()) : Tensor();
+    Tensor dw = gr.needs(1) ? empty(normalized_shape, g.dtype()) : Tensor();
+    Tensor db = gr.needs(2) ? empty(normalized_shape, g.dtype()) : Tensor();
+    auto ptr = [](const Tensor& t) { return t.defined() ? mem(t) : nullptr; };
+    float_kernels_of("layer_norm_backward", g).norm->layer_norm_backward(mem(*xs), mem(gc), ptr(wc), mem(*mu_s),
+                                                                         mem(*rstd_s), rows, m, ptr(dx), ptr(dw), ptr(db));
+    if (dx.defined()) gr.add(0, dx);
+    if (dw.defined()) gr.add(1, dw);
+    if (db.defined()) gr.add(2, db);
+  });
 }
 
 TG_REGISTER_OP("add_tanh", "nn");

@@ -13,6 +13,8 @@ const int64_t* index_data(const Tensor& index) { return static_cast<const int64_
 int64_t* index_data(Tensor& index) { return static_cast<int64_t*>(mem(index)); }
 }  // namespace
 
+// Ties go to the lower position and NaN ranks above every number, so the result is deterministic;
+// sorted = false gives the same k elements in position order (PyTorch leaves that order open).
 TG_REGISTER_OP("topk", "select");
 TopK topk(const Tensor& x, int64_t k, int64_t dim, bool largest, bool sorted) {
   const int64_t d = normalize_dim("topk", dim, x.dim());

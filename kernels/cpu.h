@@ -12,6 +12,7 @@ extern const IndexKernels kIndexF32, kIndexF64, kIndexI64;
 extern const RnnKernels kRnnF32, kRnnF64;
 extern const OptimKernels kOptimF32, kOptimF64;
 extern const SelectKernels kSelectF32, kSelectF64, kSelectI64;
+extern const NormKernels kNormF32, kNormF64;
 
 // c = beta c + op(a) op(b) (see LinalgKernels::gemm), for the fused kernels of this layer.
 template <class T>

@@ -87,43 +87,92 @@ template <class T> void column_sums_kernel(const void* d_p, int64_t rows, int64_
     for (int64_t j = 0; j < cols; ++j) o[j] += d[r * cols + j];
 }
 
-template <class T> double bce_kernel(const void* x_p, const void* y_p, void* per, int64_t n) {
+template <class T> T softplus_neg(T v) { return (v < 0 ? -v : T(0)) + std::log1p(std::exp(-std::abs(v))); }
+
+template <class T>
+double bce_kernel(const void* x_p, const void* y_p, const void* pw_p, const void* w_p, void* per, int64_t n) {
   const T *px = static_cast<const T*>(x_p), *py = static_cast<const T*>(y_p);
+  const T *pw = static_cast<const T*>(pw_p), *w = static_cast<const T*>(w_p);
   T* o = static_cast<T*>(per);
   double acc = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const T v = px[i];  // never exponentiates a large positive number
-    o[i] = (v > 0 ? v : T(0)) - v * py[i] + std::log1p(std::exp(-std::abs(v)));
-    acc += o[i];
+    const T v = px[i], y = py[i];
+    const T l = pw ? T(1) + (pw[i] - T(1)) * y : T(1);
+    T loss = (T(1) - y) * v + l * softplus_neg(v);
+    if (w) loss *= w[i];
+    o[i] = loss;
+    acc += loss;
   }
   return acc;
 }
 
 template <class T>
-void bce_backward_kernel(const void* x_p, const void* y_p, const void* g_p, void* out, int64_t n, double scale,
-                         bool per_element, bool wrt_logits) {
+void bce_backward_kernel(const void* x_p, const void* y_p, const void* pw_p, const void* w_p, const void* g_p,
+                         void* out, int64_t n, double scale, bool per_element, bool wrt_logits) {
   const T *px = static_cast<const T*>(x_p), *py = static_cast<const T*>(y_p), *pg = static_cast<const T*>(g_p);
+  const T *pw = static_cast<const T*>(pw_p), *w = static_cast<const T*>(w_p);
   T* o = static_cast<T*>(out);
   for (int64_t i = 0; i < n; ++i) {
-    const T gi = static_cast<T>(scale) * (per_element ? pg[i] : pg[0]);
-    o[i] = gi * (wrt_logits ? T(1) / (T(1) + std::exp(-px[i])) - py[i] : -px[i]);
+    T gi = static_cast<T>(scale) * (per_element ? pg[i] : pg[0]);
+    if (w) gi *= w[i];
+    const T v = px[i], y = py[i];
+    if (wrt_logits) {
+      const T l = pw ? T(1) + (pw[i] - T(1)) * y : T(1);
+      o[i] = gi * ((T(1) - y) - l / (T(1) + std::exp(v)));  // sigmoid(-v): exp(v) = inf gives 0
+    } else {
+      o[i] = gi * (pw ? -v + (pw[i] - T(1)) * softplus_neg(v) : -v);
+    }
   }
 }
 
-template <class T> void nll_pick_kernel(const View& lp, const int64_t* t, int64_t ignore_index, void* out) {
+template <class T>
+double nll_rows_kernel(const View& lp, const int64_t* t, const void* w_p, int64_t ignore_index, double smoothing,
+                       void* out, double* weight_sum) {
   const T* p = static_cast<const T*>(lp.data);
+  const T* w = static_cast<const T*>(w_p);
   T* o = static_cast<T*>(out);
-  for (int64_t i = 0; i < lp.sizes[0]; ++i)
-    if (t[i] != ignore_index) o[i] = -p[i * lp.strides[0] + t[i] * lp.strides[1]];
+  const int64_t R = lp.sizes[0], C = lp.sizes[1], sr = lp.strides[0], sc = lp.strides[1];
+  const double picked_share = 1.0 - smoothing, spread = C ? smoothing / static_cast<double>(C) : 0.0;
+  double total = 0, wsum = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    if (t[r] == ignore_index) {
+      o[r] = T(0);
+      continue;
+    }
+    const T* row = p + r * sr;
+    const double wt = w ? static_cast<double>(w[t[r]]) : 1.0;
+    double loss = -picked_share * wt * static_cast<double>(row[t[r] * sc]);
+    if (smoothing != 0) {
+      double s = 0;
+      for (int64_t c = 0; c < C; ++c) s += (w ? static_cast<double>(w[c]) : 1.0) * static_cast<double>(row[c * sc]);
+      loss -= spread * s;
+    }
+    o[r] = static_cast<T>(loss);
+    total += o[r];
+    wsum += wt;
+  }
+  *weight_sum = wsum;
+  return total;
 }
 
 template <class T>
-void nll_backward_kernel(const int64_t* t, const void* g_p, void* out, int64_t N, int64_t C, int64_t ignore_index,
-                         double scale, bool per_element) {
+void nll_rows_backward_kernel(const int64_t* t, const void* w_p, const void* g_p, int64_t R, int64_t C,
+                              int64_t ignore_index, double smoothing, double scale, bool per_element, void* out) {
+  const T* w = static_cast<const T*>(w_p);
   const T* pg = static_cast<const T*>(g_p);
   T* o = static_cast<T*>(out);
-  for (int64_t i = 0; i < N; ++i)
-    if (t[i] != ignore_index) o[i * C + t[i]] = -static_cast<T>(scale) * (per_element ? pg[i] : pg[0]);
+  const double spread = C ? smoothing / static_cast<double>(C) : 0.0;
+  for (int64_t r = 0; r < R; ++r) {
+    T* row = o + r * C;
+    if (t[r] == ignore_index) {
+      for (int64_t c = 0; c < C; ++c) row[c] = T(0);
+      continue;
+    }
+    const double gr = -scale * static_cast<double>(per_element ? pg[r] : pg[0]);
+    for (int64_t c = 0; c < C; ++c) row[c] = static_cast<T>(gr * spread * (w ? static_cast<double>(w[c]) : 1.0));
+    const double wt = w ? static_cast<double>(w[t[r]]) : 1.0;
+    row[t[r]] = static_cast<T>(gr * ((1.0 - smoothing) * wt + spread * wt));
+  }
 }
 
 template <class T> double norm_accumulate_kernel(const void* x, int64_t n, double norm_type, double acc) {
@@ -170,8 +219,8 @@ template <class T> constexpr ReduceKernels make_reduce() {
     k.column_sums = &column_sums_kernel<T>;
     k.bce_with_logits = &bce_kernel<T>;
     k.bce_with_logits_backward = &bce_backward_kernel<T>;
-    k.nll_pick = &nll_pick_kernel<T>;
-    k.nll_backward = &nll_backward_kernel<T>;
+    k.nll_rows = &nll_rows_kernel<T>;
+    k.nll_rows_backward = &nll_rows_backward_kernel<T>;
     k.norm_accumulate = &norm_accumulate_kernel<T>;
     k.clamp_abs = &clamp_abs_kernel<T>;
   }

@@ -5,9 +5,10 @@
 // Kernels are selected by (device, dtype) through one table: kernels_for(device, dtype) returns
 // the KernelTable of function pointers for that pair (one load from a constant-initialised
 // array, so an op pays nothing measurable for the lookup). A table groups its kernels by family
-// (elementwise, reduce, linalg, index, rnn, optim, select); an entry that makes no sense for the dtype
-// (exp on int64) is null, and callers check the dtype before they look. Adding a device is
-// adding its enum value, one row of tables in table.cpp, and the kernels those tables point to.
+// (elementwise, reduce, linalg, index, rnn, optim, select, norm); an entry that makes no sense
+// for the dtype (exp on int64) is null, and callers check the dtype before they look. Adding a
+// device is adding its enum value, one row of tables in table.cpp, and the kernels those tables
+// point to.
 #include <cstddef>
 #include <cstdint>
 
@@ -114,17 +115,25 @@ struct ReduceKernels {
   // float only from here on
   void (*softmax_rows)(const void* x, void* y, int64_t rows, int64_t n);
   void (*column_sums)(const void* d, int64_t rows, int64_t cols, void* out);  // out[j] = sum_r d[r, j]
-  // per[i] = max(x, 0) - x y + log(1 + exp(-|x|)); returns the sum (in double).
-  double (*bce_with_logits)(const void* x, const void* y, void* per, int64_t n);
-  // out[i] = scale g(i) (sigmoid(x) - y) (wrt logits) or scale g(i) (-x); g(i) is g[i] when
-  // per_element, else g[0].
-  void (*bce_with_logits_backward)(const void* x, const void* y, const void* g, void* out, int64_t n, double scale,
-                                   bool per_element, bool wrt_logits);
-  // out[i] = -lp[i, target[i]] for rows not ignored (out zeroed by the caller); lp 2-D strided.
-  void (*nll_pick)(const View& lp, const int64_t* target, int64_t ignore_index, void* out);
-  // out [N, C] (zeroed by the caller): out[i, target[i]] = -scale g(i) for rows not ignored.
-  void (*nll_backward)(const int64_t* target, const void* g, void* out, int64_t N, int64_t C, int64_t ignore_index,
-                       double scale, bool per_element);
+  // Binary cross-entropy with logits, PyTorch's formula: per[i] = w ((1 - y) x + l softplus(-x)),
+  // l = 1 + (pw - 1) y, softplus(-x) = max(-x, 0) + log(1 + exp(-|x|)) (never exponentiates a
+  // large positive number); pw (pos_weight) and w (weight) are per element, or null for 1.
+  // Returns the sum (in double).
+  double (*bce_with_logits)(const void* x, const void* y, const void* pw, const void* w, void* per, int64_t n);
+  // out[i] = scale g(i) d per[i] / d x = scale g(i) w ((1 - y) - l sigmoid(-x)) (wrt_logits), or
+  // / d y = scale g(i) w (-x + (pw - 1) softplus(-x)); g(i) is g[i] when per_element, else g[0].
+  void (*bce_with_logits_backward)(const void* x, const void* y, const void* pw, const void* w, const void* g,
+                                   void* out, int64_t n, double scale, bool per_element, bool wrt_logits);
+  // Negative log-likelihood of rows of lp [R, C] (2-D strided), with class weights w [C] (null:
+  // ones) and label smoothing e, PyTorch's formula: for row r with target t != ignore_index,
+  //   per[r] = (1 - e) w[t] (-lp[r, t]) + e / C sum_c w[c] (-lp[r, c]), else 0.
+  // Returns sum per (in double); *weight_sum gets the sum of w[t] over the rows not ignored.
+  double (*nll_rows)(const View& lp, const int64_t* target, const void* w, int64_t ignore_index, double smoothing,
+                     void* per, double* weight_sum);
+  // out [R, C] contiguous, every element written: scale g(r) d per[r] / d lp[r, c] (0 in ignored
+  // rows); g(r) is g[r] when per_element, else g[0].
+  void (*nll_rows_backward)(const int64_t* target, const void* w, const void* g, int64_t R, int64_t C,
+                            int64_t ignore_index, double smoothing, double scale, bool per_element, void* out);
   // Adds to acc: sum |x|^p (p = 1, 2 or other), or takes max |x| (p = inf; a NaN sticks).
   double (*norm_accumulate)(const void* x, int64_t n, double norm_type, double acc);
   // Clamps x to [-limit, limit] in place; returns max(max_abs, max |x| before clamping).
@@ -198,6 +207,17 @@ struct OptimKernels {  // float only; contiguous arrays of n elements
   void (*divide)(void* dst, const void* src, int64_t n, double w);  // dst = src / w (gradient averaging)
 };
 
+// Layer normalisation over rows of m contiguous elements (the trailing normalized dims).
+struct NormKernels {  // float only
+  // y = (x - mean) rstd w + b per row, rstd = 1 / sqrt(var + eps) (biased variance); w, b [m]
+  // or null; mean and rstd [rows] (double, whatever T is) are kept for the backward.
+  void (*layer_norm)(const void* x, const void* w, const void* b, int64_t rows, int64_t m, double eps, void* y,
+                     void* mean, void* rstd);
+  // From g [rows, m]: dx [rows, m], dw and db [m] (column sums over rows); any output may be null.
+  void (*layer_norm_backward)(const void* x, const void* g, const void* w, const void* mean, const void* rstd,
+                              int64_t rows, int64_t m, void* dx, void* dw, void* db);
+};
+
 // Selection and sampling along rows of n contiguous elements (topk, multinomial).
 // What multinomial_rows found wrong with its input; nothing is drawn unless kind is Ok.
 struct MultinomialStatus {
@@ -230,6 +250,7 @@ struct KernelTable {
   const RnnKernels* rnn;        // null for int64
   const OptimKernels* optim;    // null for int64
   const SelectKernels* select;
+  const NormKernels* norm;      // null for int64
 };
 
 extern const KernelTable kTables[kNumDevices][kNumDTypes];
@@ -240,6 +261,12 @@ inline const KernelTable& kernels_for(Device device, DType dtype) {
 
 // Threads used by BLAS (a property of the CPU device, not of a dtype).
 void set_blas_threads(int n);
-int blas_threads();  // TG_NUM_THREADS from the environment (else 1) until set
+// Until set: TG_NUM_THREADS from the environment, else available_cores().
+int blas_threads();
+// The cores this process may run on: its CPU affinity, SMT siblings counted once, capped by the
+// cgroup's CPU quota.
+int available_cores();
+// TG_NUM_THREADS's value as a thread count: 0 when unset or not an integer in [1, 4096].
+int threads_from_env(const char* value);
 
 }  // namespace tg::kern

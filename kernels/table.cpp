@@ -8,10 +8,10 @@ constinit const KernelTable kTables[kNumDevices][kNumDTypes] = {
     // Device::CPU
     {
         {&cpu::kElementwiseF32, &cpu::kReduceF32, &cpu::kLinalgF32, &cpu::kIndexF32, &cpu::kRnnF32, &cpu::kOptimF32,
-         &cpu::kSelectF32},
+         &cpu::kSelectF32, &cpu::kNormF32},
         {&cpu::kElementwiseF64, &cpu::kReduceF64, &cpu::kLinalgF64, &cpu::kIndexF64, &cpu::kRnnF64, &cpu::kOptimF64,
-         &cpu::kSelectF64},
-        {&cpu::kElementwiseI64, &cpu::kReduceI64, nullptr, &cpu::kIndexI64, nullptr, nullptr, &cpu::kSelectI64},
+         &cpu::kSelectF64, &cpu::kNormF64},
+        {&cpu::kElementwiseI64, &cpu::kReduceI64, nullptr, &cpu::kIndexI64, nullptr, nullptr, &cpu::kSelectI64, nullptr},
     },
 };
 

@@ -64,6 +64,31 @@ Dropout::Dropout(double p_) : p(p_) {
 }
 Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, is_training()); }
 
+namespace {
+Shape checked_normalized_shape(Shape s) {
+  bool ok = s.size() >= 1;
+  for (int64_t d : s) ok = ok && d > 0;
+  if (!ok) throw std::invalid_argument("LayerNorm: normalized_shape must be one or more positive sizes, got " + s.str());
+  return s;
+}
+}  // namespace
+
+LayerNorm::LayerNorm(Shape shape, double eps_, bool affine, bool has_bias, DType dtype)
+    : normalized_shape(checked_normalized_shape(shape)),
+      eps(eps_),
+      weight(register_parameter("weight", affine ? ones(normalized_shape, dtype) : Tensor())),
+      bias(register_parameter("bias", affine && has_bias ? zeros(normalized_shape, dtype) : Tensor())) {
+  if (!(eps >= 0) || !std::isfinite(eps))
+    throw std::invalid_argument(fmt::format("LayerNorm: eps must be finite and >= 0, got {}", eps));
+}
+LayerNorm::LayerNorm(int64_t size, double eps_, bool affine, bool has_bias, DType dtype)
+    : LayerNorm(Shape{size}, eps_, affine, has_bias, dtype) {}
+
+Tensor LayerNorm::forward(const Tensor& x) {
+  NameScope scope(name());
+  return layer_norm(x, normalized_shape, weight, bias, eps);
+}
+
 Tensor Tanh::forward(const Tensor& x) { return tanh(x); }
 Tensor Sigmoid::forward(const Tensor& x) { return sigmoid(x); }
 Tensor ReLU::forward(const Tensor& x) { return relu(x); }

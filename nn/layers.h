@@ -1,5 +1,5 @@
 #pragma once
-// Feed-forward layers: Linear, Embedding, Dropout, activations, and Sequential to chain them.
+// Feed-forward layers: Linear, Embedding, Dropout, LayerNorm, activations, and Sequential to chain them.
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -28,7 +28,9 @@ class Linear : public UnaryModule {
 };
 
 // Rows of `weight` [num, dim] picked by int64 indices of any shape -> [..., dim]. Init N(0, 1).
-// The padding_idx row (if >= 0) starts at zero and never gets a gradient.
+// The padding_idx row (if >= 0) starts at zero and never gets a gradient. padding_idx = -1 means
+// no padding row (PyTorch's padding_idx=None). Unlike here, PyTorch reads a negative padding_idx
+// from the end: its padding_idx=-1 is the last row, which here is num_embeddings - 1.
 class Embedding : public UnaryModule {
  public:
   Embedding(int64_t num_embeddings, int64_t embedding_dim, int64_t padding_idx = -1, DType dtype = DType::Float32);
@@ -45,6 +47,23 @@ class Dropout : public UnaryModule {
   Tensor forward(const Tensor& x) override;
 
   const double p;
+};
+
+// PyTorch's LayerNorm: normalises over the trailing dims normalized_shape, then weight (ones)
+// and bias (zeros), both of normalized_shape; without elementwise_affine neither exists, and
+// bias = false drops the bias only. Parameters "weight" and "bias", as in PyTorch.
+class LayerNorm : public UnaryModule {
+ public:
+  explicit LayerNorm(Shape normalized_shape, double eps = 1e-5, bool elementwise_affine = true, bool bias = true,
+                     DType dtype = DType::Float32);
+  explicit LayerNorm(int64_t normalized_size, double eps = 1e-5, bool elementwise_affine = true, bool bias = true,
+                     DType dtype = DType::Float32);
+  Tensor forward(const Tensor& x) override;
+
+  const Shape normalized_shape;
+  const double eps;
+  Tensor& weight;  // undefined without elementwise_affine
+  Tensor& bias;    // undefined without elementwise_affine or with bias = false
 };
 
 class Tanh : public UnaryModule {

@@ -148,28 +148,4 @@ Tensor TextClassifier::forward(const Tensor& tokens, const Lengths& lengths) {
   return fc->forward(features).reshape({B});
 }
 
-void save_weights(const Module& module, const std::filesystem::path& path,
-                  const std::map<std::string, std::string>& metadata) {
-  NamedTensors tensors;
-  for (auto& [name, t] : module.state_dict()) tensors.emplace_back(name, t);
-  save_safetensors(path, tensors, metadata);
-}
-
-void load_weights(Module& module, const std::filesystem::path& path, bool strict,
-                  std::map<std::string, std::string>* metadata, const LoadOptions& options) {
-  // Names go into load_state_dict's messages: a name with control characters (never a weight's
-  // name) is passed on as printable() shows it, so the messages stay readable.
-  std::map<std::string, Tensor> state;
-  for (auto& [name, t] : load_safetensors(path, metadata, options)) state.emplace(printable(name), std::move(t));
-  for (auto& [name, t] : state)
-    if (!is_floating(t.dtype()))
-      throw std::invalid_argument(fmt::format("{}: tensor '{}' is {}; model weights must be F32 or F64",
-                                              path.string(), name, dtype_name(t.dtype())));
-  try {
-    module.load_state_dict(state, strict);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(fmt::format("{}: {}", path.string(), e.what()));
-  }
-}
-
 }  // namespace tg::nn

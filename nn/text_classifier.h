@@ -32,6 +32,7 @@
 #include "nn/layers.h"
 #include "nn/module.h"
 #include "nn/rnn.h"
+#include "nn/weights.h"  // save_weights / load_weights (they lived here before)
 
 namespace tg::nn {
 
@@ -81,16 +82,5 @@ class TextClassifier : public Module {
  private:
   RNNOutput run_rnn(const Tensor& x, const Lengths& lengths);
 };
-
-// A module's state_dict() to a safetensors file (see autograd/safetensors.h), atomically.
-void save_weights(const Module& module, const std::filesystem::path& path,
-                  const std::map<std::string, std::string>& metadata = {});
-// Loads a safetensors file into `module` through load_state_dict: the file is validated first,
-// then every name and shape; on any error (std::runtime_error for the file, std::invalid_argument
-// naming the file for names/shapes) nothing in the module has changed. `metadata` receives the
-// file's __metadata__ (as save_weights wrote it, plus the checksum entry). Non-finite weights are
-// refused unless options.allow_non_finite (see load_safetensors).
-void load_weights(Module& module, const std::filesystem::path& path, bool strict = true,
-                  std::map<std::string, std::string>* metadata = nullptr, const LoadOptions& options = {});
 
 }  // namespace tg::nn

@@ -175,10 +175,53 @@ TEST_CASE("neural-network ops and losses") {
   check("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t, -100, Reduction::Sum); }, {rnd({4, 3})});
   check("nll_loss", [t](auto& v) { return nll_loss(log_softmax(v[0], 1), t); }, {rnd({4, 3})});
   check("nll_loss", [t](auto& v) { return nll_loss(v[0], t, -100, Reduction::None); }, {rnd({4, 3})});
+  {  // extra dims (class dim 1 and last), class weights, label smoothing, every reduction
+    Tensor t3 = from_vector(std::vector<int64_t>{0, 2, 1, -100, 3, 0}, {2, 3});  // [N, d] or [N, T]
+    CrossEntropyOptions o;
+    o.weight = leaf(uniform({4}, 0.5, 2.0, F64)).detach();
+    o.label_smoothing = 0.2;
+    check("cross_entropy", [t3, o](auto& v) { return cross_entropy(v[0], t3, o); }, {rnd({2, 4, 3})});
+    o.class_dim = -1;
+    o.reduction = Reduction::None;
+    check("cross_entropy", [t3, o](auto& v) { return cross_entropy(v[0], t3, o); }, {rnd({2, 3, 4})});
+    o.reduction = Reduction::Sum;
+    o.ignore_index = 0;
+    Tensor t0 = from_vector(std::vector<int64_t>{0, 2, 1, 3, 3, 0}, {2, 3});
+    check("nll_loss", [t0, o](auto& v) { return nll_loss(v[0], t0, o); }, {rnd({2, 3, 4})});
+    CrossEntropyOptions plain;
+    plain.reduction = Reduction::None;
+    check("nll_loss", [](auto& v) { return nll_loss(v[0], from_vector(std::vector<int64_t>{1}, {1}).reshape({}), CrossEntropyOptions{}); },
+          {rnd({3})});  // unbatched: [C] with target []
+    check("nll_loss", [plain](auto& v) { return nll_loss(v[0], from_vector(std::vector<int64_t>{1, 0, 2, 2}, {1, 2, 2}), plain); },
+          {rnd({1, 3, 2, 2})});
+  }
+  {  // pos_weight along the last dim, weight broadcast, both
+    Tensor y4 = rand({4, 3}, F64);
+    BCEWithLogitsOptions o;
+    o.pos_weight = uniform({3}, 0.5, 3.0, F64);
+    check("binary_cross_entropy_with_logits", [y4, o](auto& v) { return binary_cross_entropy_with_logits(v[0], y4, o); },
+          {rnd({4, 3})});
+    o.weight = uniform({4, 1}, 0.5, 2.0, F64);
+    o.reduction = Reduction::None;
+    check("binary_cross_entropy_with_logits", [o](auto& v) { return binary_cross_entropy_with_logits(v[0], v[1], o); },
+          {rnd({4, 3}), leaf(rand({4, 3}, F64))});
+  }
   check("mse_loss", [](auto& v) { return mse_loss(v[0], v[1]); }, {rnd({2, 3}), rnd({2, 3})});
   // Dropout: the same seed before every evaluation fixes the mask, so the function is deterministic.
   check("dropout", [](auto& v) { manual_seed(11); return dropout(v[0], 0.4); }, {rnd({4, 5})});
   check("add_tanh", [](auto& v) { return add_tanh(v[0], v[1]); }, {rnd({3, 4}), rnd({4})});
+}
+
+TEST_CASE("layer_norm: x, weight and bias; one or two normalized dims; without affine") {
+  manual_seed(13);
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {5}, v[1], v[2]); }, {rnd({3, 5}), rnd({5}), rnd({5})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {3, 4}, v[1], v[2], 1e-3); },
+        {rnd({2, 3, 4}), rnd({3, 4}), rnd({3, 4})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {4}); }, {rnd({2, 3, 4})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {4}, v[1]); }, {rnd({3, 4}), rnd({4})});
+  check("layer_norm", [](auto& v) { return layer_norm(v[0], {4}, Tensor(), v[1]); }, {rnd({1, 4}), rnd({4})});
+  check("layer_norm", [](auto& v) { return layer_norm(transpose(v[0], 0, 1), {3}, v[1], v[2]); },
+        {rnd({3, 2}), rnd({3}), rnd({3})});  // a strided input
 }
 
 TEST_CASE("fused recurrent cells: gradients, strided operands, and the composite they replace") {

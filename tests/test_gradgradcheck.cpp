@@ -135,9 +135,26 @@ TEST_CASE("neural-network ops and losses") {
   check2("cross_entropy", [t](auto& v) { return cross_entropy(v[0], t); }, {rnd({4, 3})});
   check2("nll_loss", [t](auto& v) { Tensor l = nll_loss(v[0], t, -100, Reduction::None); return l * l; },
          {rnd({4, 3})});
+  {
+    Tensor t3 = from_vector(std::vector<int64_t>{0, 2, 1, -100, 3, 0}, {2, 3});
+    CrossEntropyOptions o;
+    o.weight = uniform({4}, 0.5, 2.0, F64);
+    o.label_smoothing = 0.1;
+    check2("cross_entropy", [t3, o](auto& v) { return cross_entropy(v[0], t3, o); }, {rnd({2, 4, 3})});
+    o.class_dim = -1;
+    o.reduction = Reduction::None;
+    check2("nll_loss", [t3, o](auto& v) { Tensor l = nll_loss(v[0], t3, o); return l * l; }, {rnd({2, 3, 4})});
+    BCEWithLogitsOptions b;
+    b.pos_weight = uniform({2}, 0.5, 3.0, F64);
+    b.weight = uniform({3, 1}, 0.5, 2.0, F64);
+    check2("binary_cross_entropy_with_logits", [b](auto& v) { return binary_cross_entropy_with_logits(v[0], v[1], b); },
+           {rnd({3, 2}), leaf(rand({3, 2}, F64))});
+  }
   check2("mse_loss", [](auto& v) { return mse_loss(v[0], v[1]); }, {rnd({2, 3}), rnd({2, 3})});
   check2("dropout", [](auto& v) { manual_seed(11); Tensor d = dropout(v[0], 0.4); return d * d; }, {rnd({3, 4})});
   check2("add_tanh", [](auto& v) { return add_tanh(v[0], v[1]); }, {rnd({3, 4}), rnd({4})});
+  check2("layer_norm", [](auto& v) { return layer_norm(v[0], {4}, v[1], v[2]); }, {rnd({3, 4}), rnd({4}), rnd({4})});
+  check2("layer_norm", [](auto& v) { return layer_norm(v[0], {2, 3}); }, {rnd({2, 2, 3})});
 }
 
 TEST_CASE("fused recurrent cells: the recorded backward of a create_graph pass") {
