@@ -4,6 +4,7 @@
 #   ./run.sh test [--sanitize]     build and run every test (CTest); --sanitize: ASan+UBSan build
 #   ./run.sh bench [CONFIG...]     RNN training-step benchmark, against libtorch when installed
 #   ./run.sh train ... | predict ... | sst2    the training CLI; sst2: the recommended SST-2 run
+#   ./run.sh lm [options] | lm sample --checkpoint DIR ...   character LM on tinyshakespeare (docs/lm.md)
 #   ./run.sh gradient-flow         the gradient-norm-per-time-step experiment and its plot
 #   ./run.sh fuzz [SECONDS]        libFuzzer targets (clang, ASan+UBSan), each for SECONDS (default 60)
 #   ./run.sh soak [STEPS [ASAN_STEPS]]  toy-model memory soak (100,000 steps), then under ASan/LSan
@@ -86,6 +87,24 @@ case "$cmd" in
     done
     exec "$RELEASE/examples/tapegrad-train" train --train "$data/train.tsv" --dev "$data/dev.tsv" "${args[@]}" "$@"
     ;;
+  lm)
+    ensure_packages
+    cmake -S "$ROOT" -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$RELEASE" --target tapegrad-lm -j"$JOBS" >&2
+    if [ "${1:-}" = sample ]; then shift; exec "$RELEASE/examples/tapegrad-lm" sample "$@"; fi
+    [ "${1:-}" = train ] && shift
+    # The recommended configuration (docs/lm.md); an option given on the command line replaces its entry.
+    recommended=(--text "${TAPEGRAD_DATA:-$ROOT/../shared/data}/tinyshakespeare/input.txt" --model lstm --embed 32
+                 --hidden 128 --layers 1 --batch 16 --bptt 64 --lr 3e-3 --time-limit 600 --epochs 100
+                 --eval-every 1000 --save "$ROOT/runs/lm")
+    args=()
+    for ((i = 0; i < ${#recommended[@]}; i += 2)); do
+      opt=${recommended[i]} given=0
+      for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* || "$a" == --resume ]] && given=1; done
+      [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
+    done
+    exec "$RELEASE/examples/tapegrad-lm" train "${args[@]}" "$@"
+    ;;
   gradient-flow)
     ensure_packages
     build "$RELEASE"
@@ -123,7 +142,7 @@ case "$cmd" in
     echo "soak: LeakSanitizer reported no leak (ASan+UBSan build, $asan_steps steps)"
     ;;
   *)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     [ "$cmd" = help ] || exit 2
     ;;
 esac

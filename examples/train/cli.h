@@ -2,6 +2,7 @@
 // tapegrad-train: shared pieces of the `train` and `predict` subcommands.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -102,6 +103,10 @@ json read_json(const fs::path& path);                        // runtime_error na
 void write_file_synced(const fs::path& path, const std::string& bytes);  // write + fsync (no rename)
 void write_file_atomic(const fs::path& path, const std::string& bytes);  // tmp + fsync + rename
 void fsync_dir(const fs::path& dir);
+// Replaces the checkpoint folder `dir` as a whole: write(staged) fills a staged folder, which is
+// then swapped in, so readers (and a kill at any moment) see the old or the new one, never half of
+// one; on failure the staged folder is removed and the old checkpoint kept (checkpoint_io.cpp).
+void replace_checkpoint_folder(const fs::path& dir, const std::function<void(const fs::path&)>& write);
 // A checkpoint folder: `dir` itself when it holds config.json, else dir/<prefer>, else the other
 // of best/last. Throws std::runtime_error saying what was looked for.
 fs::path resolve_checkpoint(const fs::path& dir, const std::string& prefer);

@@ -123,6 +123,14 @@ std::string gp_quote(const std::string& s) {  // gnuplot single-quoted string
 
 void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
                   const std::string& title) {
+  plot_history(dir, history, title, "loss (binary cross-entropy)", "dev accuracy",
+               {{"train_loss", "train loss", false}, {"dev_loss", "dev loss", false},
+                {"dev_accuracy", "dev accuracy", true}});
+}
+
+void plot_history(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
+                  const std::string& title, const std::string& ylabel, const std::string& y2label,
+                  const std::vector<PlotSeries>& series) {
   static bool warned = false;
   auto warn = [&](const std::string& why) {
     if (!warned) fmt::print(stderr, "tapegrad-train: warning: {}; metrics.png is not written\n", why);
@@ -138,15 +146,23 @@ void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::
   const std::filesystem::path out = dir / "metrics.png", tmp = dir / "metrics.png.tmp";
   std::string script = fmt::format(
       "set terminal {} size 900,560\nset output {}\nset title {} noenhanced\nset xlabel 'optimizer step'\n"
-      "set ylabel 'loss (binary cross-entropy)'\nset y2label 'dev accuracy'\nset ytics nomirror\nset y2tics\n"
-      "set grid\nset key outside bottom center horizontal\n$m << EOD\n",
-      term, gp_quote(tmp.string()), gp_quote(title));
-  for (const auto& r : history)
-    script += fmt::format("{} {:.9g} {:.9g} {:.9g}\n", r.value("step", int64_t{0}), r.value("train_loss", 0.0),
-                          r.value("dev_loss", 0.0), r.value("dev_accuracy", 0.0));
-  script +=
-      "EOD\nplot $m using 1:2 with linespoints title 'train loss', $m using 1:3 with linespoints title 'dev loss', "
-      "$m using 1:4 axes x1y2 with linespoints title 'dev accuracy'\nset output\n";
+      "set ylabel {}\nset grid\nset key outside bottom center horizontal\n",
+      term, gp_quote(tmp.string()), gp_quote(title), gp_quote(ylabel));
+  if (!y2label.empty()) script += fmt::format("set y2label {}\nset ytics nomirror\nset y2tics\n", gp_quote(y2label));
+  script += "$m << EOD\n";
+  for (const auto& r : history) {
+    script += fmt::format("{}", r.value("step", int64_t{0}));
+    for (const auto& s : series) {
+      const auto it = r.find(s.key);
+      script += it != r.end() && it->is_number() ? fmt::format(" {:.9g}", it->get<double>()) : std::string(" NaN");
+    }
+    script += "\n";
+  }
+  script += "EOD\nplot ";
+  for (size_t k = 0; k < series.size(); ++k)
+    script += fmt::format("{}$m using 1:{}{} with linespoints title {}", k ? ", " : "", k + 2,
+                          series[k].right_axis ? " axes x1y2" : "", gp_quote(series[k].title));
+  script += "\nset output\n";
   std::FILE* p = ::popen("gnuplot >/dev/null 2>&1", "w");
   if (!p) return warn("cannot start gnuplot");
   std::fwrite(script.data(), 1, script.size(), p);

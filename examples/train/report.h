@@ -36,4 +36,14 @@ std::string format_duration(double seconds);  // "1:05", "1:02:03"
 void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
                   const std::string& title);
 
+// The same for any records: one line per series (a numeric key of the records, NaN where a
+// record lacks it) against "step"; right_axis series use the y2 axis (y2label, "" = none).
+struct PlotSeries {
+  std::string key, title;
+  bool right_axis = false;
+};
+void plot_history(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
+                  const std::string& title, const std::string& ylabel, const std::string& y2label,
+                  const std::vector<PlotSeries>& series);
+
 }  // namespace tgcli
