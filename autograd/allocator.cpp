@@ -1,7 +1,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "autograd/storage.h"
+#include "tapegrad/autograd/storage.h"
 
 namespace tg::alloc {
 namespace {

@@ -6,11 +6,11 @@
 #include <optional>
 #include <stdexcept>
 
-#include "autograd/grad_accumulators.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "autograd/tape_internal.h"
+#include "tapegrad/autograd/grad_accumulators.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/autograd/tape_internal.h"
 
 namespace tg {
 namespace {

@@ -3,7 +3,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "autograd/tape.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg {
 

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels/kernels.h"
+#include "tapegrad/kernels/kernels.h"
 
 namespace tg {
 

@@ -5,8 +5,8 @@
 
 #include <stdexcept>
 
-#include "autograd/tensor.h"
-#include "kernels/kernels.h"
+#include "tapegrad/autograd/tensor.h"
+#include "tapegrad/kernels/kernels.h"
 
 namespace tg::detail {
 

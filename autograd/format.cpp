@@ -1,4 +1,4 @@
-#include "autograd/format.h"
+#include "tapegrad/autograd/format.h"
 
 #include <cmath>
 

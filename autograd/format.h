@@ -3,7 +3,7 @@
 // then shape, dtype and requires_grad.
 #include <fmt/format.h>
 
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tensor.h"
 
 template <>
 struct fmt::formatter<tg::Tensor> : fmt::formatter<std::string_view> {

@@ -1,8 +1,8 @@
-#include "autograd/grad_accumulators.h"
+#include "tapegrad/autograd/grad_accumulators.h"
 
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg::detail {
 

@@ -1,12 +1,12 @@
-#include "autograd/gradcheck.h"
+#include "tapegrad/autograd/gradcheck.h"
 
 #include <fmt/format.h>
 
 #include <cmath>
 
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg {
 

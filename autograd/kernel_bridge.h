@@ -4,8 +4,8 @@
 // else in autograd/, optim/ or nn/ touches a tensor's bytes (tests/source_scan.cmake checks).
 #include <string>
 
-#include "autograd/tensor.h"
-#include "kernels/kernels.h"
+#include "tapegrad/autograd/tensor.h"
+#include "tapegrad/kernels/kernels.h"
 
 namespace tg::detail {
 

@@ -6,8 +6,8 @@
 #include <optional>
 #include <vector>
 
-#include "autograd/tape.h"
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/autograd/tensor.h"
 
 namespace tg {
 

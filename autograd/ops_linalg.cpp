@@ -2,9 +2,9 @@
 // table's gemm (kernels/cpu_gemm.cpp). A transposed view is passed as a transpose flag, never copied.
 #include <algorithm>
 
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 using namespace detail;

@@ -2,9 +2,9 @@
 // nll_loss / cross_entropy over any extra dims (class weights, label smoothing, class dim 1 or last).
 #include <cmath>
 
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 using namespace detail;

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <utility>
 
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 using namespace detail;

@@ -3,9 +3,9 @@
 // (kernels/cpu_rnn.cpp) write the pre-activations once into one buffer that the GEMM accumulates
 // onto; the backward is written out by hand, its pointwise part a kernel too. Each has a float64
 // gradient check.
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 using namespace detail;

@@ -1,9 +1,9 @@
 // Selection and sampling: topk (differentiable in its values) and multinomial (not differentiable).
 #include <cmath>
 
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 using namespace detail;

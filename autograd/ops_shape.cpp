@@ -1,7 +1,7 @@
 // Shape ops. Views share storage with their input; cat/stack/index_select copy.
-#include "autograd/elementwise.h"
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 using namespace detail;

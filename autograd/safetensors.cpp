@@ -1,5 +1,5 @@
 // safetensors reading and writing; see safetensors.h for the format.
-#include "autograd/safetensors.h"
+#include "tapegrad/autograd/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -5,8 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "autograd/dtype.h"
-#include "autograd/ref.h"
+#include "tapegrad/autograd/dtype.h"
+#include "tapegrad/autograd/ref.h"
 
 namespace tg {
 

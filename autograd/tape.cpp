@@ -1,4 +1,4 @@
-#include "autograd/tape.h"
+#include "tapegrad/autograd/tape.h"
 
 #include <fmt/format.h>
 
@@ -9,9 +9,9 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
-#include "autograd/tape_internal.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape_internal.h"
 
 namespace tg {
 namespace {

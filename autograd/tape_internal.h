@@ -2,7 +2,7 @@
 // Shared by tape.cpp (recording, node lifetime) and backward.cpp (the walk): per-thread state.
 #include <string>
 
-#include "autograd/tape.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg::detail {
 

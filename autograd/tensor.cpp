@@ -1,4 +1,4 @@
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tensor.h"
 
 #include <fmt/format.h>
 
@@ -9,8 +9,8 @@
 #include <stdexcept>
 #include <thread>
 
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tg {
 

@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "autograd/dtype.h"
-#include "autograd/ref.h"
-#include "autograd/shape.h"
-#include "autograd/storage.h"
+#include "tapegrad/autograd/dtype.h"
+#include "tapegrad/autograd/ref.h"
+#include "tapegrad/autograd/shape.h"
+#include "tapegrad/autograd/storage.h"
 
 namespace tg {
 

@@ -7,8 +7,8 @@
 #include <memory>
 #include <string>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
 
 namespace tg::bench {
 

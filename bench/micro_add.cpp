@@ -7,7 +7,7 @@
 #include <chrono>
 #include <vector>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 
 int main(int argc, char** argv) {
   using namespace tg;

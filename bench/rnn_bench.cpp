@@ -13,11 +13,11 @@
 #include <memory>
 #include <string>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 #include "bench/bench_model.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/sgd.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/sgd.h"
 
 using namespace tg;
 using Clock = std::chrono::steady_clock;

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "autograd/safetensors.h"
+#include "tapegrad/autograd/safetensors.h"
 
 namespace {
 

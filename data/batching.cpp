@@ -1,4 +1,4 @@
-#include "data/batching.h"
+#include "tapegrad/data/batching.h"
 
 #include <fmt/core.h>
 

@@ -8,8 +8,8 @@
 #include <string_view>
 #include <vector>
 
-#include "data/dataset.h"
-#include "data/vocab.h"
+#include "tapegrad/data/dataset.h"
+#include "tapegrad/data/vocab.h"
 
 namespace tg::data {
 

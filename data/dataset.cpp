@@ -1,4 +1,4 @@
-#include "data/dataset.h"
+#include "tapegrad/data/dataset.h"
 
 #include <fmt/core.h>
 
@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "data/tokenizer.h"
+#include "tapegrad/data/tokenizer.h"
 
 namespace fs = std::filesystem;
 

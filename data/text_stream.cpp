@@ -1,4 +1,4 @@
-#include "data/text_stream.h"
+#include "tapegrad/data/text_stream.h"
 
 #include <fmt/core.h>
 

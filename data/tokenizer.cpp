@@ -1,4 +1,4 @@
-#include "data/tokenizer.h"
+#include "tapegrad/data/tokenizer.h"
 
 #include <cstdint>
 

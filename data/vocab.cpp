@@ -1,4 +1,4 @@
-#include "data/vocab.h"
+#include "tapegrad/data/vocab.h"
 
 #include <fmt/core.h>
 
@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <unistd.h>
 
-#include "data/tokenizer.h"
+#include "tapegrad/data/tokenizer.h"
 
 namespace tg::data {
 namespace {

@@ -1,9 +1,9 @@
 // README's first example: write a function, differentiate it, check the gradient.
 #include <fmt/format.h>
 
-#include "autograd/format.h"
-#include "autograd/gradcheck.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/format.h"
+#include "tapegrad/autograd/gradcheck.h"
+#include "tapegrad/autograd/ops.h"
 
 int main() {
   using namespace tg;

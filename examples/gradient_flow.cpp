@@ -37,12 +37,12 @@
 #include <utility>
 #include <vector>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "nn/nn.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/sgd.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/sgd.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

@@ -10,11 +10,11 @@
 #include <memory>
 #include <sstream>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/sgd.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/sgd.h"
 
 namespace po = boost::program_options;
 using namespace tg;

@@ -1,7 +1,7 @@
 #pragma once
 // Internal to the CPU kernels: the per-dtype families each cpu_*.cpp defines, which table.cpp
 // puts together into the CPU row of kTables.
-#include "kernels/kernels.h"
+#include "tapegrad/kernels/kernels.h"
 
 namespace tg::kern::cpu {
 

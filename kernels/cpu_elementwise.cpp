@@ -4,9 +4,9 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kernels/cpu.h"
-#include "kernels/strided.h"
-#include "kernels/vmath.h"
+#include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/strided.h"
+#include "tapegrad/kernels/vmath.h"
 
 namespace tg::kern::cpu {
 namespace {

@@ -13,7 +13,7 @@
 #include <string>
 #include <type_traits>
 
-#include "kernels/cpu.h"
+#include "tapegrad/kernels/cpu.h"
 
 namespace tg::kern {
 

@@ -2,7 +2,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kernels/cpu.h"
+#include "tapegrad/kernels/cpu.h"
 
 namespace tg::kern::cpu {
 namespace {

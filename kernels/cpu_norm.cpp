@@ -2,7 +2,7 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu.h"
+#include "tapegrad/kernels/cpu.h"
 
 namespace tg::kern::cpu {
 namespace {

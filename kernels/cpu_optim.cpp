@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu.h"
-#include "kernels/sqrt_loop.h"
+#include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/sqrt_loop.h"
 
 namespace tg::kern::cpu {
 namespace {

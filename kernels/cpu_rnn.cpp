@@ -5,8 +5,8 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kernels/cpu.h"
-#include "kernels/vmath.h"
+#include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/vmath.h"
 
 namespace tg::kern::cpu {
 namespace {

@@ -5,7 +5,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "kernels/cpu.h"
+#include "tapegrad/kernels/cpu.h"
 
 namespace tg::kern::cpu {
 namespace {

@@ -8,7 +8,7 @@
 #include <thread>
 #include <utility>
 
-#include "kernels/kernels.h"
+#include "tapegrad/kernels/kernels.h"
 
 namespace tg::kern {
 namespace {

@@ -4,7 +4,7 @@
 // it can vectorise.
 #include <cstdint>
 
-#include "kernels/kernels.h"
+#include "tapegrad/kernels/kernels.h"
 
 namespace tg::kern::cpu {
 

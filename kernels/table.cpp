@@ -1,6 +1,6 @@
 // The one kernel table: a row per device, a column per dtype. Constant-initialised (addresses
 // of the families only), so it is usable from any static initialiser and costs one load.
-#include "kernels/cpu.h"
+#include "tapegrad/kernels/cpu.h"
 
 namespace tg::kern {
 

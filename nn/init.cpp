@@ -1,12 +1,12 @@
-#include "nn/init.h"
+#include "tapegrad/nn/init.h"
 
 #include <fmt/format.h>
 
 #include <stdexcept>
 #include <vector>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg::nn::init {
 

@@ -1,4 +1,4 @@
-#include "nn/layers.h"
+#include "tapegrad/nn/layers.h"
 
 #include <fmt/format.h>
 
@@ -6,9 +6,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "nn/init.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/nn/init.h"
 
 namespace tg::nn {
 

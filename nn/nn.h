@@ -1,8 +1,8 @@
 #pragma once
 // The whole nn layer in one include.
-#include "nn/init.h"
-#include "nn/layers.h"
-#include "nn/module.h"
-#include "nn/rnn.h"
-#include "nn/rnn_cells.h"
-#include "nn/weights.h"
+#include "tapegrad/nn/init.h"
+#include "tapegrad/nn/layers.h"
+#include "tapegrad/nn/module.h"
+#include "tapegrad/nn/rnn.h"
+#include "tapegrad/nn/rnn_cells.h"
+#include "tapegrad/nn/weights.h"

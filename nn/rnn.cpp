@@ -1,4 +1,4 @@
-#include "nn/rnn.h"
+#include "tapegrad/nn/rnn.h"
 
 #include <fmt/format.h>
 
@@ -6,9 +6,9 @@
 #include <numeric>
 #include <stdexcept>
 
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg::nn {
 

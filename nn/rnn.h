@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "nn/module.h"
-#include "nn/rnn_cells.h"
+#include "tapegrad/nn/module.h"
+#include "tapegrad/nn/rnn_cells.h"
 
 namespace tg::nn {
 

@@ -1,12 +1,12 @@
-#include "nn/rnn_cells.h"
+#include "tapegrad/nn/rnn_cells.h"
 
 #include <fmt/format.h>
 
 #include <cmath>
 #include <stdexcept>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg::nn {
 

@@ -7,8 +7,8 @@
 // and forward(x, h) = step(project(x), h).
 #include <cstdint>
 
-#include "autograd/ops.h"
-#include "nn/module.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/module.h"
 
 namespace tg::nn {
 

@@ -1,12 +1,12 @@
-#include "nn/text_classifier.h"
+#include "tapegrad/nn/text_classifier.h"
 
 #include <fmt/format.h>
 
 #include <stdexcept>
 
-#include "autograd/ops.h"
-#include "autograd/safetensors.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/safetensors.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tg::nn {
 

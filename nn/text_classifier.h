@@ -28,11 +28,11 @@
 #include <utility>
 #include <vector>
 
-#include "autograd/safetensors.h"
-#include "nn/layers.h"
-#include "nn/module.h"
-#include "nn/rnn.h"
-#include "nn/weights.h"  // save_weights / load_weights (they lived here before)
+#include "tapegrad/autograd/safetensors.h"
+#include "tapegrad/nn/layers.h"
+#include "tapegrad/nn/module.h"
+#include "tapegrad/nn/rnn.h"
+#include "tapegrad/nn/weights.h"  // save_weights / load_weights (they lived here before)
 
 namespace tg::nn {
 

@@ -1,4 +1,4 @@
-#include "nn/weights.h"
+#include "tapegrad/nn/weights.h"
 
 #include <fmt/format.h>
 

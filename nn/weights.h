@@ -10,8 +10,8 @@
 #include <map>
 #include <string>
 
-#include "autograd/safetensors.h"
-#include "nn/module.h"
+#include "tapegrad/autograd/safetensors.h"
+#include "tapegrad/nn/module.h"
 
 namespace tg::nn {
 

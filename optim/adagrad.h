@@ -6,7 +6,7 @@
 //   p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
 #include <vector>
 
-#include "optim/optimizer.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tg::optim {
 

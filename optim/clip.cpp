@@ -1,12 +1,12 @@
-#include "optim/clip.h"
+#include "tapegrad/optim/clip.h"
 
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
 
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
-#include "optim/optimizer.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tg::optim {
 

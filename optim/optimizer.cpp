@@ -1,4 +1,4 @@
-#include "optim/optimizer.h"
+#include "tapegrad/optim/optimizer.h"
 
 #include <charconv>
 #include <cmath>
@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "autograd/kernel_bridge.h"
+#include "tapegrad/autograd/kernel_bridge.h"
 
 namespace tg::optim {
 

@@ -18,7 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tensor.h"
 
 namespace tg::optim {
 

@@ -1,9 +1,9 @@
-#include "optim/rmsprop.h"
+#include "tapegrad/optim/rmsprop.h"
 
 #include <cmath>
 #include <stdexcept>
 
-#include "autograd/kernel_bridge.h"
+#include "tapegrad/autograd/kernel_bridge.h"
 
 namespace tg::optim {
 

@@ -8,7 +8,7 @@
 //   otherwise:    p -= lr * g / avg
 #include <vector>
 
-#include "optim/optimizer.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tg::optim {
 

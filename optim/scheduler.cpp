@@ -1,4 +1,4 @@
-#include "optim/scheduler.h"
+#include "tapegrad/optim/scheduler.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <numbers>
 #include <stdexcept>
 
-#include "optim/optimizer.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tg::optim {
 

@@ -1,8 +1,8 @@
-#include "optim/sgd.h"
+#include "tapegrad/optim/sgd.h"
 
 #include <stdexcept>
 
-#include "autograd/kernel_bridge.h"
+#include "tapegrad/autograd/kernel_bridge.h"
 
 namespace tg::optim {
 

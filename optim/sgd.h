@@ -7,7 +7,7 @@
 //   p -= lr * g
 #include <vector>
 
-#include "optim/optimizer.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tg::optim {
 

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <thread>
 
-#include "autograd/gradcheck.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/gradcheck.h"
+#include "tapegrad/autograd/ops.h"
 
 using namespace tg;
 

@@ -18,10 +18,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "autograd/ops.h"
-#include "autograd/safetensors.h"
-#include "autograd/tape.h"
-#include "nn/text_classifier.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/safetensors.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/nn/text_classifier.h"
 
 namespace fs = std::filesystem;
 using namespace tg;

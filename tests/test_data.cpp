@@ -14,10 +14,10 @@
 
 #include <unistd.h>
 
-#include "data/batching.h"
-#include "data/dataset.h"
-#include "data/tokenizer.h"
-#include "data/vocab.h"
+#include "tapegrad/data/batching.h"
+#include "tapegrad/data/dataset.h"
+#include "tapegrad/data/tokenizer.h"
+#include "tapegrad/data/vocab.h"
 
 namespace fs = std::filesystem;
 using namespace tg::data;

@@ -6,8 +6,8 @@
 #include <map>
 #include <set>
 
-#include "autograd/gradcheck.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/gradcheck.h"
+#include "tapegrad/autograd/ops.h"
 
 using namespace tg;
 

@@ -7,8 +7,8 @@
 #include <thread>
 #include <vector>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
 
 using namespace tg;
 

@@ -5,8 +5,8 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
 #include "test_util.h"
 
 using namespace tg;

@@ -6,9 +6,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
-#include "optim/sgd.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/optim/sgd.h"
 #include "test_util.h"
 
 using namespace tg;

@@ -5,7 +5,7 @@
 
 #include <initializer_list>
 
-#include "kernels/kernels.h"
+#include "tapegrad/kernels/kernels.h"
 
 using namespace tg::kern;
 

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <map>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 #include "examples/lm/lm_model.h"
 
 using namespace tg;

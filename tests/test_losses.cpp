@@ -8,7 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 #include "test_util.h"
 
 using namespace tg;

@@ -10,11 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "autograd/gradcheck.h"
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "nn/nn.h"
-#include "nn/text_classifier.h"
+#include "tapegrad/autograd/gradcheck.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/nn/text_classifier.h"
 
 using namespace tg;
 

@@ -3,8 +3,8 @@
 
 #include <cmath>
 
-#include "autograd/ops.h"
-#include "nn/layers.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/layers.h"
 #include "test_util.h"
 
 using namespace tg;

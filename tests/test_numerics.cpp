@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "autograd/elementwise.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/elementwise.h"
+#include "tapegrad/autograd/ops.h"
 #include "test_util.h"
 
 using namespace tg;

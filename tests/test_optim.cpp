@@ -11,14 +11,14 @@
 #include <string>
 #include <vector>
 
-#include "autograd/ops.h"
-#include "optim/adagrad.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/optimizer.h"
-#include "optim/rmsprop.h"
-#include "optim/scheduler.h"
-#include "optim/sgd.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/optim/adagrad.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/optimizer.h"
+#include "tapegrad/optim/rmsprop.h"
+#include "tapegrad/optim/scheduler.h"
+#include "tapegrad/optim/sgd.h"
 
 using namespace tg;
 using namespace tg::optim;

@@ -3,9 +3,9 @@
 // to the cell on the equivalent select/narrow view, errors, and what nn::RNN records per step.
 #include <doctest/doctest.h>
 
-#include "autograd/gradcheck.h"
-#include "autograd/ops.h"
-#include "nn/nn.h"
+#include "tapegrad/autograd/gradcheck.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
 
 using namespace tg;
 

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <set>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 #include "test_util.h"
 
 using namespace tg;

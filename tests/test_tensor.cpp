@@ -1,8 +1,8 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
-#include "autograd/format.h"
-#include "autograd/ops.h"
+#include "tapegrad/autograd/format.h"
+#include "tapegrad/autograd/ops.h"
 
 using namespace tg;
 

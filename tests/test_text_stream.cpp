@@ -9,7 +9,7 @@
 #include <string>
 #include <unistd.h>
 
-#include "data/text_stream.h"
+#include "tapegrad/data/text_stream.h"
 
 using namespace tg::data;
 

@@ -4,8 +4,8 @@
 
 #include <cstdlib>
 
-#include "autograd/tensor.h"
-#include "kernels/kernels.h"
+#include "tapegrad/autograd/tensor.h"
+#include "tapegrad/kernels/kernels.h"
 
 using namespace tg;
 

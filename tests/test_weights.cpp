@@ -12,9 +12,9 @@
 
 #include <fmt/format.h>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
-#include "nn/weights.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/nn/weights.h"
 
 using namespace tg;
 namespace fs = std::filesystem;

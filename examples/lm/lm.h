@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cli.h"
-#include "data/text_stream.h"
+#include "tapegrad/data/text_stream.h"
 #include "lm_model.h"
 #include "train.h"
 

@@ -3,7 +3,7 @@
 
 #include <stdexcept>
 
-#include "autograd/safetensors.h"
+#include "tapegrad/autograd/safetensors.h"
 #include "lm.h"
 
 namespace tglm {

@@ -5,8 +5,8 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 
 namespace tglm {
 

@@ -12,10 +12,10 @@
 #include <memory>
 #include <string>
 
-#include "nn/layers.h"
-#include "nn/module.h"
-#include "nn/rnn.h"
-#include "nn/text_classifier.h"
+#include "tapegrad/nn/layers.h"
+#include "tapegrad/nn/module.h"
+#include "tapegrad/nn/rnn.h"
+#include "tapegrad/nn/text_classifier.h"
 
 namespace tglm {
 

@@ -9,8 +9,8 @@
 #include <iostream>
 #include <limits>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 #include "lm.h"
 
 namespace po = boost::program_options;

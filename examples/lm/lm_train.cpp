@@ -10,12 +10,12 @@
 #include <limits>
 #include <numbers>
 
-#include "autograd/ops.h"
-#include "autograd/safetensors.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/safetensors.h"
+#include "tapegrad/autograd/tape.h"
 #include "lm.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
 
 namespace po = boost::program_options;
 

@@ -5,7 +5,7 @@
 //   hessian [reference dir]
 #include <fmt/format.h>
 
-#include "autograd/format.h"
+#include "tapegrad/autograd/format.h"
 #include "examples/second_order/second_order.h"
 
 int main(int argc, char** argv) {

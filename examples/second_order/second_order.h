@@ -18,10 +18,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "nn/nn.h"
-#include "optim/adam.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/optim/adam.h"
 
 namespace tg::second_order {
 

@@ -11,8 +11,8 @@
 #include <stdexcept>
 #include <system_error>
 
-#include "autograd/ops.h"
-#include "autograd/safetensors.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/safetensors.h"
 #include "train.h"
 
 namespace tgcli {

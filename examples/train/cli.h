@@ -9,10 +9,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/batching.h"
-#include "data/vocab.h"
-#include "nn/text_classifier.h"
-#include "optim/optimizer.h"
+#include "tapegrad/data/batching.h"
+#include "tapegrad/data/vocab.h"
+#include "tapegrad/nn/text_classifier.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tgcli {
 

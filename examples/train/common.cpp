@@ -14,8 +14,8 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 #include "cli.h"
 
 namespace tgcli {

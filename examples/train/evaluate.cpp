@@ -5,7 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "autograd/safetensors.h"
+#include "tapegrad/autograd/safetensors.h"
 #include "train.h"
 
 namespace tgcli {

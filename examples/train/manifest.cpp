@@ -16,7 +16,7 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "autograd/safetensors.h"
+#include "tapegrad/autograd/safetensors.h"
 #include "cli.h"
 
 namespace tgcli {

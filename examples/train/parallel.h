@@ -5,11 +5,11 @@
 #include <string>
 #include <vector>
 
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tensor.h"
 #include "cli.h"
-#include "optim/optimizer.h"
+#include "tapegrad/optim/optimizer.h"
 #ifdef TG_HAVE_MPI
-#include "optim/dist/dist.h"
+#include "tapegrad/optim/dist/dist.h"
 #endif
 
 namespace tgcli {

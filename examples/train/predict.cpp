@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tensor.h"
 #include "cli.h"
-#include "data/tokenizer.h"
+#include "tapegrad/data/tokenizer.h"
 
 namespace po = boost::program_options;
 

@@ -15,12 +15,12 @@
 #include <memory>
 #include <stdexcept>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "data/tokenizer.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/sgd.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/data/tokenizer.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/sgd.h"
 #include "train.h"
 
 namespace po = boost::program_options;

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "cli.h"
-#include "data/dataset.h"
+#include "tapegrad/data/dataset.h"
 #include "parallel.h"
 #include "report.h"
 

@@ -17,11 +17,11 @@
 #include <string>
 #include <vector>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 #include "bench/bench_model.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/dist/dist.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/dist/dist.h"
 
 using namespace tg;
 using Clock = std::chrono::steady_clock;

@@ -1,4 +1,4 @@
-#include "optim/dist/dist.h"
+#include "tapegrad/optim/dist/dist.h"
 
 #include <fmt/format.h>
 #include <mpi.h>
@@ -16,10 +16,10 @@
 #include <stdexcept>
 #include <string>
 
-#include "autograd/kernel_bridge.h"
-#include "autograd/ops.h"
-#include "autograd/tape.h"
-#include "optim/optimizer.h"
+#include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
+#include "tapegrad/optim/optimizer.h"
 
 namespace tg::dist {
 

@@ -31,7 +31,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "autograd/tensor.h"
+#include "tapegrad/autograd/tensor.h"
 
 namespace tg::optim {
 class Optimizer;

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "optim/dist/dist.h"
+#include "tapegrad/optim/dist/dist.h"
 
 namespace tg::dist {
 

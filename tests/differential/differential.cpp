@@ -29,7 +29,7 @@
 #include <thread>
 #include <vector>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 
 using namespace tg;
 

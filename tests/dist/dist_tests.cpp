@@ -20,12 +20,12 @@
 #include <thread>
 #include <vector>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
-#include "optim/dist/dist.h"
-#include "optim/sgd.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+#include "tapegrad/optim/dist/dist.h"
+#include "tapegrad/optim/sgd.h"
 
 using namespace tg;
 

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "data/dataset.h"
-#include "data/tokenizer.h"
+#include "tapegrad/data/dataset.h"
+#include "tapegrad/data/tokenizer.h"
 #include "tests/fuzz/common.h"
 
 namespace {

@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "autograd/safetensors.h"
-#include "nn/text_classifier.h"
+#include "tapegrad/autograd/safetensors.h"
+#include "tapegrad/nn/text_classifier.h"
 #include "tests/fuzz/common.h"
 
 namespace {

@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-#include "data/tokenizer.h"
+#include "tapegrad/data/tokenizer.h"
 #include "tests/fuzz/common.h"
 
 namespace {

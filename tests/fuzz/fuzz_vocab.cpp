@@ -14,8 +14,8 @@
 #include <string_view>
 #include <vector>
 
-#include "data/tokenizer.h"
-#include "data/vocab.h"
+#include "tapegrad/data/tokenizer.h"
+#include "tapegrad/data/vocab.h"
 #include "tests/fuzz/common.h"
 
 using tg::data::Vocab;

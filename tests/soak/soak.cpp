@@ -35,10 +35,10 @@
 #include <string>
 #include <vector>
 
-#include "autograd/ops.h"
-#include "nn/nn.h"
-#include "optim/adam.h"
-#include "optim/clip.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/nn/nn.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
 
 using namespace tg;
 
