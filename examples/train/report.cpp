@@ -89,7 +89,8 @@ bool executable_on_path(const std::string& name) {
   return false;
 }
 
-// "pngcairo", "png" or "" (no gnuplot / no png terminal). Asked once.
+}  // namespace
+
 const std::string& png_terminal() {
   static const std::string term = [] {
     if (!executable_on_path("gnuplot")) return std::string();
@@ -113,16 +114,14 @@ const std::string& png_terminal() {
   return term;
 }
 
-std::string gp_quote(const std::string& s) {  // gnuplot single-quoted string
+std::string gp_quote(const std::string& s) {
   std::string out = "'";
   for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
   return out + "'";
 }
 
-}  // namespace
-
 void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
-                  const std::string& title) {
+                  const std::string& title, const std::string& loss_label) {
   static bool warned = false;
   auto warn = [&](const std::string& why) {
     if (!warned) fmt::print(stderr, "tapegrad-train: warning: {}; metrics.png is not written\n", why);
@@ -138,9 +137,9 @@ void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::
   const std::filesystem::path out = dir / "metrics.png", tmp = dir / "metrics.png.tmp";
   std::string script = fmt::format(
       "set terminal {} size 900,560\nset output {}\nset title {} noenhanced\nset xlabel 'optimizer step'\n"
-      "set ylabel 'loss (binary cross-entropy)'\nset y2label 'dev accuracy'\nset ytics nomirror\nset y2tics\n"
+      "set ylabel {}\nset y2label 'dev accuracy'\nset ytics nomirror\nset y2tics\n"
       "set grid\nset key outside bottom center horizontal\n$m << EOD\n",
-      term, gp_quote(tmp.string()), gp_quote(title));
+      term, gp_quote(tmp.string()), gp_quote(title), gp_quote(loss_label));
   for (const auto& r : history)
     script += fmt::format("{} {:.9g} {:.9g} {:.9g}\n", r.value("step", int64_t{0}), r.value("train_loss", 0.0),
                           r.value("dev_loss", 0.0), r.value("dev_accuracy", 0.0));
