@@ -37,7 +37,8 @@ json to_json(const TagOptions& o) {
               {"clip", o.clip},
               {"seed", o.seed},
               {"threads", o.threads},
-              {"skip-bad-lines", o.skip_bad_lines}};
+              {"skip-bad-lines", o.skip_bad_lines},
+              {"max-train", o.max_train}};
 }
 
 namespace {
@@ -70,6 +71,7 @@ TagOptions tag_options_from_json(const json& j) {
     get_if(j, "seed", o.seed);
     get_if(j, "threads", o.threads);
     get_if(j, "skip-bad-lines", o.skip_bad_lines);
+    get_if(j, "max-train", o.max_train);
   } catch (const json::exception& e) {
     throw std::runtime_error(fmt::format("config.json: bad \"training\" section: {}", e.what()));
   }
@@ -93,6 +95,7 @@ void check(const TagOptions& o) {
   positive("batch", o.batch);
   positive("eval-batch", o.eval_batch);
   positive("threads", o.threads);
+  if (o.max_train < 0) throw std::invalid_argument(fmt::format("--max-train must be >= 0, got {}", o.max_train));
   if (o.stop_after < 0) throw std::invalid_argument(fmt::format("--stop-after must be >= 0, got {}", o.stop_after));
   if (!(o.dropout >= 0 && o.dropout < 1))
     throw std::invalid_argument(fmt::format("--dropout must be in [0, 1), got {}", o.dropout));
@@ -136,6 +139,8 @@ int run_train(int argc, char** argv) {
     ("seed", po::value(&o.seed)->default_value(o.seed), "random seed: initialisation, dropout and data order")
     ("threads", po::value(&o.threads)->default_value(o.threads), "threads for matrix products (OpenBLAS)")
     ("skip-bad-lines", po::bool_switch(&o.skip_bad_lines), "drop sentences with malformed lines (counted) instead of stopping")
+    ("max-train", po::value(&o.max_train)->default_value(o.max_train),
+     "train on the first N training sentences only (0 = all; speed runs and smoke tests)")
     ("stop-after", po::value(&o.stop_after)->default_value(o.stop_after),
      "stop after N optimizer steps in total, saving last/ to resume from (0 = run all epochs)")
     ("quiet,q", po::bool_switch(&o.quiet), "print only the final JSON line");

@@ -99,13 +99,14 @@ std::string tag_table(const Evaluation& e, const std::vector<std::string>& tags)
   const std::vector<TagScore> s = scores(e);
   std::string out = fmt::format("{:<8} {:>9} {:>7} {:>7} {:>8}\n", "tag", "precision", "recall", "F1", "support");
   double macro = 0;
+  int64_t present = 0;  // tags that occur in the gold data or the predictions
   for (size_t c = 0; c < tags.size(); ++c) {
     out += fmt::format("{:<8} {:>9.2f} {:>7.2f} {:>7.2f} {:>8}\n", tags[c], 100 * s[c].precision, 100 * s[c].recall,
                        100 * s[c].f1, s[c].support);
-    macro += s[c].f1;
+    if (s[c].support || s[c].predicted) macro += s[c].f1, ++present;
   }
   out += fmt::format("accuracy {:.2f}% of {} tokens ({} sentences), macro F1 {:.2f}{}\n", 100 * e.accuracy(), e.tokens,
-                     e.sentences, 100 * macro / static_cast<double>(std::max<size_t>(tags.size(), 1)),
+                     e.sentences, 100 * macro / static_cast<double>(std::max<int64_t>(present, 1)),
                      e.unknown_gold ? fmt::format(", {} tokens with tags unseen in training", e.unknown_gold) : "");
   return out;
 }
@@ -147,20 +148,20 @@ void write_confusion(const fs::path& dir, const Evaluation& e, const std::vector
       "set xrange [-0.5:{}.5]\nset yrange [{}.5:-0.5]\nset cbrange [0:1]\nset cblabel 'fraction of the gold tag'\n"
       "set palette defined (0 'white', 0.02 '#dbe9f6', 0.3 '#6baed6', 1 '#08306b')\nset view map\n$m << EOD\n",
       term, tgcli::gp_quote(tmp.string()), tgcli::gp_quote(title), ticks, ticks, C - 1, C - 1);
-  std::string labels;
+  std::string light, dark;  // cell counts, drawn black on light cells and white on dark ones
   for (size_t g = 0; g < C; ++g) {
     int64_t row = 0;
     for (size_t p = 0; p < C; ++p) row += e.confusion[g][p];
     for (size_t p = 0; p < C; ++p) {
       const int64_t n = e.confusion[g][p];
       script += fmt::format("{}{:.6g}", p ? " " : "", row ? static_cast<double>(n) / static_cast<double>(row) : 0.0);
-      if (n) labels += fmt::format("{} {} {} {}\n", p, g, n, row && 2 * n > row ? "white" : "black");
+      if (n) (row && 2 * n > row ? dark : light) += fmt::format("{} {} {}\n", p, g, n);
     }
     script += "\n";
   }
-  script += "EOD\n$l << EOD\n" + labels +
-            "EOD\nplot $m matrix with image notitle, $l using 1:2:3 with labels font ',7' tc 'black' notitle\n"
-            "set output\n";
+  script += "EOD\n$l << EOD\n" + light + "EOD\n$d << EOD\n" + dark +
+            "EOD\nplot $m matrix with image notitle, $l using 1:2:3 with labels font ',7' tc 'black' notitle, "
+            "$d using 1:2:3 with labels font ',7' tc 'white' notitle\nset output\n";
   std::FILE* p = ::popen("gnuplot >/dev/null 2>&1", "w");
   if (!p) return;
   std::fwrite(script.data(), 1, script.size(), p);

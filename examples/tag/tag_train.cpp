@@ -149,7 +149,9 @@ int train_main(TagOptions o, const std::map<std::string, bool>& given) {
   r.save = o.save;
   if (!r.save.empty()) tgcli::open_run_folder(r.lock, r.save, resume_dir, o.overwrite, o.quiet, "tapegrad-tag");
 
-  const auto train_rows = read_split(o.train, "training", o.skip_bad_lines, false);
+  auto train_rows = read_split(o.train, "training", o.skip_bad_lines, false);
+  if (o.max_train > 0 && static_cast<int64_t>(train_rows.size()) > o.max_train)
+    train_rows.resize(static_cast<size_t>(o.max_train));
   const auto dev_rows = read_split(o.dev, "dev", o.skip_bad_lines, false);
   std::vector<data::ConlluSentence> test_rows;
   if (!o.test.empty()) test_rows = read_split(o.test, "test", o.skip_bad_lines, false);
