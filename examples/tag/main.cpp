@@ -38,7 +38,8 @@ json to_json(const TagOptions& o) {
               {"seed", o.seed},
               {"threads", o.threads},
               {"skip-bad-lines", o.skip_bad_lines},
-              {"max-train", o.max_train}};
+              {"max-train", o.max_train},
+              {"bucket", o.bucket}};
 }
 
 namespace {
@@ -72,6 +73,7 @@ TagOptions tag_options_from_json(const json& j) {
     get_if(j, "threads", o.threads);
     get_if(j, "skip-bad-lines", o.skip_bad_lines);
     get_if(j, "max-train", o.max_train);
+    get_if(j, "bucket", o.bucket);
   } catch (const json::exception& e) {
     throw std::runtime_error(fmt::format("config.json: bad \"training\" section: {}", e.what()));
   }
@@ -139,6 +141,7 @@ int run_train(int argc, char** argv) {
     ("seed", po::value(&o.seed)->default_value(o.seed), "random seed: initialisation, dropout and data order")
     ("threads", po::value(&o.threads)->default_value(o.threads), "threads for matrix products (OpenBLAS)")
     ("skip-bad-lines", po::bool_switch(&o.skip_bad_lines), "drop sentences with malformed lines (counted) instead of stopping")
+    ("bucket", po::bool_switch(&o.bucket), "batch sentences of similar length together (less padding)")
     ("max-train", po::value(&o.max_train)->default_value(o.max_train),
      "train on the first N training sentences only (0 = all; speed runs and smoke tests)")
     ("stop-after", po::value(&o.stop_after)->default_value(o.stop_after),

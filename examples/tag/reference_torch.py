@@ -21,9 +21,24 @@ import random
 import sys
 import time
 
-import torch
-import torch.nn as nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+def _threads_from_argv():
+    for i, x in enumerate(sys.argv):
+        if x == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if x.startswith("--threads="):
+            return x.split("=", 1)[1]
+    return "1"
+
+
+# Debian's torch calls OpenBLAS without setting its thread count (BLAS_INFO=generic), so
+# torch.set_num_threads does not reach OpenBLAS, which then starts one thread per core and
+# crawls on a shared machine: give it --threads as tapegrad-tag's --threads does.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv())
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 
 def read_conllu(path):
@@ -162,6 +177,7 @@ def main():
     p.add_argument("--clip", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bucket", action="store_true", help="batches of sentences of similar length")
     p.add_argument("--max-train", type=int, default=0, help="first N training sentences only (speed runs)")
     p.add_argument("--no-eval", action="store_true", help="skip dev/test evaluation (speed runs)")
     p.add_argument("--json", help="write the results here")
@@ -191,9 +207,16 @@ def main():
     for epoch in range(1, a.epochs + 1):
         order = list(range(len(tr)))
         random.shuffle(order)
+        if a.bucket:  # as tapegrad-tag --bucket: sort pools of 20 batches by length, shuffle the batches
+            pool = 20 * a.batch
+            order = [i for p0 in range(0, len(order), pool)
+                     for i in sorted(order[p0:p0 + pool], key=lambda i: len(tr[i][0]))]
+        batches = [order[b0:b0 + a.batch] for b0 in range(0, len(order), a.batch)]
+        if a.bucket:
+            random.shuffle(batches)
         loss_sum = tokens = 0
-        for b0 in range(0, len(order), a.batch):
-            words, lengths, chars, mask, slots, targets, _ = make_batch(tr, order[b0:b0 + a.batch])
+        for rows in batches:
+            words, lengths, chars, mask, slots, targets, _ = make_batch(tr, rows)
             t0 = time.perf_counter()  # after the Python batch building, which would be unfair to torch
             opt.zero_grad()
             logits = model(words, lengths, chars, mask, slots).reshape(-1, len(tag_list))
@@ -217,8 +240,9 @@ def main():
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
         history.append(rec)
         print(json.dumps(rec), flush=True)
-    result = {"framework": "pytorch", "torch": torch.__version__, "threads": a.threads, "seed": a.seed,
-              "epochs": a.epochs, "parameters": n_params, "train_sentences": len(tr),
+    result = {"framework": "pytorch", "torch": torch.__version__, "threads": a.threads,
+              "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "seed": a.seed,
+              "epochs": a.epochs, "bucket": a.bucket, "parameters": n_params, "train_sentences": len(tr),
               "train_seconds": train_seconds, "train_sentences_per_s": sentences / train_seconds}
     if not a.no_eval:
         model.load_state_dict(best_state)

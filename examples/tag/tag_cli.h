@@ -28,6 +28,7 @@ struct TagOptions {
   uint64_t seed = 1;
   int threads = 1;
   bool skip_bad_lines = false;
+  bool bucket = false;    // batches of sentences of similar length
   int64_t max_train = 0;  // first N training sentences only (0 = all)
   // Not part of the run (not saved): how this process runs it.
   int64_t stop_after = 0;
