@@ -4,6 +4,7 @@
 #   ./run.sh test [--sanitize]     build and run every test (CTest); --sanitize: ASan+UBSan build
 #   ./run.sh bench [CONFIG...]     RNN training-step benchmark, against libtorch when installed
 #   ./run.sh train ... | predict ... | sst2    the training CLI; sst2: the recommended SST-2 run
+#   ./run.sh tag [options] | tag eval ...   BiLSTM part-of-speech tagger on UD English-LinES (docs/tagging.md)
 #   ./run.sh gradient-flow         the gradient-norm-per-time-step experiment and its plot
 #   ./run.sh fuzz [SECONDS]        libFuzzer targets (clang, ASan+UBSan), each for SECONDS (default 60)
 #   ./run.sh soak [STEPS [ASAN_STEPS]]  toy-model memory soak (100,000 steps), then under ASan/LSan
@@ -85,6 +86,21 @@ case "$cmd" in
       [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
     done
     exec "$RELEASE/examples/tapegrad-train" train --train "$data/train.tsv" --dev "$data/dev.tsv" "${args[@]}" "$@"
+    ;;
+  tag)  # BiLSTM UPOS tagger on UD English-LinES (docs/tagging.md); `tag eval ...` / `tag --resume DIR` pass through
+    ensure_packages
+    build "$RELEASE"
+    [ "${1:-}" = eval ] && { shift; exec "$RELEASE/examples/tapegrad-tag" eval "$@"; }
+    [[ " $* " == *" --resume"* ]] && exec "$RELEASE/examples/tapegrad-tag" train "$@"
+    ud="${TAPEGRAD_DATA:-$ROOT/../shared/data}/ud_english_lines/en_lines-ud"
+    # The recommended configuration (README); an option given on the command line replaces its entry.
+    defaults=(--train "$ud-train.conllu" --dev "$ud-dev.conllu" --test "$ud-test.conllu" --epochs 30 --seed 1
+              --save "$ROOT/runs/tag")
+    keep=()
+    for ((i = 0; i < ${#defaults[@]}; i += 2)); do
+      [[ " $* " == *" ${defaults[i]} "* || " $* " == *" ${defaults[i]}="* ]] || keep+=("${defaults[i]}" "${defaults[i + 1]}")
+    done
+    exec "$RELEASE/examples/tapegrad-tag" train "${keep[@]}" "$@"
     ;;
   gradient-flow)
     ensure_packages
