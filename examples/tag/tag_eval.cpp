@@ -235,7 +235,9 @@ int run_eval(int argc, char** argv) {
   if (!report.empty()) {
     fs::create_directories(report);
     tgcli::write_file_atomic(fs::path(report) / "eval.json", tag_report(e, c.model.tags).dump(1) + "\n");
-    write_confusion(report, e, c.model.tags, fmt::format("tapegrad-tag: {} on {}", dir.string(), data_path));
+    write_confusion(report, e, c.model.tags,
+                    fmt::format("tapegrad-tag: UPOS confusion on {} ({:.2f}% accuracy)",
+                                fs::path(data_path).filename().string(), 100 * e.accuracy()));
   }
   fmt::print("{}\n", json{{"checkpoint", dir.string()}, {"data", data_path}, {"accuracy", e.accuracy()},
                           {"tokens", e.tokens}, {"sentences", e.sentences}, {"loss", e.loss}}
