@@ -3,6 +3,7 @@
 #include "autograd/format.h"
 #include "autograd/gradcheck.h"
 #include "autograd/ops.h"
+#include "autograd/safetensors.h"
 #include "autograd/tape.h"
 #include "autograd/tensor.h"
 #include "data/batching.h"

@@ -54,41 +54,69 @@ struct Capture {
   }
 };
 
+// The memory a backward pass keeps its bookkeeping in. Each thread keeps one and reuses it, so once
+// a thread has run a pass of some size its next passes allocate nothing for the walk or the
+// staging; a pass started while another runs on the thread (from a hook) gets its own.
+struct PassScratch {
+  std::vector<NodeRef> nodes;   // the walked nodes, held until the walk ends
+  std::vector<Node*> stack, ready;
+  std::vector<StagedLeaf> leaves;  // the first `used` belong to the running pass
+  std::vector<std::pair<const TensorImpl*, uint32_t>> table;  // leaf -> index into leaves
+  uint32_t used = 0;
+  bool busy = false;
+};
+thread_local PassScratch tl_scratch;
+
 class BackwardPass {
  public:
-  BackwardPass(uint64_t id, Capture* capture) : id_(id), capture_(capture) {}
+  BackwardPass(uint64_t id, Capture* capture, PassScratch& scratch) : id_(id), capture_(capture), s_(scratch) {}
+  // On every exit (an exception included) the staging is emptied for the next pass.
+  ~BackwardPass() { reset(); }
   uint64_t id() const { return id_; }
   Capture* capture() const { return capture_; }
-  std::vector<StagedLeaf>& leaves() { return leaves_; }
+  std::span<StagedLeaf> leaves() { return {s_.leaves.data(), s_.used}; }
   StagedLeaf& stage(const Ref<TensorImpl>& leaf) {
-    if (table_.empty()) table_.assign(16, {nullptr, 0});
-    size_t mask = table_.size() - 1;
+    auto& table = s_.table;
+    if (table.empty()) table.assign(16, {nullptr, 0});
+    size_t mask = table.size() - 1;
     for (size_t h = hash(leaf.get()) & mask;; h = (h + 1) & mask) {
-      if (table_[h].first == leaf.get()) return leaves_[table_[h].second];
-      if (table_[h].first) continue;
-      table_[h] = {leaf.get(), static_cast<uint32_t>(leaves_.size())};
-      leaves_.push_back(StagedLeaf{leaf, {}, false, {}});
-      if (leaves_.size() * 2 > table_.size()) rehash();
-      return leaves_.back();
+      if (table[h].first == leaf.get()) return s_.leaves[table[h].second];
+      if (table[h].first) continue;
+      table[h] = {leaf.get(), s_.used};
+      if (s_.used == s_.leaves.size()) s_.leaves.emplace_back();
+      StagedLeaf& staged = s_.leaves[s_.used++];
+      staged.leaf = leaf;
+      staged.exclusive = false;
+      if (s_.used * 2 > table.size()) rehash();
+      return staged;
     }
+  }
+  void reset() {
+    for (uint32_t i = 0; i < s_.used; ++i) {
+      StagedLeaf& staged = s_.leaves[i];
+      staged.leaf = Ref<TensorImpl>();
+      staged.pending = Tensor();
+      staged.products.clear();
+    }
+    if (s_.used) std::fill(s_.table.begin(), s_.table.end(), std::pair<const TensorImpl*, uint32_t>{nullptr, 0});
+    s_.used = 0;
   }
 
  private:
   static size_t hash(const TensorImpl* p) { return (reinterpret_cast<uintptr_t>(p) >> 4) * 0x9E3779B97F4A7C15ull >> 20; }
   void rehash() {
-    std::vector<std::pair<const TensorImpl*, uint32_t>> t(table_.size() * 2, {nullptr, 0});
+    std::vector<std::pair<const TensorImpl*, uint32_t>> t(s_.table.size() * 2, {nullptr, 0});
     const size_t mask = t.size() - 1;
-    for (uint32_t i = 0; i < leaves_.size(); ++i) {
-      size_t h = hash(leaves_[i].leaf.get()) & mask;
+    for (uint32_t i = 0; i < s_.used; ++i) {
+      size_t h = hash(s_.leaves[i].leaf.get()) & mask;
       while (t[h].first) h = (h + 1) & mask;
-      t[h] = {leaves_[i].leaf.get(), i};
+      t[h] = {s_.leaves[i].leaf.get(), i};
     }
-    table_ = std::move(t);
+    s_.table = std::move(t);
   }
   uint64_t id_;
   Capture* capture_;
-  std::vector<StagedLeaf> leaves_;
-  std::vector<std::pair<const TensorImpl*, uint32_t>> table_;
+  PassScratch& s_;
 };
 thread_local BackwardPass* tl_pass = nullptr;
 
@@ -130,9 +158,11 @@ void accumulate_leaf(TensorImpl* leaf, Tensor g) {
 bool all_finite(const Tensor& g) { return detail::float_kernels_of("anomaly", g).elementwise->all_finite(detail::view_of(g)); }
 
 // End of a pass: each touched leaf gets its summed contributions plus its stacked products
-// (one GEMM), then its hooks see the total once, then the total joins leaf.grad.
+// (one GEMM), then its hooks see the total once, then all the totals join their leaf.grad under
+// one lock.
 void flush_leaves(BackwardPass& pass) {
-  for (StagedLeaf& staged : pass.leaves()) {
+  const std::span<StagedLeaf> leaves = pass.leaves();
+  for (StagedLeaf& staged : leaves) {
     TensorImpl* leaf = staged.leaf.get();
     Tensor total = std::move(staged.pending);
     if (!staged.products.empty()) total = staged.products.flush(std::move(total), staged.exclusive, leaf->shape, leaf->dtype);
@@ -142,14 +172,21 @@ void flush_leaves(BackwardPass& pass) {
       throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
                                            leaf->shape.str(), name.empty() ? "" : " ('" + name + "')"));
     }
-    if (Capture* c = pass.capture()) {
-      if (leaf->meta) run_hooks(leaf->meta->hooks, total);
-      c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
-    } else {
-      accumulate_leaf(leaf, std::move(total));
+    if (leaf->meta) run_hooks(leaf->meta->hooks, total);
+    if (Capture* c = pass.capture()) c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
+    else staged.pending = std::move(total);
+  }
+  if (!pass.capture()) {
+    std::lock_guard<std::mutex> lock(g_leaf_mutex);
+    for (StagedLeaf& staged : leaves) {
+      if (!staged.pending.defined()) continue;
+      TensorImpl* leaf = staged.leaf.get();
+      Tensor slot(leaf->grad);
+      accumulate(slot, leaf->grad_exclusive, std::move(staged.pending), /*must_own=*/true);
+      leaf->grad = slot.ref();
     }
   }
-  pass.leaves().clear();
+  pass.reset();
 }
 
 Edge& checked_edge(Node* node, int i, const Shape& expected, DType dtype, const char* what) {
@@ -269,7 +306,8 @@ void claim(Node* n, uint64_t id) {
 void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool retain_graph, bool create_graph,
                   Capture* capture) {
   retain_graph = retain_graph || create_graph;  // the recorded gradients still need this graph
-  std::vector<Node*> starts;
+  Node* one_start = nullptr;  // the usual single root needs no vector
+  std::vector<Node*> more_starts;
   for (size_t k = 0; k < roots.size(); ++k) {
     TensorImpl* r = roots[k].impl();
     if (!r->requires_grad)
@@ -288,33 +326,43 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
           "backward(). Pass retain_graph=true to backward twice, and call detach() on hidden states "
           "carried across batches.",
           r->shape.str(), start->op));
-    starts.push_back(start);
+    if (roots.size() == 1) one_start = start;
+    else more_starts.push_back(start);
   }
+  const std::span<Node* const> starts =
+      roots.size() == 1 ? std::span<Node* const>(&one_start, one_start ? 1 : 0) : std::span<Node* const>(more_starts);
   if (starts.empty()) return;
   const uint64_t id = g_pass_counter.fetch_add(1, std::memory_order_relaxed) + 1;
 
-  // The walked nodes, held until the walk ends; on any exit their walk state is reset.
+  // This thread's scratch memory, or a fresh one for a pass inside a running pass (a hook's).
+  std::optional<PassScratch> own_scratch;
+  PassScratch& scratch = tl_scratch.busy ? own_scratch.emplace() : tl_scratch;
+  // The walked nodes are held until the walk ends; on any exit their walk state is reset.
   struct Walk {
-    std::vector<NodeRef> nodes;
+    PassScratch& s;
+    explicit Walk(PassScratch& scratch) : s(scratch) { s.busy = true; }
     ~Walk() {
-      for (auto& n : nodes) {
+      for (auto& n : s.nodes) {
         n->grad = Tensor();
         n->needed = n->runs = true;
         n->walker.store(0, std::memory_order_release);
       }
+      s.nodes.clear();  // the last references to released nodes go here
+      s.stack.clear();
+      s.ready.clear();
+      s.busy = false;
     }
-  } walk;
-  walk.nodes.reserve(64);
+  } walk(scratch);
+  std::vector<NodeRef>& walked = scratch.nodes;
 
   // 1. Claim every node below the roots and count, for each, the edges from walked nodes (its
   //    consumers in this graph). Iterative: unrolled graphs are deep.
-  std::vector<Node*> stack;
-  stack.reserve(32);
+  std::vector<Node*>& stack = scratch.stack;
   for (Node* start : starts) {
     if (start->walker.load(std::memory_order_acquire) == id) continue;  // two roots with one node
     claim(start, id);
     start->deps = 0;
-    walk.nodes.emplace_back(start);
+    walked.emplace_back(start);
     stack.push_back(start);
   }
   while (!stack.empty()) {
@@ -330,19 +378,19 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
       }
       claim(m, id);
       m->deps = 1;
-      walk.nodes.emplace_back(m);
+      walked.emplace_back(m);
       stack.push_back(m);
     }
   }
   // A node that a graph outside this walk also consumes must outlive it, and so must everything
   // below it (propagated in the walk below, consumers before producers).
-  for (auto& n : walk.nodes) n->keep = n->consumers.load(std::memory_order_relaxed) > n->deps;
+  for (auto& n : walked) n->keep = n->consumers.load(std::memory_order_relaxed) > n->deps;
 
   // tg::grad: which nodes lead to an input. A dry run of the order below (consumers before
   // producers), then producers first: a node runs if one of its inputs is wanted or runs.
   if (capture) {
     std::vector<Node*> order, ready;
-    for (auto& n : walk.nodes) if (n->deps == 0) ready.push_back(n.get());
+    for (auto& n : walked) if (n->deps == 0) ready.push_back(n.get());
     while (!ready.empty()) {
       Node* n = ready.back();
       ready.pop_back();
@@ -360,7 +408,7 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
       n->runs = runs;
       n->needed = runs || capture->wants(n);
     }
-    for (auto& n : walk.nodes)
+    for (auto& n : walked)
       for (uint32_t i = 0; i < n->n_inputs; ++i)
         if (n->inputs[i].kind == Edge::Interior) ++n->inputs[i].node->deps;
   }
@@ -376,7 +424,7 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
   std::optional<EnableGradGuard> recording;
   if (create_graph) recording.emplace();
   else no_grad.emplace();
-  BackwardPass pass(id, capture);
+  BackwardPass pass(id, capture, scratch);
   struct PassScope {
     BackwardPass* previous_pass = tl_pass;
     const Node* previous_node = detail::current_node();
@@ -391,9 +439,8 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
       detail::in_backward_flag() = previous_in_backward;
     }
   } pass_scope(&pass);
-  std::vector<Node*> ready;
-  ready.reserve(32);
-  for (auto& n : walk.nodes) if (n->deps == 0) ready.push_back(n.get());
+  std::vector<Node*>& ready = scratch.ready;
+  for (auto& n : walked) if (n->deps == 0) ready.push_back(n.get());
   while (!ready.empty()) {
     Node* n = ready.back();
     ready.pop_back();

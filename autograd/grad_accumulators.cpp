@@ -1,6 +1,7 @@
 #include "autograd/grad_accumulators.h"
 
 #include "autograd/elementwise.h"
+#include "autograd/kernel_bridge.h"
 #include "autograd/ops.h"
 
 namespace tg::detail {
@@ -53,8 +54,12 @@ void WindowAccumulator::add(Tensor& slot, bool& exclusive, const Window& w, cons
     slot = slot.clone();
     exclusive = true;
   }
-  Tensor window = window_of(slot, w);  // contiguous slot: zeros() or clone()
-  add_(window, g);
+  // The slot is ours and contiguous (zeros() or clone()), so the window is added in place by the
+  // kernel directly: no view tensor, no version bump (nothing saved it).
+  Strides st = slot.strides();
+  const int64_t offset = w.start * st[w.dim];
+  if (w.squeezed) st.erase(w.dim);
+  kernels_of(slot).elementwise->add_scaled(window_view_of(slot, w.window_shape, st, offset), view_of(g), 1.0);
 }
 
 Tensor WindowAccumulator::full_size(const Window& w, const Tensor& g) {

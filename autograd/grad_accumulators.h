@@ -19,6 +19,7 @@ class ProductAccumulator {
   static constexpr int64_t kDirectProductMacs = 65536;
 
   bool empty() const { return products_.empty(); }
+  void clear() { products_.clear(); }  // keeps the capacity: a thread's passes reuse it
   void add(const Tensor& a, const Tensor& b) { products_.emplace_back(a.contiguous(), b.contiguous()); }
   // total + sum of the staged a^T b (shape, dtype: the leaf's), into total itself when the caller
   // owns it exclusively; the staged products are dropped.

@@ -24,6 +24,13 @@ inline void* mem(const Tensor& t) { return t.raw_data(); }
 inline void* mem(const Storage& s) { return s.data(); }  // a saved output's whole storage (tg::SavedOutputStorage)
 inline kern::View view_of(const Tensor& t) { return {t.raw_data(), t.shape().begin(), t.strides().begin(), t.dim()}; }
 
+// A window of t as a strided view: `sizes` and `strides` (elements) from element `offset` past t's
+// first element. They must outlive the view, and the window must lie inside t (the caller checks).
+inline kern::View window_view_of(const Tensor& t, const Shape& sizes, const Strides& strides, int64_t offset) {
+  return {static_cast<char*>(mem(t)) + offset * static_cast<int64_t>(dtype_size(t.dtype())), sizes.begin(),
+          strides.begin(), sizes.size()};
+}
+
 inline size_t nbytes_of(const Tensor& t) { return static_cast<size_t>(t.numel()) * dtype_size(t.dtype()); }
 // The bytes of a contiguous tensor copied out to / in from plain memory (serialisation, MPI buffers).
 inline void copy_bytes_out(const Tensor& contiguous, void* dst) {

@@ -108,7 +108,8 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
 // ---- neural-network ops (ops_nn.cpp) ----
-// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient.
+// weight [V, E], indices int64 any shape -> [..., E]. Rows equal to padding_idx get no gradient;
+// -1: none (PyTorch counts a negative padding_idx from the end: its -1 is V - 1 here).
 Tensor embedding(const Tensor& weight, const Tensor& indices, int64_t padding_idx = -1);
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
@@ -138,5 +139,17 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
 // GRU, gates r, z, n (PyTorch's): q = h w^T + b; r, z = sigmoid(px + q); n = tanh(px_n + r q_n);
 // h' = (1 - z) n + z h. -> [B, H]
 Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b);
+// One step's projected input as a window of the whole sequence's projection `seq`: select(seq, dim,
+// start) when `squeezed`, else narrow(seq, dim, start, length). Given to a cell below in place of
+// that view, it records no view op per time step: the cell reads the window where it lies, and its
+// gradient goes straight into that window of seq's gradient (what nn::RNN / LSTM / GRU run).
+struct SeqWindow {
+  Tensor seq;
+  int64_t dim = 0, start = 0, length = 1;
+  bool squeezed = false;
+};
+Tensor rnn_cell(const SeqWindow& px, const Tensor& h, const Tensor& w, const Tensor& b, bool relu = false);
+Tensor lstm_cell(const SeqWindow& px, const Tensor& h, const Tensor& c, const Tensor& w, const Tensor& b);
+Tensor gru_cell(const SeqWindow& px, const Tensor& h, const Tensor& w, const Tensor& b);
 
 }  // namespace tg

@@ -99,6 +99,7 @@ void set_num_threads(int n) {
   kern::set_blas_threads(n);
 }
 int get_num_threads() { return kern::blas_threads(); }
+int available_cores() { return kern::available_cores(); }
 
 TG_REGISTER_OP("matmul", "linalg");
 Tensor matmul(const Tensor& a, const Tensor& b) {

@@ -86,6 +86,42 @@ void recurrent_backward(Grads& gr, int ih, int iw, int ib, const Tensor& dpre, c
 
 Tensor contiguous_grad(const Tensor& g) { return g.is_contiguous() ? g : g.contiguous(); }
 
+// Where a cell's projected input comes from: input 0 itself, or a window of it (a SeqWindow).
+struct PxSource {
+  int64_t dim = -1, start = 0, length = 0;
+  bool squeezed = false;
+  // px as the create_graph path reads it: connected to input 0 through a recorded view.
+  Tensor view_of(const Tensor& input0) const {
+    if (dim < 0) return input0;
+    return squeezed ? select(input0, dim, start) : narrow(input0, dim, start, length);
+  }
+  void add_grad(Grads& gr, Tensor d) const {
+    if (dim < 0) gr.add(0, std::move(d));
+    else gr.add_window(0, dim, start, d, squeezed);
+  }
+};
+
+// The window as an unrecorded view, and where it lies (dims and indices normalised).
+std::pair<Tensor, PxSource> window_of(const char* op, const SeqWindow& w) {
+  if (!w.seq.defined()) throw std::invalid_argument(fmt::format("{}: the SeqWindow's sequence is undefined", op));
+  Tensor view;
+  try {
+    NoGradGuard no_grad;
+    view = w.squeezed ? select(w.seq, w.dim, w.start) : narrow(w.seq, w.dim, w.start, w.length);
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(fmt::format("{}: the projected-input window (dim {}, start {}, length {}{}) does not "
+                                            "fit the sequence {}: {}",
+                                            op, w.dim, w.start, w.length, w.squeezed ? ", squeezed" : "",
+                                            w.seq.shape().str(), e.what()));
+  }
+  PxSource src;
+  src.dim = w.dim < 0 ? w.dim + w.seq.dim() : w.dim;
+  src.start = w.squeezed && w.start < 0 ? w.start + w.seq.size(src.dim) : w.start;
+  src.length = w.squeezed ? 1 : w.length;
+  src.squeezed = w.squeezed;
+  return {view, src};
+}
+
 // create_graph: the cells' backwards in recorded ops, recomputing the gates from the saved
 // (graph-connected) inputs, so the gradients they produce can be differentiated again. The fast
 // hand-written kernels above stay the first-order path.
@@ -105,8 +141,8 @@ void add_recurrent(Grads& gr, int ih, int iw, int ib, const Tensor& dpre, const 
   if (ib >= 0 && gr.needs(ib)) gr.add(ib, sum(dpre, {0}));
 }
 
-void rnn_backward_recorded(const Tensor& g, Grads& gr, const Tensor& px, const Tensor& h, const Tensor& w,
-                           const Tensor& b, bool relu) {
+void rnn_backward_recorded(const Tensor& g, Grads& gr, const PxSource& src, const Tensor& px, const Tensor& h,
+                           const Tensor& w, const Tensor& b, bool relu) {
   const Tensor pre = gates_of(px, h, w, b);
   Tensor dpre;
   if (relu) {
@@ -115,12 +151,12 @@ void rnn_backward_recorded(const Tensor& g, Grads& gr, const Tensor& px, const T
     const Tensor y = tanh(pre);
     dpre = mul(g, 1.0 - y * y);
   }
-  if (gr.needs(0)) gr.add(0, dpre);
+  if (gr.needs(0)) src.add_grad(gr, dpre);
   add_recurrent(gr, 1, 2, b.defined() ? 3 : -1, dpre, h, w, Tensor());
 }
 
-void lstm_backward_recorded(const Tensor& g, Grads& gr, const Tensor& px, const Tensor& h, const Tensor& c,
-                            const Tensor& w, const Tensor& b, int64_t H) {
+void lstm_backward_recorded(const Tensor& g, Grads& gr, const PxSource& src, const Tensor& px, const Tensor& h,
+                            const Tensor& c, const Tensor& w, const Tensor& b, int64_t H) {
   const Tensor pre = gates_of(px, h, w, b);
   const Tensor i = sigmoid(part(pre, 0, H)), f = sigmoid(part(pre, 1, H)), gg = tanh(part(pre, 2, H)),
                o = sigmoid(part(pre, 3, H));
@@ -130,13 +166,13 @@ void lstm_backward_recorded(const Tensor& g, Grads& gr, const Tensor& px, const 
   const Tensor dG = cat({dcn * gg * i * (1.0 - i), dcn * c * f * (1.0 - f), dcn * i * (1.0 - gg * gg),
                          gh * tc * o * (1.0 - o)},
                         1);
-  if (gr.needs(0)) gr.add(0, dG);
+  if (gr.needs(0)) src.add_grad(gr, dG);
   if (gr.needs(2)) gr.add(2, dcn * f);
   add_recurrent(gr, 1, 3, b.defined() ? 4 : -1, dG, h, w, Tensor());
 }
 
-void gru_backward_recorded(const Tensor& gy, Grads& gr, const Tensor& px, const Tensor& h, const Tensor& w,
-                           const Tensor& b, int64_t H) {
+void gru_backward_recorded(const Tensor& gy, Grads& gr, const PxSource& src, const Tensor& px, const Tensor& h,
+                           const Tensor& w, const Tensor& b, int64_t H) {
   const Tensor q = gates_of(zeros_like(px.detach()), h, w, b);  // h w^T + b
   const Tensor r = sigmoid(part(px, 0, H) + part(q, 0, H)), z = sigmoid(part(px, 1, H) + part(q, 1, H));
   const Tensor qn = part(q, 2, H);
@@ -144,37 +180,50 @@ void gru_backward_recorded(const Tensor& gy, Grads& gr, const Tensor& px, const 
   const Tensor dz = gy * (h - n) * z * (1.0 - z);
   const Tensor dn = gy * (1.0 - z) * (1.0 - n * n);
   const Tensor dr = dn * qn * r * (1.0 - r);
-  if (gr.needs(0)) gr.add(0, cat({dr, dz, dn}, 1));
+  if (gr.needs(0)) src.add_grad(gr, cat({dr, dz, dn}, 1));
   add_recurrent(gr, 1, 2, b.defined() ? 3 : -1, cat({dr, dz, dn * r}, 1), h, w, gy * z);
 }
 
 }  // namespace
 
-TG_REGISTER_OP("rnn_cell", "rnn");
-Tensor rnn_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b, bool relu) {
+namespace {
+// input0: what the node's input edge 0 is (px itself, or the sequence px is a window of).
+Tensor rnn_step(const Tensor& px, const Tensor& input0, const PxSource& src, const Tensor& h, const Tensor& w,
+                const Tensor& b, bool relu) {
   const CellArgs a = check_cell("rnn_cell", 1, px, h, w, b);
   const int64_t B = a.B, H = a.H;
   Tensor out = empty(Shape{B, H}, a.dtype);
   const CellOperands ops(px, h, w, b, B, H);
   kernels_of(out).rnn->rnn_forward(ops.args, relu, mem(out));
   const bool has_b = b.defined();
-  std::initializer_list<Tensor> inputs = {px, h, w, has_b ? b : Tensor()};
-  return record("rnn_cell", inputs, out, [ys = SavedOutputStorage(out), pxs = Saved(px, 0), hs = Saved(h, 1), ws = Saved(w, 2),
-                                         bs = Saved(has_b ? b : Tensor(), 3), B, H, relu,
+  std::initializer_list<Tensor> inputs = {input0, h, w, has_b ? b : Tensor()};
+  return record("rnn_cell", inputs, out, [ys = SavedOutputStorage(out), pxs = Saved(input0, 0), src, hs = Saved(h, 1),
+                                         ws = Saved(w, 2), bs = Saved(has_b ? b : Tensor(), 3), B, H, relu,
                                          has_b](const Tensor& g_in, Grads& gr) {
-    if (grad_enabled()) return rnn_backward_recorded(g_in, gr, *pxs, *hs, *ws, *bs, relu);
+    if (grad_enabled()) return rnn_backward_recorded(g_in, gr, src, src.view_of(*pxs), *hs, *ws, *bs, relu);
     const Storage& y = ys.get();
     const Tensor &h = *hs, &w = *ws;
     const Tensor g = contiguous_grad(g_in);
     Tensor d = empty(Shape{B, H}, g.dtype());
     kernels_of(g).rnn->rnn_backward(mem(g), mem(y), mem(d), B, H, relu);
     recurrent_backward(gr, 1, 2, has_b ? 3 : -1, d, h, w, B, H, H, Tensor());
-    if (gr.needs(0)) gr.add(0, std::move(d));
+    if (gr.needs(0)) src.add_grad(gr, std::move(d));
   });
 }
+}  // namespace
 
-TG_REGISTER_OP("lstm_cell", "rnn");
-Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tensor& w, const Tensor& b) {
+TG_REGISTER_OP("rnn_cell", "rnn");
+Tensor rnn_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b, bool relu) {
+  return rnn_step(px, px, PxSource{}, h, w, b, relu);
+}
+Tensor rnn_cell(const SeqWindow& px, const Tensor& h, const Tensor& w, const Tensor& b, bool relu) {
+  auto [view, src] = window_of("rnn_cell", px);
+  return rnn_step(view, px.seq, src, h, w, b, relu);
+}
+
+namespace {
+Tensor lstm_step(const Tensor& px, const Tensor& input0, const PxSource& src, const Tensor& h, const Tensor& c,
+                 const Tensor& w, const Tensor& b) {
   const CellArgs a = check_cell("lstm_cell", 4, px, h, w, b);
   const int64_t B = a.B, H = a.H, N = 4 * H;
   const bool c_unit = check_rows("lstm_cell", "c", c, B, H, a.dtype);
@@ -187,12 +236,12 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
   ops.args.ld_c = lc;
   kernels_of(out).rnn->lstm_forward(ops.args, mem(act), mem(out));
   const bool has_b = b.defined();
-  std::initializer_list<Tensor> inputs = {px, h, c, w, has_b ? b : Tensor()};
+  std::initializer_list<Tensor> inputs = {input0, h, c, w, has_b ? b : Tensor()};
   return record("lstm_cell", inputs, out,
-                [act, ys = SavedOutputStorage(out), pxs = Saved(px, 0), hs = Saved(h, 1), cus = Saved(cu, 2),
+                [act, ys = SavedOutputStorage(out), pxs = Saved(input0, 0), src, hs = Saved(h, 1), cus = Saved(cu, 2),
                  cs = Saved(c, 2), lc, ws = Saved(w, 3), bs = Saved(has_b ? b : Tensor(), 4), B, H,
                  has_b](const Tensor& g_in, Grads& gr) {
-                  if (grad_enabled()) return lstm_backward_recorded(g_in, gr, *pxs, *hs, *cs, *ws, *bs, H);
+                  if (grad_enabled()) return lstm_backward_recorded(g_in, gr, src, src.view_of(*pxs), *hs, *cs, *ws, *bs, H);
                   const Storage& y = ys.get();
                   const Tensor &h = *hs, &cu = *cus, &w = *ws;
                   const int64_t N = 4 * H;
@@ -201,12 +250,23 @@ Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tenso
                   kernels_of(g).rnn->lstm_backward(mem(act), mem(g), mem(y), mem(cu), lc, mem(dG), mem(dc), B, H);
                   recurrent_backward(gr, 1, 3, has_b ? 4 : -1, dG, h, w, B, N, H, Tensor());
                   if (gr.needs(2)) gr.add(2, std::move(dc));
-                  if (gr.needs(0)) gr.add(0, std::move(dG));
+                  if (gr.needs(0)) src.add_grad(gr, std::move(dG));
                 });
 }
+}  // namespace
 
-TG_REGISTER_OP("gru_cell", "rnn");
-Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b) {
+TG_REGISTER_OP("lstm_cell", "rnn");
+Tensor lstm_cell(const Tensor& px, const Tensor& h, const Tensor& c, const Tensor& w, const Tensor& b) {
+  return lstm_step(px, px, PxSource{}, h, c, w, b);
+}
+Tensor lstm_cell(const SeqWindow& px, const Tensor& h, const Tensor& c, const Tensor& w, const Tensor& b) {
+  auto [view, src] = window_of("lstm_cell", px);
+  return lstm_step(view, px.seq, src, h, c, w, b);
+}
+
+namespace {
+Tensor gru_step(const Tensor& px, const Tensor& input0, const PxSource& src, const Tensor& h, const Tensor& w,
+                const Tensor& b) {
   const CellArgs a = check_cell("gru_cell", 3, px, h, w, b);
   const int64_t B = a.B, H = a.H, N = 3 * H;
   const CellOperands ops(px, h, w, b, B, H);
@@ -216,11 +276,11 @@ Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor
   Tensor out = empty(Shape{B, H}, a.dtype);
   kernels_of(out).rnn->gru_forward(ops.args, mem(ph), mem(act), mem(out));
   const bool has_b = b.defined();
-  std::initializer_list<Tensor> inputs = {px, h, w, has_b ? b : Tensor()};
-  return record("gru_cell", inputs, out, [act, ph, pxs = Saved(px, 0), hus = Saved(hu, 1), hs = Saved(h, 1), ws = Saved(w, 2),
+  std::initializer_list<Tensor> inputs = {input0, h, w, has_b ? b : Tensor()};
+  return record("gru_cell", inputs, out, [act, ph, pxs = Saved(input0, 0), src, hus = Saved(hu, 1), hs = Saved(h, 1), ws = Saved(w, 2),
                                          bs = Saved(has_b ? b : Tensor(), 3), B, H,
                                          has_b](const Tensor& g_in, Grads& gr) {
-    if (grad_enabled()) return gru_backward_recorded(g_in, gr, *pxs, *hs, *ws, *bs, H);
+    if (grad_enabled()) return gru_backward_recorded(g_in, gr, src, src.view_of(*pxs), *hs, *ws, *bs, H);
     const Tensor &hu = *hus, &h = *hs, &w = *ws;
     const int64_t N = 3 * H;
     const Tensor g = contiguous_grad(g_in);
@@ -228,8 +288,18 @@ Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor
     kernels_of(g).rnn->gru_backward(mem(act), mem(ph), mem(g), mem(hu), row_ld(hu, B, H), mem(dpx), mem(dph), mem(dh),
                                     B, H);
     recurrent_backward(gr, 1, 2, has_b ? 3 : -1, dph, h, w, B, N, H, dh);
-    if (gr.needs(0)) gr.add(0, std::move(dpx));
+    if (gr.needs(0)) src.add_grad(gr, std::move(dpx));
   });
+}
+}  // namespace
+
+TG_REGISTER_OP("gru_cell", "rnn");
+Tensor gru_cell(const Tensor& px, const Tensor& h, const Tensor& w, const Tensor& b) {
+  return gru_step(px, px, PxSource{}, h, w, b);
+}
+Tensor gru_cell(const SeqWindow& px, const Tensor& h, const Tensor& w, const Tensor& b) {
+  auto [view, src] = window_of("gru_cell", px);
+  return gru_step(view, px.seq, src, h, w, b);
 }
 
 }  // namespace tg

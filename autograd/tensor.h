@@ -221,12 +221,14 @@ namespace detail {
 Tensor alias_of(const Tensor& base, const Shape& s, const Strides& st, int64_t offset);
 }  // namespace detail
 
-// Threads used by matrix products (OpenBLAS). Default 1: on small and medium RNN workloads the
-// two vCPUs of a typical cloud machine behave like one core for FP32 math, and oversubscribing
-// (BLAS threads plus training threads) is much slower. TG_NUM_THREADS in the environment
-// overrides the default.
+// Threads used by matrix products (OpenBLAS). Default: every core this process may run on
+// (available_cores(): its CPU affinity, SMT siblings counted once, capped by a cgroup CPU quota);
+// TG_NUM_THREADS in the environment overrides the default. Processes that share the machine
+// (data-parallel ranks, parallel test runs) should split the cores between them: oversubscribed
+// BLAS threads are much slower than fewer.
 void set_num_threads(int n);
 int get_num_threads();
+int available_cores();
 
 // Reproducibility: one generator (mt19937_64) per thread. manual_seed(s) makes the calling
 // thread's stream mt19937_64(s), a function of the seed alone, and sets the global seed from which

@@ -1,7 +1,8 @@
 // The RNN training-step benchmark of ../shared/bench/SPEC.md, written with the public API the way
 // a user would: Embedding -> nn::RNN / nn::LSTM -> last state -> Linear -> BCE with logits;
 // one step = zero grads, forward, backward, clip global norm 5 (optimizer hook), Adam(1e-3).
-//   bench_rnn_bench step --config small [--threads 1]   one JSON line
+//   bench_rnn_bench step --config small [--threads N]   one JSON line (default: the available cores)
+//   bench_rnn_bench cores                               the cores available to this process
 //   bench_rnn_bench toytrain                            the seed example's 300-epoch run, timed
 #include <fmt/format.h>
 #include <sys/resource.h>
@@ -65,13 +66,18 @@ int toytrain() {  // SPEC.md: 300 epochs x 8 sentences of 4 tokens, per-sentence
 
 int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "step", config = "small";
-  int threads = 1;
+  int threads = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (k == "--config") config = argv[i + 1];
     else if (k == "--threads") threads = std::atoi(argv[i + 1]);
   }
-  set_num_threads(threads);
+  if (mode == "cores") {
+    fmt::print("{}\n", available_cores());
+    return 0;
+  }
+  if (threads > 0) set_num_threads(threads);
+  threads = get_num_threads();
   if (mode == "toytrain") return toytrain();
   if (!kConfigs.count(config)) {
     fmt::print(stderr, "unknown config '{}': toy, small, medium, lstm-small\n", config);

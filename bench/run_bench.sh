@@ -32,23 +32,42 @@ wall() {  # whole-process wall seconds of a command, median of 5 runs
   done | median
 }
 
-rows=()
-for c in "${configs[@]}"; do
-  ours=$("$build/bench/bench_rnn_bench" step --config "$c" --threads 1)
-  echo "$ours"
-  ref_ms="" ratio=""
-  if [ $have_ref -eq 1 ]; then
-    ref=$("$ref_build/bench_cpp" step --config "$c" --variant module --threads 1)
-    echo "$ref"
-    ref_ms=$(json "$ref" median_ms)
-    ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
-  fi
-  rows+=("$(printf '| %s | %.4f | %.1f | %.1f | %s | %s |' "$c" "$(json "$ours" median_ms)" "$(json "$ours" gflops)" \
-    "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)")")
+# The machine's practical FP32 peak in this same session: OpenBLAS sgemm at its best size.
+declare -A peak
+sgemm_src="$ref_src/sgemm_bench.c"
+if [ -f "$sgemm_src" ] && cc -O2 -o "$build/sgemm_bench" "$sgemm_src" $(pkg-config --cflags --libs openblas) 2>/dev/null; then
+  while IFS=$'\t' read -r th _ _ _ _ _ _ gf; do
+    [[ "$th" =~ ^[0-9]+$ ]] || continue
+    if [ -z "${peak[$th]:-}" ] || [ "$(echo "$gf > ${peak[$th]}" | bc -l)" = 1 ]; then peak[$th]=$gf; fi
+  done < <(OPENBLAS_NUM_THREADS=2 "$build/sgemm_bench" 0.2)
+fi
+
+cores=$("$build/bench/bench_rnn_bench" cores)
+thread_counts=(1)
+[ "$cores" -gt 1 ] && thread_counts+=("$cores")
+declare -A rows
+for th in "${thread_counts[@]}"; do
+  rows[$th]=""
+  for c in "${configs[@]}"; do
+    ours=$(OPENBLAS_NUM_THREADS=$th "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th")
+    echo "$ours"
+    ref_ms="" ratio=""
+    if [ $have_ref -eq 1 ]; then
+      ref=$(OMP_NUM_THREADS=$th OPENBLAS_NUM_THREADS=$th "$ref_build/bench_cpp" step --config "$c" --variant module --threads "$th")
+      echo "$ref"
+      ref_ms=$(json "$ref" median_ms)
+      ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
+    fi
+    gf=$(json "$ours" gflops)
+    of_peak="n/a"
+    [ -n "${peak[$th]:-}" ] && of_peak=$(printf '%.0f %%' "$(echo "100 * $gf / ${peak[$th]}" | bc -l)")
+    rows[$th]+="$(printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s |' "$c" "$(json "$ours" median_ms)" "$gf" "$of_peak" \
+      "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)")"$'\n'
+  done
 done
 
-ours_toy=$(wall "$build/examples/sentiment")
-toy_row="| seed example, whole process (300 epochs x 8 sentences) | $(printf '%.4f' "$ours_toy") s | | |"
+ours_toy=$(TG_NUM_THREADS=1 wall "$build/examples/sentiment")
+toy_row="| seed example, whole process (300 epochs x 8 sentences) | $(printf '%.4f' "$ours_toy") s | | | |"
 if [ $have_ref -eq 1 ]; then
   ref_toy=$(wall "$ref_build/bench_cpp" toytrain --variant module --threads 1)
   toy_row="$toy_row $(printf '%.3f s | %.1fx |' "$ref_toy" "$(echo "$ref_toy / $ours_toy" | bc -l)")"
@@ -56,10 +75,13 @@ else
   toy_row="$toy_row n/a | n/a |"
 fi
 
+for th in "${thread_counts[@]}"; do
+  echo
+  echo "$th thread(s); sgemm peak in this run: ${peak[$th]:-n/a} GFLOP/s"
+  echo "| config | tapegrad median ms/step | GFLOP/s | of sgemm peak | peak RSS MB | libtorch median ms/step | libtorch/tapegrad |"
+  echo "|---|---|---|---|---|---|---|"
+  printf '%s' "${rows[$th]}"
+  [ "$th" = 1 ] && echo "$toy_row"
+done
 echo
-echo "| config | tapegrad median ms/step | GFLOP/s | peak RSS MB | libtorch median ms/step | libtorch/tapegrad |"
-echo "|---|---|---|---|---|---|"
-printf '%s\n' "${rows[@]}"
-echo "$toy_row"
-echo
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) vCPUs; 1 thread; load average at end $(cut -d" " -f1 /proc/loadavg); $(date -u +%Y-%m-%d)"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) vCPUs, $cores cores available; load average at end $(cut -d" " -f1 /proc/loadavg); $(date -u +%Y-%m-%d)"

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -18,14 +20,26 @@ namespace tg::kern {
 namespace {
 std::atomic<int> g_threads{0};  // 0: not chosen yet (atomic: first products may race on threads)
 
-// The default before anyone chose: TG_NUM_THREADS from the environment, else 1 (see
-// tg::set_num_threads for why one).
+// The default before anyone chose: TG_NUM_THREADS from the environment, else every core this
+// process may use (see tg::set_num_threads). A TG_NUM_THREADS that is not a positive integer is
+// reported once on stderr and ignored (a library call has no better place to refuse it).
 void ensure_threads() {
   if (g_threads) return;
   const char* env = std::getenv("TG_NUM_THREADS");
-  set_blas_threads(env && std::atoi(env) > 0 ? std::atoi(env) : 1);
+  const int n = threads_from_env(env);
+  if (env && *env && n == 0)
+    std::fprintf(stderr, "tapegrad: ignoring TG_NUM_THREADS=\"%s\" (want an integer from 1 to 4096)\n", env);
+  set_blas_threads(n > 0 ? n : available_cores());
 }
 }  // namespace
+
+int threads_from_env(const char* value) {
+  if (!value || !*value) return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(value, &end, 10);
+  return errno == 0 && *end == '\0' && v >= 1 && v <= 4096 ? static_cast<int>(v) : 0;
+}
 
 void set_blas_threads(int n) {
   g_threads = n;

@@ -214,6 +214,12 @@ inline const KernelTable& kernels_for(Device device, DType dtype) {
 
 // Threads used by BLAS (a property of the CPU device, not of a dtype).
 void set_blas_threads(int n);
-int blas_threads();  // TG_NUM_THREADS from the environment (else 1) until set
+// Until set: TG_NUM_THREADS from the environment, else available_cores().
+int blas_threads();
+// The cores this process may run on: its CPU affinity, SMT siblings counted once, capped by the
+// cgroup's CPU quota.
+int available_cores();
+// TG_NUM_THREADS's value as a thread count: 0 when unset or not an integer in [1, 4096].
+int threads_from_env(const char* value);
 
 }  // namespace tg::kern

@@ -28,7 +28,9 @@ class Linear : public UnaryModule {
 };
 
 // Rows of `weight` [num, dim] picked by int64 indices of any shape -> [..., dim]. Init N(0, 1).
-// The padding_idx row (if >= 0) starts at zero and never gets a gradient.
+// The padding_idx row (if >= 0) starts at zero and never gets a gradient. padding_idx = -1 means
+// no padding row (PyTorch's padding_idx=None). Unlike here, PyTorch reads a negative padding_idx
+// from the end: its padding_idx=-1 is the last row, which here is num_embeddings - 1.
 class Embedding : public UnaryModule {
  public:
   Embedding(int64_t num_embeddings, int64_t embedding_dim, int64_t padding_idx = -1, DType dtype = DType::Float32);

@@ -5,3 +5,4 @@
 #include "nn/module.h"
 #include "nn/rnn.h"
 #include "nn/rnn_cells.h"
+#include "nn/weights.h"

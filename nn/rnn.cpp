@@ -157,7 +157,7 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       const Tensor proj = cell.project(layer_in);  // every real token of the layer in one linear call
       const Tensor proj_bt = batch_major ? reshape(proj, {B, T, proj.size(1)}) : Tensor();
       auto px = [&](int64_t t) {
-        return batch_major ? select(proj_bt, 1, t) : narrow(proj, 0, offset[t], active[t]);
+        return batch_major ? SeqWindow{proj_bt, 1, t, 1, true} : SeqWindow{proj, 0, offset[t], active[t], false};
       };
       const Tensor h0k = select(h0, 0, k), c0k = c0.defined() ? select(c0, 0, k) : Tensor();
       std::vector<Tensor> out(static_cast<size_t>(T));

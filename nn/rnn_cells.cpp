@@ -45,21 +45,34 @@ Tensor RNNCellBase::project(const Tensor& x) const {
 Tensor RNNCellBase::recurrent(const Tensor& h) const { return linear(h, weight_hh, bias_hh); }
 
 Tensor RNNCellBase::check_step(const Tensor& px, const Tensor& h, const char* what) const {
+  return check_step(px.shape(), px.dtype(), h, what);
+}
+
+Tensor RNNCellBase::check_step(const Shape& px, DType px_dtype, const Tensor& h, const char* what) const {
   const int64_t G = gates * hidden_size;
-  if (px.dim() != 2 || px.size(1) != G)
-    throw std::invalid_argument(fmt::format("{}: projected input must be [B, {}], got {}", type_, G,
-                                            px.shape().str()));
-  if (!h.defined()) return zeros(Shape{px.size(0), hidden_size}, px.dtype());
-  if (!(h.shape() == Shape{px.size(0), hidden_size}))
+  if (px.size() != 2 || px[1] != G)
+    throw std::invalid_argument(fmt::format("{}: projected input must be [B, {}], got {}", type_, G, px.str()));
+  if (!h.defined()) return zeros(Shape{px[0], hidden_size}, px_dtype);
+  if (!(h.shape() == Shape{px[0], hidden_size}))
     throw std::invalid_argument(fmt::format("{}: {} must be [{}, {}] (batch, hidden_size), got {}", type_, what,
-                                            px.size(0), hidden_size, h.shape().str()));
-  if (h.dtype() != px.dtype())
+                                            px[0], hidden_size, h.shape().str()));
+  if (h.dtype() != px_dtype)
     throw std::invalid_argument(fmt::format("{}: {} is {} but the input is {}", type_, what, dtype_name(h.dtype()),
-                                            dtype_name(px.dtype())));
+                                            dtype_name(px_dtype)));
   return h;
 }
 
 namespace {
+// The shape of the window's view (the op itself reports a window that does not fit).
+Shape window_shape(const SeqWindow& w) {
+  Shape s = w.seq.shape();
+  const int64_t d = w.dim < 0 ? w.dim + s.size() : w.dim;
+  if (d < 0 || d >= s.size()) return s;
+  if (w.squeezed) s.erase(d);
+  else s[d] = w.length;
+  return s;
+}
+
 void check_batched(const char* type, const Tensor& x) {
   if (x.dim() != 2)
     throw std::invalid_argument(fmt::format("{}: input must be [batch, input_size], got {}", type, x.shape().str()));
@@ -80,6 +93,12 @@ Tensor RNNCell::step(const Tensor& px, const Tensor& h_in) {
   return rnn_cell(px, h, weight_hh, bias_hh, nonlinearity == Nonlinearity::ReLU);  // one fused op
 }
 
+Tensor RNNCell::step(const SeqWindow& px, const Tensor& h_in) {
+  NameScope scope(name());
+  Tensor h = check_step(window_shape(px), px.seq.dtype(), h_in);
+  return rnn_cell(px, h, weight_hh, bias_hh, nonlinearity == Nonlinearity::ReLU);
+}
+
 LSTMCell::LSTMCell(int64_t in, int64_t hidden, bool bias, DType dtype)
     : RNNCellBase("LSTMCell", in, hidden, 4, bias, dtype) {}
 
@@ -96,6 +115,15 @@ LSTMState LSTMCell::step(const Tensor& px, const LSTMState& state) {
   return {select(hc, 0, 0), select(hc, 0, 1)};
 }
 
+LSTMState LSTMCell::step(const SeqWindow& px, const LSTMState& state) {
+  NameScope scope(name());
+  const Shape shape = window_shape(px);
+  Tensor h = check_step(shape, px.seq.dtype(), state.h, "h");
+  Tensor c = check_step(shape, px.seq.dtype(), state.c, "c");
+  Tensor hc = lstm_cell(px, h, c, weight_hh, bias_hh);
+  return {select(hc, 0, 0), select(hc, 0, 1)};
+}
+
 GRUCell::GRUCell(int64_t in, int64_t hidden, bool bias, DType dtype)
     : RNNCellBase("GRUCell", in, hidden, 3, bias, dtype) {}
 
@@ -108,6 +136,12 @@ Tensor GRUCell::step(const Tensor& px, const Tensor& h_in) {
   NameScope scope(name());
   Tensor h = check_step(px, h_in);
   return gru_cell(px, h, weight_hh, bias_hh);  // one fused op
+}
+
+Tensor GRUCell::step(const SeqWindow& px, const Tensor& h_in) {
+  NameScope scope(name());
+  Tensor h = check_step(window_shape(px), px.seq.dtype(), h_in);
+  return gru_cell(px, h, weight_hh, bias_hh);
 }
 
 }  // namespace tg::nn

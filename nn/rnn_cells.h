@@ -7,6 +7,7 @@
 // and forward(x, h) = step(project(x), h).
 #include <cstdint>
 
+#include "autograd/ops.h"
 #include "nn/module.h"
 
 namespace tg::nn {
@@ -29,14 +30,16 @@ class RNNCellBase : public Module {
 
   // x [..., I] -> [..., gates*H]
   Tensor project(const Tensor& x) const;
-  // One step on a projected input [B, gates*H] for the sequence modules; c is used by LSTM only.
-  virtual LSTMState step_state(const Tensor& px, const LSTMState& state) = 0;
+  // One step of the sequence modules, its projected input [B, gates*H] a window of the whole
+  // sequence's projection (no view op recorded per step); c is used by LSTM only.
+  virtual LSTMState step_state(const SeqWindow& px, const LSTMState& state) = 0;
 
  protected:
   // All parameters U(±1/sqrt(hidden_size)), drawn in the order above (PyTorch's).
   RNNCellBase(const char* type, int64_t input_size, int64_t hidden_size, int64_t gates, bool bias, DType dtype);
   // Checks px [B, gates*H] and h [B, H] (an undefined h becomes zeros); returns h.
   Tensor check_step(const Tensor& px, const Tensor& h, const char* what = "h") const;
+  Tensor check_step(const Shape& px, DType px_dtype, const Tensor& h, const char* what = "h") const;
   Tensor recurrent(const Tensor& h) const;  // h W_hh^T + b_hh
   const char* type_;
 };
@@ -49,7 +52,8 @@ class RNNCell : public RNNCellBase {
   Tensor forward(const Tensor& x, const Tensor& h = Tensor());  // x [B, I], h [B, H] (default zeros)
   Tensor operator()(const Tensor& x, const Tensor& h = Tensor()) { return forward(x, h); }
   Tensor step(const Tensor& px, const Tensor& h);
-  LSTMState step_state(const Tensor& px, const LSTMState& s) override { return {step(px, s.h), Tensor()}; }
+  Tensor step(const SeqWindow& px, const Tensor& h);
+  LSTMState step_state(const SeqWindow& px, const LSTMState& s) override { return {step(px, s.h), Tensor()}; }
 
   const Nonlinearity nonlinearity;
 };
@@ -64,7 +68,8 @@ class LSTMCell : public RNNCellBase {
   LSTMState forward(const Tensor& x, const LSTMState& state = {});  // undefined h or c are zeros
   LSTMState operator()(const Tensor& x, const LSTMState& state = {}) { return forward(x, state); }
   LSTMState step(const Tensor& px, const LSTMState& state);
-  LSTMState step_state(const Tensor& px, const LSTMState& s) override { return step(px, s); }
+  LSTMState step(const SeqWindow& px, const LSTMState& state);
+  LSTMState step_state(const SeqWindow& px, const LSTMState& s) override { return step(px, s); }
 };
 
 // Gates r, z, n: n = tanh(W_in x + b_in + r*(W_hn h + b_hn)), h' = (1-z)*n + z*h.
@@ -74,7 +79,8 @@ class GRUCell : public RNNCellBase {
   Tensor forward(const Tensor& x, const Tensor& h = Tensor());
   Tensor operator()(const Tensor& x, const Tensor& h = Tensor()) { return forward(x, h); }
   Tensor step(const Tensor& px, const Tensor& h);
-  LSTMState step_state(const Tensor& px, const LSTMState& s) override { return {step(px, s.h), Tensor()}; }
+  Tensor step(const SeqWindow& px, const Tensor& h);
+  LSTMState step_state(const SeqWindow& px, const LSTMState& s) override { return {step(px, s.h), Tensor()}; }
 };
 
 }  // namespace tg::nn

@@ -31,7 +31,7 @@ struct TrainOptions {
   std::string optimizer = "adam";
   double clip = 5.0, weight_decay = 0.0, momentum = 0.0;
   uint64_t seed = 1;
-  int threads = 1;
+  int threads = 0;  // 0: auto (train_threads)
   int64_t max_len = 100, min_freq = 1;
   bool bucket = false;
   std::string save, resume;
@@ -157,6 +157,9 @@ std::string prediction_json(const Prediction& p, const std::string& text);
 
 // Subcommands: return the process exit code. run_train takes main's argc/argv (argv[1] is
 // "train"; it re-executes them under mpirun for --np); run_predict takes them from the subcommand.
+// --threads: `requested` when positive; else TG_NUM_THREADS when set; else the available cores
+// split evenly over the processes of this job on this machine (at least 1 each).
+int train_threads(int requested, int world_size);
 int run_train(int argc, char** argv);
 int run_predict(int argc, char** argv);
 

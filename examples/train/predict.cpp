@@ -21,7 +21,7 @@ int run_predict(int argc, char** argv) {
   std::string checkpoint;
   std::vector<std::string> sentences;
   int64_t batch = 0;
-  int threads = 1;
+  int threads = 0;
   bool as_json = false;
   bool allow_non_finite = false;
   po::options_description desc(
@@ -35,7 +35,7 @@ int run_predict(int argc, char** argv) {
     ("checkpoint", po::value(&checkpoint), "checkpoint folder, or a run folder (then its best/ is used)")
     ("batch", po::value(&batch)->default_value(batch), "batch size (0 = the checkpoint's --eval-batch, so "
                                                        "results match train-time evaluation bit for bit)")
-    ("threads", po::value(&threads)->default_value(threads), "threads for matrix products (OpenBLAS)")
+    ("threads", po::value(&threads)->default_value(threads), "threads for matrix products (OpenBLAS); 0 = the cores available (TG_NUM_THREADS overrides)")
     ("json", po::bool_switch(&as_json), "print JSON lines {label, logit, probability, text} at full precision")
     ("allow-non-finite", po::bool_switch(&allow_non_finite), "load a checkpoint whose weights hold NaN or Inf "
                                                              "(to inspect a diverged run; its outputs may be nan); "
@@ -55,8 +55,8 @@ int run_predict(int argc, char** argv) {
   }
   po::notify(vm);
   if (checkpoint.empty()) throw std::invalid_argument("--checkpoint DIR is required (see --help)");
-  if (batch < 0 || threads < 1) throw std::invalid_argument("--batch must be >= 0 and --threads >= 1");
-  set_num_threads(threads);
+  if (batch < 0 || threads < 0) throw std::invalid_argument("--batch and --threads must be >= 0");
+  if (threads > 0) set_num_threads(threads);
 
   const fs::path dir = resolve_checkpoint(checkpoint, "best");
   const std::string elsewhere = other_checkpoint_advice(dir, false);

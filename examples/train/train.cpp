@@ -29,6 +29,15 @@ namespace tgcli {
 
 using namespace tg;
 
+int train_threads(int requested, int world_size) {
+  if (requested > 0) return requested;
+  if (const char* env = std::getenv("TG_NUM_THREADS"); env && *env) return get_num_threads();
+  // Ranks of this job on this machine (Open MPI says how many share the host; else assume all).
+  int local = world_size;
+  if (const char* l = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"); l && std::atoi(l) > 0) local = std::atoi(l);
+  return std::max(1, available_cores() / std::max(1, local));
+}
+
 namespace {
 
 // The signal that asked the run to stop (SIGINT, SIGTERM; SIGUSR1 counts as SIGINT, SIGUSR2 as
@@ -208,7 +217,8 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
                                             "batch, split evenly over them",
                                             o.batch, W));
   const int64_t rank_batch = o.batch / W;
-  set_num_threads(o.threads);
+  const int threads = train_threads(o.threads, W);
+  set_num_threads(threads);
   r.save = o.save;
 
   // The run folder first: a second run into it fails here, before reading anything.
@@ -297,7 +307,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
       "tapegrad-train: {} train / {} dev examples, vocab {}, {}{} embed {} hidden {} x{} ({} parameters), {} "
       "threads{}{}{}",
       r.train.size(), r.dev.size(), r.vocab.size(), o.bidirectional ? "bi" : "", o.model, o.embed, o.hidden, o.layers,
-      r.model->num_parameters(), o.threads,
+      r.model->num_parameters(), threads,
       W > 1 ? fmt::format(", {} processes x batch {}", W, rank_batch) : "",
       resume_dir.empty() ? ""
                          : fmt::format(", resumed from {} at epoch {} step {}", resume_dir.string(), r.st.epoch,

@@ -48,7 +48,7 @@ po::options_description train_description(TrainOptions& o, std::string& seed) {
     ("momentum", po::value(&o.momentum)->default_value(o.momentum), "momentum (sgd only)")
     ("seed", po::value(&seed)->default_value(std::to_string(o.seed)),
      "random seed: initialisation, dropout and data order (0 to 2^64-1)")
-    ("threads", po::value(&o.threads)->default_value(o.threads), "threads for matrix products (OpenBLAS)")
+    ("threads", po::value(&o.threads)->default_value(o.threads), "threads for matrix products (OpenBLAS); 0 = the cores available, split over the local --np processes (TG_NUM_THREADS overrides)")
     ("max-len", po::value(&o.max_len)->default_value(o.max_len), "keep at most this many tokens per sentence")
     ("min-freq", po::value(&o.min_freq)->default_value(o.min_freq),
      "vocabulary: training-set words seen at least this often (others are <unk>)")
@@ -115,7 +115,7 @@ void validate(const TrainOptions& o) {
        fmt::format("--momentum {:g} applies to --optimizer sgd only; {} keeps its own moment estimates (betas 0.9, "
                    "0.999) and would ignore it. Leave --momentum out or use --optimizer sgd",
                    o.momentum, o.optimizer));
-  need(o.threads >= 1, "--threads must be >= 1");
+  need(o.threads >= 0, "--threads must be >= 0 (0 = auto)");
   need(o.max_len >= 1 && o.min_freq >= 1, "--max-len and --min-freq must be >= 1");
   need(o.eval_every >= 0 && o.max_train >= 0 && o.stop_after >= 0,
        "--eval-every, --max-train and --stop-after must be >= 0");

@@ -1,0 +1,148 @@
+// The recurrent cells reading their projected input as a window of the whole sequence's
+// projection (SeqWindow): first and second derivatives against finite differences, bit-identical
+// to the cell on the equivalent select/narrow view, errors, and what nn::RNN records per step.
+#include <doctest/doctest.h>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "nn/nn.h"
+
+using namespace tg;
+
+namespace {
+
+constexpr DType F64 = DType::Float64;
+Tensor rnd(const Shape& s) { return randn(s, F64).requires_grad_(); }
+
+GradcheckOptions options(const char* name) {
+  GradcheckOptions o;
+  o.name = name;
+  o.eps = 1e-6;
+  o.atol = 1e-5;
+  o.rtol = 1e-4;
+  o.throw_on_failure = false;
+  return o;
+}
+
+void check_both(const char* name, const GradcheckFn& fn, const std::vector<Tensor>& inputs) {
+  INFO("op: " << name);
+  auto first = gradcheck(fn, inputs, options(name));
+  CHECK_MESSAGE(first.ok, first.message);
+  auto second = gradgradcheck(fn, inputs, options(name));
+  CHECK_MESSAGE(second.ok, second.message);
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  if (!(a.shape() == b.shape()) || a.dtype() != b.dtype()) return false;
+  std::vector<double> x = a.to_vector(), y = b.to_vector();
+  return x == y;
+}
+
+int count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_SUITE("rnn window") {
+
+TEST_CASE("windowed cells: gradients and second derivatives, batch-major and time-major windows") {
+  manual_seed(41);
+  const int64_t B = 3, T = 4, H = 2;
+  // seq [B, T, G*H], step t = select(seq, 1, t): the batch-major layout nn::RNN uses
+  check_both("rnn_cell window", [](auto& v) { return rnn_cell(SeqWindow{v[0], 1, 2, 1, true}, v[1], v[2], v[3]); },
+             {rnd({B, T, H}), rnd({B, H}), rnd({H, H}), rnd({H})});
+  check_both("lstm_cell window",
+             [](auto& v) { return lstm_cell(SeqWindow{v[0], 1, -1, 1, true}, v[1], v[2], v[3], v[4]); },
+             {rnd({B, T, 4 * H}), rnd({B, H}), rnd({B, H}), rnd({4 * H, H}), rnd({4 * H})});
+  check_both("gru_cell window", [](auto& v) { return gru_cell(SeqWindow{v[0], 1, 0, 1, true}, v[1], v[2], v[3]); },
+             {rnd({B, T, 3 * H}), rnd({B, H}), rnd({3 * H, H}), rnd({3 * H})});
+  // seq [N, G*H], step = rows [start, start + length): the packed (time-major) layout
+  check_both("rnn_cell rows", [](auto& v) { return rnn_cell(SeqWindow{v[0], 0, 3, 2, false}, v[1], v[2], Tensor(), true); },
+             {rnd({7, H}) + 3.0, rnd({2, H}), (randn({H, H}, F64) * 0.1).requires_grad_()});
+  check_both("lstm_cell rows", [](auto& v) { return lstm_cell(SeqWindow{v[0], 0, 1, 2, false}, v[1], v[2], v[3], Tensor()); },
+             {rnd({5, 4 * H}), rnd({2, H}), rnd({2, H}), rnd({4 * H, H})});
+  check_both("gru_cell rows", [](auto& v) { return gru_cell(SeqWindow{v[0], 0, 0, 3, false}, v[1], v[2], v[3]); },
+             {rnd({6, 3 * H}), rnd({3, H}), rnd({3 * H, H}), rnd({3 * H})});
+}
+
+TEST_CASE("a windowed step computes exactly what the step on the select/narrow view computes") {
+  manual_seed(42);
+  const int64_t B = 3, T = 5, H = 4;
+  for (int gates : {1, 3, 4}) {
+    CAPTURE(gates);
+    Tensor seq = randn({B, T, gates * H}, F64).requires_grad_(), h = randn({B, H}, F64).requires_grad_(),
+           c = randn({B, H}, F64).requires_grad_(), w = randn({gates * H, H}, F64).requires_grad_(),
+           b = randn({gates * H}, F64).requires_grad_();
+    auto run = [&](bool windowed) {
+      Tensor y;
+      for (int64_t t : {0, 2, 4}) {  // three steps into one loss: windows accumulate into one gradient
+        Tensor view = select(seq, 1, t);
+        SeqWindow win{seq, 1, t, 1, true};
+        Tensor s = gates == 1   ? (windowed ? rnn_cell(win, h, w, b) : rnn_cell(view, h, w, b))
+                   : gates == 3 ? (windowed ? gru_cell(win, h, w, b) : gru_cell(view, h, w, b))
+                                : (windowed ? lstm_cell(win, h, c, w, b) : lstm_cell(view, h, c, w, b));
+        y = y.defined() ? y + s.sum() * double(t + 1) : s.sum();
+      }
+      for (Tensor* p : {&seq, &h, &c, &w, &b}) p->zero_grad();
+      y.backward();
+      std::vector<Tensor> grads = {y.detach()};
+      for (Tensor* p : {&seq, &h, &w, &b}) grads.push_back(p->grad().clone());
+      if (gates == 4) grads.push_back(c.grad().clone());
+      return grads;
+    };
+    auto plain = run(false), windowed = run(true);
+    REQUIRE(plain.size() == windowed.size());
+    for (size_t k = 0; k < plain.size(); ++k) CHECK_MESSAGE(same_bits(plain[k], windowed[k]), "result " << k);
+  }
+}
+
+TEST_CASE("a window that does not fit, or no sequence, is refused naming the op") {
+  Tensor seq = randn({2, 3, 4}), h = zeros({2, 4}), w = randn({4, 4});
+  auto message = [](auto&& f) {
+    try { f(); } catch (const std::invalid_argument& e) { return std::string(e.what()); }
+    return std::string("no error");
+  };
+  std::string m = message([&] { rnn_cell(SeqWindow{seq, 1, 3, 1, true}, h, w, Tensor()); });
+  CHECK(m.find("rnn_cell") != std::string::npos);
+  CHECK(m.find("[2, 3, 4]") != std::string::npos);
+  CHECK(message([&] { gru_cell(SeqWindow{seq, 5, 0, 1, true}, h, randn({12, 4}), Tensor()); }).find("gru_cell") !=
+        std::string::npos);
+  CHECK(message([&] { lstm_cell(SeqWindow{Tensor(), 0, 0, 1, true}, h, h, randn({16, 4}), Tensor()); })
+            .find("undefined") != std::string::npos);
+  CHECK(message([&] { rnn_cell(SeqWindow{randn({5, 4}), 0, 3, 3, false}, h, w, Tensor()); }).find("rnn_cell") !=
+        std::string::npos);
+}
+
+TEST_CASE("an in-place write into the sequence after a windowed step is caught where backward reads it") {
+  // The first-order backward reads the output, h and w only; the recorded (create_graph) one
+  // recomputes the gates from the window, so it must see that the sequence changed.
+  Tensor x = randn({2, 3, 4}).requires_grad_();
+  Tensor seq = x * 1.0;
+  Tensor y = rnn_cell(SeqWindow{seq, 1, 1, 1, true}, zeros({2, 4}), randn({4, 4}).requires_grad_(), Tensor());
+  {
+    NoGradGuard g;
+    mul_(seq, 2.0);
+  }
+  CHECK_THROWS_WITH_AS(grad({y.sum()}, {x}, {.create_graph = true}), doctest::Contains("rnn_cell"),
+                       std::runtime_error);
+}
+
+TEST_CASE("nn::RNN and nn::GRU record one op per time step, no view op per step") {
+  manual_seed(43);
+  const int64_t B = 2, T = 6;
+  for (bool gru : {false, true}) {
+    CAPTURE(gru);
+    nn::RNNOptions o{.input_size = 3, .hidden_size = 4, .batch_first = true, .output_sequence = false};
+    Tensor x = randn({B, T, 3});
+    Tensor h = gru ? nn::GRU(o)(x).h_n : nn::RNN(o)(x).h_n;
+    const std::string dot = to_dot(h);
+    CHECK(count(dot, gru ? "gru_cell" : "rnn_cell") == T);
+    CHECK(count(dot, "select") == 0);
+    CHECK(count(dot, "narrow") == 0);
+  }
+}
+
+}  // TEST_SUITE
