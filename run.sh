@@ -5,6 +5,7 @@
 #   ./run.sh bench [CONFIG...]     RNN training-step benchmark, against libtorch when installed
 #   ./run.sh train ... | predict ... | sst2    the training CLI; sst2: the recommended SST-2 run
 #   ./run.sh lm [options] | lm sample --checkpoint DIR ...   character LM on tinyshakespeare (docs/lm.md)
+#   ./run.sh tag [options] | tag eval ...   BiLSTM part-of-speech tagger on UD English-LinES (docs/tagging.md)
 #   ./run.sh gradient-flow         the gradient-norm-per-time-step experiment and its plot
 #   ./run.sh fuzz [SECONDS]        libFuzzer targets (clang, ASan+UBSan), each for SECONDS (default 60)
 #   ./run.sh soak [STEPS [ASAN_STEPS]]  toy-model memory soak (100,000 steps), then under ASan/LSan
@@ -105,6 +106,21 @@ case "$cmd" in
     done
     exec "$RELEASE/examples/tapegrad-lm" train "${args[@]}" "$@"
     ;;
+  tag)  # BiLSTM UPOS tagger on UD English-LinES (docs/tagging.md); `tag eval ...` / `tag --resume DIR` pass through
+    ensure_packages
+    build "$RELEASE"
+    [ "${1:-}" = eval ] && { shift; exec "$RELEASE/examples/tapegrad-tag" eval "$@"; }
+    [[ " $* " == *" --resume"* ]] && exec "$RELEASE/examples/tapegrad-tag" train "$@"
+    ud="${TAPEGRAD_DATA:-$ROOT/../shared/data}/ud_english_lines/en_lines-ud"
+    # The recommended configuration (README); an option given on the command line replaces its entry.
+    defaults=(--train "$ud-train.conllu" --dev "$ud-dev.conllu" --test "$ud-test.conllu" --epochs 30 --seed 1
+              --save "$ROOT/runs/tag")
+    keep=()
+    for ((i = 0; i < ${#defaults[@]}; i += 2)); do
+      [[ " $* " == *" ${defaults[i]} "* || " $* " == *" ${defaults[i]}="* ]] || keep+=("${defaults[i]}" "${defaults[i + 1]}")
+    done
+    exec "$RELEASE/examples/tapegrad-tag" train "${keep[@]}" "$@"
+    ;;
   gradient-flow)
     ensure_packages
     build "$RELEASE"
@@ -142,7 +158,7 @@ case "$cmd" in
     echo "soak: LeakSanitizer reported no leak (ASan+UBSan build, $asan_steps steps)"
     ;;
   *)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     [ "$cmd" = help ] || exit 2
     ;;
 esac

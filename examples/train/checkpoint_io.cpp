@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <system_error>
 
@@ -99,6 +100,14 @@ template <class F> void replace_checkpoint(const fs::path& dir, F&& write) {
                                              : std::string()));
   }
 }
+
+}  // namespace
+
+void replace_checkpoint_folder(const fs::path& dir, const std::function<void(const fs::path&)>& write) {
+  replace_checkpoint(dir, write);
+}
+
+namespace {
 
 void copy_checkpoint(const fs::path& from, const fs::path& to) {
   replace_checkpoint(to, [&](const fs::path& staged) { fs::copy(from, staged, fs::copy_options::recursive); });
@@ -242,8 +251,12 @@ fs::path run_folder_of(const fs::path& checkpoint_dir) {
 }
 
 void open_run_folder(Run& r, const fs::path& resume_dir) {
-  const fs::path& dir = r.save;
-  r.lock.acquire(dir);
+  open_run_folder(r.lock, r.save, resume_dir, r.opts.overwrite, r.opts.quiet, "tapegrad-train");
+}
+
+void open_run_folder(RunLock& lock, const fs::path& dir, const fs::path& resume_dir, bool overwrite, bool quiet,
+                     const std::string& program) {
+  lock.acquire(dir);
   const fs::path source = resume_dir.empty() ? fs::path() : run_folder_of(resume_dir);
   std::error_code ec;
   const bool own = !source.empty() && fs::equivalent(source, dir, ec);
@@ -260,19 +273,19 @@ void open_run_folder(Run& r, const fs::path& resume_dir) {
       found.push_back(name + (fs::is_directory(fs::symlink_status(e.path())) ? "/" : ""));
     }
     std::sort(found.begin(), found.end());
-    if (!found.empty() && !r.opts.overwrite) {
-      r.lock.abandon();
+    if (!found.empty() && !overwrite) {
+      lock.abandon();
       const size_t shown = std::min<size_t>(found.size(), 6);
       std::string list;
       for (size_t i = 0; i < shown; ++i) list += (i ? ", " : "") + found[i];
       if (shown < found.size()) list += fmt::format(", ... ({} entries)", found.size());
       throw std::runtime_error(fmt::format(
           "--save {}: the folder is not empty ({}) and is not this run's{}; nothing was changed in it. To continue "
-          "the run saved there: tapegrad-train train --resume {}; to start elsewhere: --save ANOTHER_FOLDER; to let "
+          "the run saved there: {} train --resume {}; to start elsewhere: --save ANOTHER_FOLDER; to let "
           "this run replace tapegrad's files there (best/, last/, metrics.jsonl, metrics.png, each only once a "
           "complete new one is written; other files are kept): add --overwrite",
           dir.string(), list, resume_dir.empty() ? "" : fmt::format(" (the run resumed is {})", resume_dir.string()),
-          dir.string()));
+          program, dir.string()));
     }
   }
   if (own && resume_dir.filename() == "best") {
@@ -283,20 +296,19 @@ void open_run_folder(Run& r, const fs::path& resume_dir) {
       if (!is_checkpoint(last)) continue;
       const int64_t last_step = checkpoint_step(last);
       if (last_step >= 0 && last_step == best_step) break;
-      r.lock.abandon();
+      lock.abandon();
       throw std::runtime_error(fmt::format(
           "--resume {}: continuing from best/ (step {}) in {} would overwrite {}, which holds {}. To continue the "
-          "latest state: tapegrad-train train --resume {}; to branch off from best/, give a new folder: --resume {} "
+          "latest state: {} train --resume {}; to branch off from best/, give a new folder: --resume {} "
           "--save NEW_FOLDER",
           resume_dir.string(), best_step, dir.string(), last.string(),
           last_step >= 0 ? fmt::format("a later state (step {})", last_step) : std::string("an unreadable state"),
-          dir.string(), resume_dir.string()));
+          program, dir.string(), resume_dir.string()));
     }
   }
   // Finish or undo what a killed or failed write left (we hold the lock: nobody else writes).
-  const bool quiet = r.opts.quiet;
   auto note = [&](const std::string& what) {
-    if (!quiet) fmt::print(stderr, "tapegrad-train: note: {}\n", what);
+    if (!quiet) fmt::print(stderr, "{}: note: {}\n", program, what);
   };
   for (const char* sub : {"best", "last"}) {
     const fs::path cur = dir / sub, old = with_suffix(cur, ".old"), tmp = with_suffix(cur, ".tmp");

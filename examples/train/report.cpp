@@ -89,7 +89,8 @@ bool executable_on_path(const std::string& name) {
   return false;
 }
 
-// "pngcairo", "png" or "" (no gnuplot / no png terminal). Asked once.
+}  // namespace
+
 const std::string& png_terminal() {
   static const std::string term = [] {
     if (!executable_on_path("gnuplot")) return std::string();
@@ -113,17 +114,15 @@ const std::string& png_terminal() {
   return term;
 }
 
-std::string gp_quote(const std::string& s) {  // gnuplot single-quoted string
+std::string gp_quote(const std::string& s) {
   std::string out = "'";
   for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
   return out + "'";
 }
 
-}  // namespace
-
 void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
-                  const std::string& title) {
-  plot_history(dir, history, title, "loss (binary cross-entropy)", "dev accuracy",
+                  const std::string& title, const std::string& loss_label) {
+  plot_history(dir, history, title, loss_label, "dev accuracy",
                {{"train_loss", "train loss", false}, {"dev_loss", "dev loss", false},
                 {"dev_accuracy", "dev accuracy", true}});
 }

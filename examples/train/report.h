@@ -31,10 +31,14 @@ class Progress {
 
 std::string format_duration(double seconds);  // "1:05", "1:02:03"
 
+// "pngcairo", "png" or "" (no gnuplot, or no png terminal). Asked once.
+const std::string& png_terminal();
+std::string gp_quote(const std::string& s);  // a gnuplot single-quoted string
+
 // Writes dir/metrics.png from the evaluation records with gnuplot (pngcairo, else png). Warns
 // once on stderr and does nothing when gnuplot is missing or fails.
 void plot_metrics(const std::filesystem::path& dir, const std::vector<nlohmann::json>& history,
-                  const std::string& title);
+                  const std::string& title, const std::string& loss_label = "loss (binary cross-entropy)");
 
 // The same for any records: one line per series (a numeric key of the records, NaN where a
 // record lacks it) against "step"; right_axis series use the y2 axis (y2label, "" = none).

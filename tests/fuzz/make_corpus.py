@@ -120,6 +120,23 @@ def main():
     put("vocab", "invalid_utf8", b"<pad>\n<unk>\n\xff\xfe\n")
     put("vocab", "nul", b"<pad>\n<unk>\na\x00b\n")
     put("vocab", "empty", "")
+
+    # --- conllu (CoNLL-U) ------------------------------------------------------------------------
+    def row(i, form, upos):
+        return f"{i}\t{form}\t{form.lower()}\t{upos}\t_\t_\t0\troot\t_\t_\n"
+    put("conllu", "valid", "# sent_id = 1\n# text = Don't go.\n" + row("1-2", "Don't", "_") + row(1, "Do", "AUX")
+        + row(2, "n't", "PART") + row(3, "go", "VERB") + row("3.1", "x", "_") + row(4, ".", "PUNCT") + "\n"
+        + row(1, "Yes", "INTJ") + "\n")
+    put("conllu", "no_final_blank", row(1, "clichés", "NOUN") + row(2, "映画", "NOUN"))
+    put("conllu", "crlf_bom", b"\xef\xbb\xbf# c\r\n" + row(1, "a", "DET").replace("\n", "\r\n").encode() + b"\r\n")
+    put("conllu", "bad_columns", "1\ta\tb\n\n" + row(1, "a", "DET"))
+    put("conllu", "bad_ids", row(2, "a", "DET") + "\n" + row("x", "b", "X") + "\n" + row("2-1", "c", "_") + "\n"
+        + row("1.x", "d", "_") + "\n" + row("0.1", "e", "_") + row(1, "f", "X"))
+    put("conllu", "bad_fields", row(1, "", "DET") + "\n" + row(1, "a", "_") + "\n" + row(1, "a", "A B") + "\n"
+        + row(1, "a", "DET") + "# late\n  \n")
+    put("conllu", "range_open", row("1-3", "abc", "_") + row(1, "a", "X") + "\n")
+    put("conllu", "invalid_utf8", b"1\t\xff\t_\tX\t_\t_\t0\t_\t_\t_\n")
+    put("conllu", "empty", "")
     return 0
 
 

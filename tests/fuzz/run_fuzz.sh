@@ -14,7 +14,7 @@ BUILD=$(cd "$1" && pwd)
 SECONDS_EACH=$2
 shift 2
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors dataset tokenizer vocab)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors dataset tokenizer vocab conllu)
 PARALLEL=${FUZZ_PARALLEL:-2}
 
 # Leaks are findings (libFuzzer checks each input); UB aborts (the build uses -fno-sanitize-recover).
