@@ -1,4 +1,4 @@
-#include "data/conllu.h"
+#include "tapegrad/data/conllu.h"
 
 #include <fmt/core.h>
 
@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "data/tokenizer.h"
+#include "tapegrad/data/tokenizer.h"
 
 namespace tg::data {
 namespace {

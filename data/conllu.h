@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "data/dataset.h"  // ReadOptions, ReadReport
+#include "tapegrad/data/dataset.h"  // ReadOptions, ReadReport
 
 namespace tg::data {
 

@@ -10,7 +10,7 @@
 
 #include <unistd.h>
 
-#include "data/conllu.h"
+#include "tapegrad/data/conllu.h"
 
 using namespace tg::data;
 

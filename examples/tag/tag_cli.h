@@ -8,8 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/conllu.h"
-#include "data/vocab.h"
+#include "tapegrad/data/conllu.h"
+#include "tapegrad/data/vocab.h"
 #include "tagger.h"
 
 namespace tgtag {

@@ -7,11 +7,11 @@
 #include <iostream>
 #include <numeric>
 
-#include "autograd/ops.h"
-#include "autograd/tape.h"
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/tape.h"
 #include "examples/train/cli.h"
 #include "examples/train/report.h"
-#include "nn/text_classifier.h"  // load_weights
+#include "tapegrad/nn/text_classifier.h"  // load_weights
 #include "tag_cli.h"
 
 namespace po = boost::program_options;

@@ -12,11 +12,11 @@
 #include <numeric>
 #include <random>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 #include "examples/train/train.h"  // RunLock, open_run_folder, replace_checkpoint_folder, TrainerState
-#include "nn/text_classifier.h"    // save_weights / load_weights
-#include "optim/adam.h"
-#include "optim/clip.h"
+#include "tapegrad/nn/text_classifier.h"    // save_weights / load_weights
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
 #include "tag_cli.h"
 
 namespace tgtag {

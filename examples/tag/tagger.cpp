@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "autograd/ops.h"
+#include "tapegrad/autograd/ops.h"
 
 namespace tgtag {
 

@@ -19,11 +19,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/conllu.h"
-#include "data/vocab.h"
-#include "nn/layers.h"
-#include "nn/module.h"
-#include "nn/rnn.h"
+#include "tapegrad/data/conllu.h"
+#include "tapegrad/data/vocab.h"
+#include "tapegrad/nn/layers.h"
+#include "tapegrad/nn/module.h"
+#include "tapegrad/nn/rnn.h"
 
 namespace tgtag {
 

@@ -124,10 +124,6 @@ int64_t checkpoint_step(const fs::path& dir) {
 
 }  // namespace
 
-void replace_checkpoint_folder(const fs::path& dir, const std::function<void(const fs::path&)>& write) {
-  replace_checkpoint(dir, write);
-}
-
 RunLock::~RunLock() {
   if (fd_ >= 0) ::close(fd_);
 }

@@ -124,10 +124,7 @@ void open_run_folder(Run& r, const fs::path& resume_dir);
 // The same for any program's run folder (tapegrad-tag's too): `program` names it in messages.
 void open_run_folder(RunLock& lock, const fs::path& dir, const fs::path& resume_dir, bool overwrite, bool quiet,
                      const std::string& program);
-// Writes a checkpoint folder: write(staged) fills DIR.tmp, which then replaces dir as a whole
-// (dir -> dir.old, staged -> dir), so readers never see half a checkpoint; on failure the
-// partial folder is removed and the previous one kept.
-void replace_checkpoint_folder(const fs::path& dir, const std::function<void(const fs::path&)>& write);
+// replace_checkpoint_folder: see cli.h.
 // Rank 0, with --save: a run resumed into another folder brings the source run's best/ along.
 void prepare_run_folder(const Run& r, const fs::path& resume_dir);
 // Every rank's generator state into the trainer state (a collective: every rank calls it).

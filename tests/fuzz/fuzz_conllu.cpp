@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "data/conllu.h"
-#include "data/tokenizer.h"
+#include "tapegrad/data/conllu.h"
+#include "tapegrad/data/tokenizer.h"
 #include "tests/fuzz/common.h"
 
 namespace {
