@@ -58,7 +58,11 @@ struct Capture {
 // a thread has run a pass of some size its next passes allocate nothing for the walk or the
 // staging; a pass started while another runs on the thread (from a hook) gets its own.
 struct PassScratch {
-  std::vector<NodeRef> nodes;   // the walked nodes, held until the walk ends
+  // The walked nodes in discovery order. Not reference counted: every node is held by the edge of
+  // the consumer it was found through (or, for a root, by the caller's tensor), and edges are
+  // dropped only when the walk ends, in reverse discovery order, so each node is done with before
+  // the edge that holds it goes.
+  std::vector<Node*> nodes;
   std::vector<Node*> stack, ready;
   std::vector<StagedLeaf> leaves;  // the first `used` belong to the running pass
   std::vector<std::pair<const TensorImpl*, uint32_t>> table;  // leaf -> index into leaves
@@ -337,23 +341,26 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
   // This thread's scratch memory, or a fresh one for a pass inside a running pass (a hook's).
   std::optional<PassScratch> own_scratch;
   PassScratch& scratch = tl_scratch.busy ? own_scratch.emplace() : tl_scratch;
-  // The walked nodes are held until the walk ends; on any exit their walk state is reset.
+  // On any exit the walk state is reset and the released nodes' input edges dropped (which frees
+  // what no live tensor or graph reaches any more).
   struct Walk {
     PassScratch& s;
     explicit Walk(PassScratch& scratch) : s(scratch) { s.busy = true; }
     ~Walk() {
-      for (auto& n : s.nodes) {
+      for (auto it = s.nodes.rbegin(); it != s.nodes.rend(); ++it) {
+        Node* n = *it;
         n->grad = Tensor();
         n->needed = n->runs = true;
         n->walker.store(0, std::memory_order_release);
+        if (n->released) n->drop_inputs();
       }
-      s.nodes.clear();  // the last references to released nodes go here
+      s.nodes.clear();
       s.stack.clear();
       s.ready.clear();
       s.busy = false;
     }
   } walk(scratch);
-  std::vector<NodeRef>& walked = scratch.nodes;
+  std::vector<Node*>& walked = scratch.nodes;
 
   // 1. Claim every node below the roots and count, for each, the edges from walked nodes (its
   //    consumers in this graph). Iterative: unrolled graphs are deep.
@@ -384,13 +391,13 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
   }
   // A node that a graph outside this walk also consumes must outlive it, and so must everything
   // below it (propagated in the walk below, consumers before producers).
-  for (auto& n : walked) n->keep = n->consumers.load(std::memory_order_relaxed) > n->deps;
+  for (Node* n : walked) n->keep = n->consumers.load(std::memory_order_relaxed) > n->deps;
 
   // tg::grad: which nodes lead to an input. A dry run of the order below (consumers before
   // producers), then producers first: a node runs if one of its inputs is wanted or runs.
   if (capture) {
     std::vector<Node*> order, ready;
-    for (auto& n : walked) if (n->deps == 0) ready.push_back(n.get());
+    for (Node* n : walked) if (n->deps == 0) ready.push_back(n);
     while (!ready.empty()) {
       Node* n = ready.back();
       ready.pop_back();
@@ -408,7 +415,7 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
       n->runs = runs;
       n->needed = runs || capture->wants(n);
     }
-    for (auto& n : walked)
+    for (Node* n : walked)
       for (uint32_t i = 0; i < n->n_inputs; ++i)
         if (n->inputs[i].kind == Edge::Interior) ++n->inputs[i].node->deps;
   }
@@ -440,7 +447,7 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
     }
   } pass_scope(&pass);
   std::vector<Node*>& ready = scratch.ready;
-  for (auto& n : walked) if (n->deps == 0) ready.push_back(n.get());
+  for (Node* n : walked) if (n->deps == 0) ready.push_back(n);
   while (!ready.empty()) {
     Node* n = ready.back();
     ready.pop_back();

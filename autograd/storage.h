@@ -31,7 +31,9 @@ class Storage : public RefCounted {
   // load_state_dict). A tensor saved for backward remembers the version it saw (tg::Saved), so a
   // backward that would read modified data throws instead of computing a wrong gradient.
   uint64_t version() const { return version_.load(std::memory_order_relaxed); }
-  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
+  // A load and a store, not a locked read-modify-write: two threads writing the same bytes at
+  // once race on the bytes themselves already, and any other thread still reads a whole value.
+  void bump_version() { version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
 
  private:
   std::atomic<uint64_t> version_{0};

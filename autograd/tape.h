@@ -70,12 +70,12 @@ struct Node : NodeBase {
     return *extras;
   }
   virtual void backward(const Tensor& grad_out, Grads& grads) = 0;
-  // Drops what backward needed (saved tensors, input edges): after a backward without retain_graph.
+  // Drops the tensors backward saved: after a backward without retain_graph. The input edges stay
+  // until the walk ends (drop_inputs), so nothing the walk still visits is freed under it.
   virtual void release_saved() = 0;
-  virtual ~Node();
-
- protected:
+  // Drops the input edges (the last reference to a producer frees it).
   void drop_inputs();
+  virtual ~Node();
 };
 
 // What an op's backward sees: which inputs want a gradient, and where to add it.
@@ -244,7 +244,6 @@ template <class F> struct LambdaNode final : Node {
     if (released) return;
     released = true;
     fn().~F();  // the saved tensors go now, not when the last tensor handle of the output does
-    drop_inputs();
   }
   F& fn() { return *std::launder(reinterpret_cast<F*>(storage)); }
   alignas(F) unsigned char storage[sizeof(F)];
