@@ -9,6 +9,7 @@
 #include <map>
 
 #include "tag_cli.h"
+#include "examples/train/command_main.h"
 
 namespace po = boost::program_options;
 
@@ -173,21 +174,7 @@ constexpr const char* kUsage =
     "       tapegrad-tag <command> --help                              all options with their defaults\n";
 }
 
-int main(int argc, char** argv) try {
-  std::signal(SIGPIPE, SIG_IGN);  // a dying gnuplot must not kill training
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
-    fmt::print(argc < 2 ? stderr : stdout, "{}", kUsage);
-    return argc < 2 ? 2 : 0;
-  }
-  const std::string cmd = argv[1];
-  if (cmd == "train") return tgtag::run_train(argc - 1, argv + 1);
-  if (cmd == "eval") return tgtag::run_eval(argc - 1, argv + 1);
-  fmt::print(stderr, "tapegrad-tag: unknown command '{}'\n{}", cmd, kUsage);
-  return 2;
-} catch (const boost::program_options::error& e) {
-  fmt::print(stderr, "tapegrad-tag: {} (see tapegrad-tag {} --help)\n", e.what(), argc > 1 ? argv[1] : "");
-  return 2;
-} catch (const std::exception& e) {
-  fmt::print(stderr, "tapegrad-tag: error: {}\n", e.what());
-  return 1;
+int main(int argc, char** argv) {
+  return tgcli::command_main("tapegrad-tag", kUsage, {{"train", tgtag::run_train}, {"eval", tgtag::run_eval}},
+                             argc, argv);
 }

@@ -1,14 +1,7 @@
 // tapegrad-train: train a sentence classifier (SST-2 and other GLUE-style TSV data), save and
 // resume checkpoints, classify sentences. See docs/training.md.
-#include <fmt/format.h>
-
-#include <boost/program_options/errors.hpp>
-#include <csignal>
-#include <cstring>
-#include <exception>
-#include <string>
-
 #include "cli.h"
+#include "command_main.h"
 
 namespace {
 constexpr const char* kUsage =
@@ -18,21 +11,10 @@ constexpr const char* kUsage =
     "       tapegrad-train <command> --help                          all options with their defaults\n";
 }
 
-int main(int argc, char** argv) try {
-  std::signal(SIGPIPE, SIG_IGN);  // a dying gnuplot must not kill training
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
-    fmt::print(argc < 2 ? stderr : stdout, "{}", kUsage);
-    return argc < 2 ? 2 : 0;
-  }
-  const std::string cmd = argv[1];
-  if (cmd == "train") return tgcli::run_train(argc, argv);
-  if (cmd == "predict") return tgcli::run_predict(argc - 1, argv + 1);
-  fmt::print(stderr, "tapegrad-train: unknown command '{}'\n{}", cmd, kUsage);
-  return 2;
-} catch (const boost::program_options::error& e) {
-  fmt::print(stderr, "tapegrad-train: {} (see tapegrad-train {} --help)\n", e.what(), argc > 1 ? argv[1] : "");
-  return 2;
-} catch (const std::exception& e) {
-  fmt::print(stderr, "tapegrad-train: error: {}\n", e.what());
-  return 1;
+int main(int argc, char** argv) {
+  // run_train reads its options after "train" itself: it gets the whole command line.
+  return tgcli::command_main(
+      "tapegrad-train", kUsage,
+      {{"train", [](int n, char** v) { return tgcli::run_train(n + 1, v - 1); }}, {"predict", tgcli::run_predict}},
+      argc, argv);
 }
