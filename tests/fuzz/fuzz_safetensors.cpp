@@ -114,9 +114,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(ok);
       if (std::getenv("FUZZ_VERBOSE")) std::fprintf(stderr, "[load_weights%s] loaded\n", strict ? " strict" : "");
       if (strict) {
-        // Every model weight now equals the file's tensor (converted to the model's dtype).
+        // Every model weight now equals the file's tensor (converted to the model's dtype); the
+        // file may name a recurrent weight PyTorch's way (rnn.weight_hh_l0 for rnn.cell0.weight_hh).
         std::map<std::string, tg::Tensor> file;
-        for (auto& [n, t] : parsed) file.emplace(n, t);
+        for (auto& [n, t] : parsed) file.emplace(before.count(n) ? n : tg::nn::tapegrad_name(n), t);
         const auto after = m.state_dict();
         FUZZ_CHECK(after.size() == file.size());
         for (const auto& [n, t] : after) {
