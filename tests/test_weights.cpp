@@ -137,6 +137,18 @@ TEST_CASE("round trip under our names; strict and non-strict loading; errors nam
   e = error_of([&] { nn::load_weights(wide, path, /*strict=*/false); });
   CHECK(e.find("shape mismatch for cell0.weight_ih") != std::string::npos);
 
+  // One weight under both namings: refused, nothing loaded.
+  nn::GRU both(nn::RNNOptions{.input_size = 3, .hidden_size = 4});
+  NamedTensors twice;
+  for (auto& [name, t] : small.state_dict()) twice.emplace_back(name, t);
+  twice.emplace_back("weight_hh_l0", small.state_dict().at("cell0.weight_hh"));
+  save_safetensors(path, twice);
+  const auto kept = both.state_dict().at("cell0.weight_hh").to_vector();
+  e = error_of([&] { nn::load_weights(both, path); });
+  CHECK(e.find("under both namings") != std::string::npos);
+  CHECK(both.state_dict().at("cell0.weight_hh").to_vector() == kept);
+  nn::save_weights(small, path);
+
   // A truncated file is an error naming it, never a crash.
   const auto size = fs::file_size(path);
   fs::resize_file(path, size / 2);
