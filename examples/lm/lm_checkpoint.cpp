@@ -9,12 +9,8 @@
 namespace tglm {
 
 using namespace tg;
+using tgcli::get_if;
 
-namespace {
-template <class T> void get_if(const json& j, const char* key, T& out) {
-  if (j.contains(key)) out = j.at(key).get<T>();
-}
-}  // namespace
 
 json to_json(const LmOptions& o) {
   return {{"text", o.text}, {"level", o.level}, {"vocab_cap", o.vocab_cap}, {"min_freq", o.min_freq},

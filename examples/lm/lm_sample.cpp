@@ -11,6 +11,7 @@
 
 #include "tapegrad/autograd/ops.h"
 #include "tapegrad/autograd/tape.h"
+#include "command_main.h"
 #include "lm.h"
 
 namespace po = boost::program_options;
@@ -59,12 +60,7 @@ int run_lm_sample(int argc, char** argv) {
     ("threads", po::value(&o.threads)->default_value(o.threads), "threads for matrix products");
   // clang-format on
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, d), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << d << "\n";
-    return 0;
-  }
+  if (!tgcli::parse_options(d, argc, argv, vm)) return 0;
   if (o.checkpoint.empty()) throw std::invalid_argument("--checkpoint DIR is required");
   if (!(o.temperature >= 0 && std::isfinite(o.temperature)))
     throw std::invalid_argument(fmt::format("--temperature must be finite and >= 0 (0 = greedy), got {:g}",

@@ -13,6 +13,7 @@
 #include "tapegrad/autograd/ops.h"
 #include "tapegrad/autograd/safetensors.h"
 #include "tapegrad/autograd/tape.h"
+#include "command_main.h"
 #include "lm.h"
 #include "tapegrad/optim/adam.h"
 #include "tapegrad/optim/clip.h"
@@ -137,12 +138,7 @@ int run_lm_train(int argc, char** argv) {
   std::string seed;
   const po::options_description desc = train_description(o, seed);
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, desc), vm);
-  po::notify(vm);
-  if (vm.count("help")) {
-    std::cout << desc << "\n";
-    return 0;
-  }
+  if (!tgcli::parse_options(desc, argc, argv, vm)) return 0;
   try {
     size_t used = 0;
     o.seed = std::stoull(seed, &used);

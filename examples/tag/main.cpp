@@ -9,6 +9,7 @@
 #include <map>
 
 #include "tag_cli.h"
+#include "examples/train/cli.h"
 #include "examples/train/command_main.h"
 
 namespace po = boost::program_options;
@@ -16,6 +17,7 @@ namespace po = boost::program_options;
 namespace tgtag {
 
 int train_main(TagOptions o, const std::map<std::string, bool>& given);
+using tgcli::get_if;
 
 json to_json(const TagOptions& o) {
   return json{{"train", o.train},
@@ -43,11 +45,6 @@ json to_json(const TagOptions& o) {
               {"bucket", o.bucket}};
 }
 
-namespace {
-template <class T> void get_if(const json& j, const char* key, T& out) {
-  if (j.contains(key)) out = j.at(key).get<T>();
-}
-}  // namespace
 
 TagOptions tag_options_from_json(const json& j) {
   TagOptions o;
@@ -150,12 +147,7 @@ int run_train(int argc, char** argv) {
     ("quiet,q", po::bool_switch(&o.quiet), "print only the final JSON line");
   // clang-format on
   po::variables_map vm;
-  po::store(po::command_line_parser(argc, argv).options(d).run(), vm);
-  if (vm.count("help")) {
-    std::cout << d << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!tgcli::parse_options(d, argc, argv, vm)) return 0;
   std::map<std::string, bool> given;
   for (const auto& [name, v] : vm) given[name] = !v.defaulted();
   if (o.resume.empty() && (o.train.empty() || o.dev.empty()))

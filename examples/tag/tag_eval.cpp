@@ -10,6 +10,7 @@
 #include "tapegrad/autograd/ops.h"
 #include "tapegrad/autograd/tape.h"
 #include "examples/train/cli.h"
+#include "examples/train/command_main.h"
 #include "examples/train/report.h"
 #include "tapegrad/nn/text_classifier.h"  // load_weights
 #include "tag_cli.h"
@@ -212,12 +213,7 @@ int run_eval(int argc, char** argv) {
       "eval-batch", po::value(&batch)->default_value(batch), "sentences per batch")(
       "threads", po::value(&threads)->default_value(threads), "threads for matrix products (OpenBLAS)");
   po::variables_map vm;
-  po::store(po::command_line_parser(argc, argv).options(d).run(), vm);
-  if (vm.count("help")) {
-    std::cout << d << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!tgcli::parse_options(d, argc, argv, vm)) return 0;
   if (batch < 1) throw std::invalid_argument(fmt::format("--eval-batch must be >= 1, got {}", batch));
   if (threads < 1) throw std::invalid_argument(fmt::format("--threads must be >= 1, got {}", threads));
   set_num_threads(threads);

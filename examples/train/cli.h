@@ -49,6 +49,12 @@ struct TrainOptions {
   bool overwrite = false;          // a fresh run may replace tapegrad's files in a used run folder
   bool allow_data_change = false;  // a resumed run may train on data other than the checkpoint's
 };
+// out = j[key] when the key is there: options read back from a checkpoint's JSON keep their
+// defaults for keys an older checkpoint lacks.
+template <class T> void get_if(const json& j, const char* key, T& out) {
+  if (j.contains(key)) out = j.at(key).get<T>();
+}
+
 json to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const json& j);  // missing keys keep their defaults
 tg::nn::TextClassifierOptions model_options(const TrainOptions& o, int64_t vocab_size);

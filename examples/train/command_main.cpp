@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstring>
 #include <exception>
+#include <iostream>
 
 namespace tgcli {
 
@@ -28,6 +29,18 @@ int command_main(const char* program, const char* usage, const std::vector<std::
     fmt::print(stderr, "{}: error: {}\n", program, e.what());
     return 1;
   }
+}
+
+bool parse_options(const boost::program_options::options_description& options, int argc, char** argv,
+                   boost::program_options::variables_map& vm) {
+  namespace po = boost::program_options;
+  po::store(po::command_line_parser(argc, argv).options(options).run(), vm);
+  if (vm.count("help")) {
+    std::cout << options << "\n";
+    return false;
+  }
+  po::notify(vm);
+  return true;
 }
 
 }  // namespace tgcli

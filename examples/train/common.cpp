@@ -53,11 +53,6 @@ json to_json(const TrainOptions& o) {
               {"max-skipped-steps", o.max_skipped_steps}};
 }
 
-namespace {
-template <class T> void get_if(const json& j, const char* key, T& out) {
-  if (j.contains(key)) out = j.at(key).get<T>();
-}
-}  // namespace
 
 TrainOptions train_options_from_json(const json& j) {
   TrainOptions o;
