@@ -13,8 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 
-# coreutils/util-linux/mount: the CLI tests use sha256sum, timeout, mkfifo, unshare and mount (tmpfs).
-PACKAGES=(cmake g++ make pkg-config coreutils util-linux mount libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
+# coreutils/util-linux/mount: the CLI tests use sha256sum, timeout, mkfifo, unshare and mount (tmpfs);
+# mawk: the tests and bench scripts use awk (priority required, but not essential).
+PACKAGES=(cmake g++ make pkg-config coreutils util-linux mount mawk libboost-dev libboost-program-options-dev libfmt-dev doctest-dev
           libopenblas-dev nlohmann-json3-dev gnuplot-nox python3 python3-numpy bc procps
           strace libopenmpi-dev openmpi-bin libboost-mpi-dev)
 # Only `./run.sh fuzz` needs these: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer,
