@@ -111,7 +111,7 @@ Tensor dropout(const Tensor& x, double p, bool training) {
   if (p == 1.0) return x * 0.0;
   Tensor mask = empty(x.shape(), x.dtype());
   const double keep_scale = 1.0 / (1.0 - p);
-  float_kernels_of("dropout", x).elementwise->bernoulli_mask(mem(mask), mask.numel(), &next_uniform, p, keep_scale);
+  float_kernels_of("dropout", x).elementwise->bernoulli_mask(mem(mask), mask.numel(), next_random_u64(), p, keep_scale);
   return x * mask;
 }
 

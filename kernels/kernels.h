@@ -97,9 +97,10 @@ struct ElementwiseKernels {
   void (*store)(void* base, int64_t offset, double value);
   void (*to_doubles)(const View& src, double* out);                    // row-major order
   int64_t (*first_zero)(const View& x);                                // position, or -1
-  // float only: dst[i] = shift + scale draw(); dropout's mask: draw() >= p ? keep : 0.
+  // float only: dst[i] = shift + scale draw(). Dropout's mask: dst[i] = keep with probability
+  // 1 - p, else 0, from a counter-based stream that is a function of (key, i) (p resolved to 2^-32).
   void (*fill_random)(void* dst, int64_t n, double (*draw)(), double shift, double scale);
-  void (*bernoulli_mask)(void* dst, int64_t n, double (*draw)(), double p, double keep);
+  void (*bernoulli_mask)(void* dst, int64_t n, uint64_t key, double p, double keep);
   bool (*all_finite)(const View& x);
   // int64 only: dst[i] = low + draw() % span.
   void (*fill_random_int)(void* dst, int64_t n, uint64_t (*draw)(), int64_t low, uint64_t span);
