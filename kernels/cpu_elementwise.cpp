@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/parallel.h"
 #include "tapegrad/kernels/strided.h"
 #include "tapegrad/kernels/vmath.h"
 
@@ -185,14 +186,18 @@ template <class D, class S> void copy_kernel(const View& dst, const View& src) {
   });
 }
 
+// Elements per thread at least for loops that stream memory (~1 flop an element).
+constexpr int64_t kStreamGrain = int64_t{1} << 17;
+
 template <class T> void add_scaled_kernel(const View& dst, const View& src, double alpha) {
   T* d = static_cast<T*>(dst.data);
   const T* s = static_cast<const T*>(src.data);
   const T al = static_cast<T>(alpha);
   if (is_contiguous(dst) && is_contiguous(src) && same_sizes(src, dst)) {
-    const int64_t n = numel(dst);
-    if (alpha == 1.0) for (int64_t i = 0; i < n; ++i) d[i] += s[i];
-    else for (int64_t i = 0; i < n; ++i) d[i] += al * s[i];
+    parallel_for(numel(dst), kStreamGrain, [&](int64_t b, int64_t e) {
+      if (alpha == 1.0) for (int64_t i = b; i < e; ++i) d[i] += s[i];
+      else for (int64_t i = b; i < e; ++i) d[i] += al * s[i];
+    });
     return;
   }
   int64_t ss[kMaxRank];
@@ -217,7 +222,8 @@ template <class T> void scale_kernel(const View& dst, double factor) {
 }
 
 void zero_bytes(void* dst, size_t nbytes) {
-  if (nbytes) std::memset(dst, 0, nbytes);
+  char* c = static_cast<char*>(dst);
+  parallel_for(static_cast<int64_t>(nbytes), kStreamGrain * 4, [&](int64_t b, int64_t e) { std::memset(c + b, 0, e - b); });
 }
 void copy_bytes(void* dst, const void* src, size_t nbytes) {
   if (nbytes) std::memcpy(dst, src, nbytes);

@@ -5,10 +5,14 @@
 #include <cstdint>
 
 #include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/parallel.h"
 #include "tapegrad/kernels/sqrt_loop.h"
 
 namespace tg::kern::cpu {
 namespace {
+
+// Elements per thread at least: an update is ~20 flops an element, so a part runs >= ~10 us.
+constexpr int64_t kUpdateGrain = int64_t{1} << 15;
 
 template <class T>
 void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
@@ -113,16 +117,23 @@ void rmsprop_kernel(T* p, const T* g, T* sq, T* buf, T* ga, int64_t n, double lr
 template <class T>
 void sgd_entry(void* p, const void* g, void* buf, int64_t n, bool first, double lr, double wd, double mom, double damp,
                bool nesterov) {
-  sgd_kernel<T>(static_cast<T*>(p), static_cast<const T*>(g), static_cast<T*>(buf), n, first, lr, wd, mom, damp,
-                nesterov);
+  T* pt = static_cast<T*>(p);
+  const T* gt = static_cast<const T*>(g);
+  T* bt = static_cast<T*>(buf);
+  parallel_for(n, kUpdateGrain, [&](int64_t b, int64_t e) {
+    sgd_kernel<T>(pt + b, gt + b, bt ? bt + b : nullptr, e - b, first, lr, wd, mom, damp, nesterov);
+  });
 }
 
 template <class T>
 void adam_entry(void* p, const void* g, void* m, void* v, void* vmax, int64_t n, const AdamScalars& s) {
+  T *pt = static_cast<T*>(p), *mt = static_cast<T*>(m), *vt = static_cast<T*>(v), *xt = static_cast<T*>(vmax);
+  const T* gt = static_cast<const T*>(g);
   with_flags(
       [&](auto l2, auto decoupled, auto amsgrad) {
-        adam_kernel<T, l2, decoupled, amsgrad>(static_cast<T*>(p), static_cast<const T*>(g), static_cast<T*>(m),
-                                               static_cast<T*>(v), static_cast<T*>(vmax), n, s);
+        parallel_for(n, kUpdateGrain, [&](int64_t b, int64_t e) {
+          adam_kernel<T, l2, decoupled, amsgrad>(pt + b, gt + b, mt + b, vt + b, xt ? xt + b : nullptr, e - b, s);
+        });
       },
       !s.decoupled && s.wd != 0, s.decoupled, s.amsgrad);
 }

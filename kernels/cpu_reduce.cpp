@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/parallel.h"
 #include "tapegrad/kernels/strided.h"
 #include "tapegrad/kernels/vmath.h"
 
@@ -175,8 +177,26 @@ void nll_rows_backward_kernel(const int64_t* t, const void* w_p, const void* g_p
   }
 }
 
+template <class T> double norm_accumulate_serial(const T* d, int64_t n, double norm_type, double acc);
+
+// Long inputs are cut into blocks of a fixed size whatever the thread count; the blocks' sums are
+// added in order, so the norm (and a clipped update) is the same bits on 1 thread or many.
+constexpr int64_t kNormBlock = int64_t{1} << 16;
+
 template <class T> double norm_accumulate_kernel(const void* x, int64_t n, double norm_type, double acc) {
   const T* d = static_cast<const T*>(x);
+  if (n <= kNormBlock || std::isinf(norm_type)) return norm_accumulate_serial(d, n, norm_type, acc);
+  const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+  std::vector<double> sums(static_cast<size_t>(blocks));
+  parallel_for(blocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k)
+      sums[k] = norm_accumulate_serial(d + k * kNormBlock, std::min(kNormBlock, n - k * kNormBlock), norm_type, 0.0);
+  });
+  for (double s : sums) acc += s;
+  return acc;
+}
+
+template <class T> double norm_accumulate_serial(const T* d, int64_t n, double norm_type, double acc) {
   if (std::isinf(norm_type)) {
     // A NaN must stick, as in PyTorch's max, so the caller sees it in the returned norm.
     for (int64_t i = 0; i < n; ++i) {

@@ -1,0 +1,33 @@
+#pragma once
+// Threads for the kernels' own long loops (optimizer updates, norms, fills, accumulations of large
+// gradients): the parts of a training step that BLAS does not thread, which decide how much a
+// second core helps. The team has blas_threads() members (the calling thread is one), so kernels
+// and BLAS never ask for more threads than the user chose.
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+namespace tg::kern {
+
+namespace detail {
+using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
+void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx);
+}  // namespace detail
+
+// Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel when n is at least 2 grains
+// and blas_threads() > 1; the calling thread runs the first range and returns when every range is
+// done. Serial (one call, fn(0, n)) when the team is busy (another thread's loop, or a nested call),
+// so any thread may call it. How [0, n) is split depends on the thread count: give it only loops
+// whose elements are independent (a reduction must fix its own blocks; see parallel_blocks).
+template <class Fn> void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
+  if (n <= 0) return;
+  using F = std::remove_reference_t<Fn>;
+  detail::parallel_for_impl(
+      n, grain, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); },
+      const_cast<void*>(static_cast<const void*>(&fn)));
+}
+
+// Threads that parallel_for may use now (for tests and the benchmark's report).
+int parallel_threads();
+
+}  // namespace tg::kern

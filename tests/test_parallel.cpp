@@ -1,0 +1,101 @@
+// kern::parallel_for (the kernels' own threads): every index exactly once, nested and concurrent
+// callers, a forked child, and the kernels that use it giving the same bits on any thread count.
+#include <doctest/doctest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "tapegrad/autograd/ops.h"
+#include "tapegrad/kernels/parallel.h"
+#include "tapegrad/optim/adam.h"
+#include "tapegrad/optim/clip.h"
+
+using namespace tg;
+
+namespace {
+struct ThreadsScope {  // set the thread count for one test, restore it after
+  int before = get_num_threads();
+  explicit ThreadsScope(int n) { set_num_threads(n); }
+  ~ThreadsScope() { set_num_threads(before); }
+};
+
+bool covers_once(int64_t n, int64_t grain) {
+  std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+  kern::parallel_for(n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+  });
+  for (auto& h : hits)
+    if (h.load() != 1) return false;
+  return true;
+}
+}  // namespace
+
+TEST_CASE("parallel_for: every index once, nested and concurrent callers") {
+  ThreadsScope threads(3);
+  for (int64_t n : {1, 2, 7, 1000, 4099})
+    for (int64_t grain : {1, 3, 1000, 5000}) {
+      CAPTURE(n);
+      CAPTURE(grain);
+      CHECK(covers_once(n, grain));
+    }
+  std::atomic<int> parts{0};
+  kern::parallel_for(3000, 1000, [&](int64_t, int64_t) { parts.fetch_add(1); });
+  CHECK(parts.load() == 3);  // three threads, three grains of work: split three ways
+  // A loop started from inside another runs serially, and is still complete.
+  std::atomic<int64_t> inner_total{0};
+  kern::parallel_for(4, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      kern::parallel_for(1000, 10, [&](int64_t ib, int64_t ie) { inner_total.fetch_add(ie - ib); });
+  });
+  CHECK(inner_total.load() == 4000);
+  // Two threads of the user's at once: one gets the team, the other runs alone; both complete.
+  bool ok[2] = {false, false};
+  std::thread a([&] { for (int r = 0; r < 50; ++r) ok[0] = covers_once(5000, 100); });
+  std::thread b([&] { for (int r = 0; r < 50; ++r) ok[1] = covers_once(5000, 100); });
+  a.join();
+  b.join();
+  CHECK((ok[0] && ok[1]));
+}
+
+TEST_CASE("parallel_for: a forked child starts its own team") {
+  ThreadsScope threads(2);
+  CHECK(covers_once(10000, 100));  // the parent's workers exist now
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    alarm(20);  // a deadlock in the child fails the test instead of hanging it
+    _exit(covers_once(10000, 100) ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("kernels that split their loops give the same bits on 1 thread and on 3") {
+  auto run = [](int n_threads) {
+    ThreadsScope threads(n_threads);
+    manual_seed(5);
+    Tensor w = randn({700, 300});  // 210,000 elements: several norm blocks and update grains
+    w.requires_grad_(true);
+    optim::Adam opt({w}, optim::AdamOptions{.lr = 1e-2, .weight_decay = 0.1});
+    std::vector<double> norms;
+    for (int step = 0; step < 3; ++step) {
+      opt.zero_grad();
+      Tensor loss = (w * w * w).sum() + (w * 2.0).sum();  // the backward adds two gradients
+      loss.backward();
+      norms.push_back(optim::clip_grad_norm_({w}, 1.0));
+      opt.step();
+    }
+    return std::pair{w.detach().to_vector(), norms};
+  };
+  const auto [w1, n1] = run(1);
+  const auto [w3, n3] = run(3);
+  CHECK(n1 == n3);
+  CHECK(w1 == w3);
+  Tensor z = zeros({1 << 20});  // a fill split across threads
+  CHECK(sum(z).item() == 0.0);
+}
