@@ -10,7 +10,8 @@ namespace {
 // Per-thread caches need no locks; a block freed on another thread simply joins that thread's cache.
 // Each class is an intrusive free list (the link lives in the free block itself), and the
 // thread-locals are trivially constructible, so the hot path is a few loads and stores: no
-// vector, no thread-local init guard. A tensor op allocates an impl, a storage and its bytes.
+// vector, no thread-local init guard. A tensor op allocates an impl and a storage (with its bytes
+// in the same block when they are small).
 constexpr int kMinShift = 6, kClasses = 28;
 constexpr size_t kMaxCachedPerThread = size_t(1) << 30;
 

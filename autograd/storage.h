@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 #include "tapegrad/autograd/dtype.h"
 #include "tapegrad/autograd/ref.h"
@@ -19,11 +20,31 @@ void release_cached();                   // return this thread's cache to the sy
 
 class Storage : public RefCounted {
  public:
-  // Storages and tensor impls are created per op: they come from the same per-thread cache.
-  static void* operator new(size_t n) { return alloc::allocate(n); }
-  static void operator delete(void* p, size_t n) { alloc::deallocate(p, n); }
-  Storage(size_t nbytes, Device dev) : nbytes_(nbytes), device_(dev), data_(alloc::allocate(nbytes)) {}
-  ~Storage() { alloc::deallocate(data_, nbytes_); }
+  // One allocation per tensor for small blocks: the bytes follow the header in the same block
+  // (an op creates a storage per output, so the allocator's round trip is a visible share of a
+  // small step). Larger blocks are allocated on their own, in their own size class.
+  static Ref<Storage> create(size_t nbytes, Device dev) {
+    if (nbytes + kHeader <= kInlineMax) {
+      void* block = alloc::allocate(kHeader + nbytes);
+      return Ref<Storage>(new (block) Storage(nbytes, dev, static_cast<char*>(block) + kHeader, true));
+    }
+    void* data = alloc::allocate(nbytes);
+    void* block = nullptr;
+    try {
+      block = alloc::allocate(sizeof(Storage));
+    } catch (...) {
+      alloc::deallocate(data, nbytes);
+      throw;
+    }
+    return Ref<Storage>(new (block) Storage(nbytes, dev, data, false));
+  }
+  // Frees the header and, when they share it, the bytes (Ref's `delete` comes here).
+  static void operator delete(Storage* p, std::destroying_delete_t) {
+    const bool inline_bytes = p->inline_;
+    const size_t nbytes = p->nbytes_;
+    p->~Storage();
+    alloc::deallocate(p, inline_bytes ? kHeader + nbytes : sizeof(Storage));
+  }
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
@@ -36,10 +57,21 @@ class Storage : public RefCounted {
   void bump_version() { version_.store(version_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed); }
 
  private:
+  static constexpr size_t kHeader = 64;       // keeps inline bytes 64-byte aligned, as allocate's are
+  static constexpr size_t kInlineMax = 1024;  // header + bytes; at most 2x a block's size is wasted
+  Storage(size_t nbytes, Device dev, void* data, bool inline_bytes) noexcept
+      : nbytes_(nbytes), device_(dev), inline_(inline_bytes), data_(data) {}
+  ~Storage() {
+    if (!inline_) alloc::deallocate(data_, nbytes_);
+  }
+
+ private:
   std::atomic<uint64_t> version_{0};
   size_t nbytes_;
   Device device_;
+  bool inline_;
   void* data_;
 };
+static_assert(sizeof(Storage) <= 64, "Storage's header must fit before its inline bytes");
 
 }  // namespace tg

@@ -22,7 +22,7 @@ namespace {
 Tensor empty_for(const char* op, const Shape& s, DType t) {
   const int64_t n = checked_numel(op, s, static_cast<int64_t>(dtype_size(t)));
   auto impl = make_ref<TensorImpl>();
-  impl->storage = make_ref<Storage>(static_cast<size_t>(n) * dtype_size(t), Device::CPU);
+  impl->storage = Storage::create(static_cast<size_t>(n) * dtype_size(t), Device::CPU);
   impl->shape = s;
   impl->strides = contiguous_strides(s);
   impl->dtype = t;

@@ -21,6 +21,7 @@ void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 // whose elements are independent (a reduction must fix its own blocks; see parallel_blocks).
 template <class Fn> void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
   if (n <= 0) return;
+  if (n < 2 * grain) return fn(int64_t{0}, n);  // most calls: too short to split, no call out
   using F = std::remove_reference_t<Fn>;
   detail::parallel_for_impl(
       n, grain, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); },
