@@ -48,6 +48,7 @@ struct Run {
   tg::data::Vocab vocab;
   std::vector<tg::data::Example> train_rows, dev_rows;
   std::vector<tg::data::EncodedExample> train, dev;
+  std::vector<std::string> label_names;  // label i's name in reports (--label-names, else "i")
   std::unique_ptr<tg::nn::TextClassifier> model;
   std::unique_ptr<tg::optim::Optimizer> opt;
   TrainerState st;
