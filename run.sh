@@ -125,7 +125,8 @@ case "$cmd" in
     ;;
   lines-source)  # which of 9 source texts a UD English-LinES sentence is from (docs/training.md, "Multi-class data")
     ensure_packages
-    build "$RELEASE"
+    cmake -S "$ROOT" -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$RELEASE" --target tapegrad-train -j"$JOBS" >&2
     ud="${TAPEGRAD_DATA:-$ROOT/../shared/data}/ud_english_lines/en_lines-ud"
     out="$ROOT/build/lines-source"
     mkdir -p "$out"
@@ -139,7 +140,7 @@ case "$cmd" in
     done
     printf '%s\n' access-help auster bellow conrad europarl gordimer rowling winterson cusk >"$out/label-names.txt"
     # The recommended configuration; an option given on the command line replaces its entry.
-    recommended=(--model lstm --pooling max --embed 64 --hidden 128 --epochs 8 --batch 32
+    recommended=(--model lstm --pooling max --embed 64 --hidden 128 --epochs 15 --batch 32
                  --lr 3e-3 --embed-dropout 0.25 --seed 1 --label-names "$out/label-names.txt"
                  --save "$ROOT/runs/lines-source")
     args=()
@@ -148,9 +149,10 @@ case "$cmd" in
       for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* ]] && given=1; done
       [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
     done
-    "$RELEASE/examples/tapegrad-train" train --train "$out/train.tsv" --dev "$out/dev.tsv" "${args[@]}" "$@" | tee "$out/summary.jsonl"
+    [[ " $* " == *" --bidirectional "* || " $* " == *" --resume"* ]] || args+=(--bidirectional)
+    "$RELEASE/examples/tapegrad-train" train --train "$out/train.tsv" --dev "$out/dev.tsv" "${args[@]}" "$@" | tee "$out/train.log"
     # The test split, once, with the best checkpoint: accuracy and macro-F1 over the 9 classes.
-    run=$(tail -n 1 "$out/summary.jsonl" | grep -o '"save":"[^"]*"' | cut -d'"' -f4)
+    run=$(tail -n 1 "$out/train.log" | grep -o '"save":"[^"]*"' | cut -d'"' -f4)
     [ -n "$run" ] || exit 0
     tail -n +2 "$out/test.tsv" | cut -f2 >"$out/test.gold"
     tail -n +2 "$out/test.tsv" | cut -f1 | "$RELEASE/examples/tapegrad-train" predict --checkpoint "$run" |

@@ -117,6 +117,16 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainOptions& o, const st
       params, optim::SGDOptions{.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay});
 }
 
+// The dev class report of the best evaluation as a table (scores in %).
+std::string class_table(const json& report) {
+  std::string out = fmt::format("{:<16} {:>9} {:>7} {:>7} {:>8}\n", "class", "precision", "recall", "F1", "support");
+  for (const auto& c : report.at("per_class"))
+    out += fmt::format("{:<16} {:>9.2f} {:>7.2f} {:>7.2f} {:>8}\n", c.at("name").get<std::string>(),
+                       100 * c.at("precision").get<double>(), 100 * c.at("recall").get<double>(),
+                       100 * c.at("f1").get<double>(), c.at("support").get<int64_t>());
+  return out + fmt::format("macro F1 {:.2f}\n", 100 * report.at("macro_f1").get<double>());
+}
+
 // The labels of a batch as int64 class indices, for cross_entropy.
 Tensor class_targets(const data::Batch& b) {
   std::vector<int64_t> t(b.labels.size());
@@ -510,6 +520,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
       else if (r.st.best_accuracy >= 0)
         fmt::print("best dev accuracy {:.2f}% at epoch {} (step {}){}\n", 100 * r.st.best_accuracy, r.st.best_epoch,
                    r.st.best_step, r.save.empty() ? "" : "; checkpoint " + (r.save / "best").string());
+      if (!stopped && r.st.best_report.is_object()) fmt::print("{}", class_table(r.st.best_report));
     }
     fmt::print("{}\n", summary.dump());
     std::fflush(stdout);
