@@ -10,7 +10,9 @@
 #  4. errors: a dev label >= K (file, line, label and K named), --classes below the largest label,
 #     too few --label-names, --classes 1;
 #  5. a binary run (labels 0/1) gets the per-class report of both classes and a model section
-#     without num_classes (as checkpoints written before multi-class support).
+#     without num_classes (as checkpoints written before multi-class support);
+#  6. with mpirun: --np 2 gathers the K logits of both ranks' dev batches exactly (best/'s dev
+#     predictions = predict's) and trains like 1 process (first dev loss to 1e-5 relative).
 # usage: test_multiclass_cli.sh path/to/tapegrad-train
 set -euo pipefail
 bin=$1
@@ -124,3 +126,20 @@ PY
 line=$("$bin" predict --checkpoint "$tmp/bin" "the stone")
 awk '{ exit !($1 >= 0 && $1 <= 1 && ($2 == 0 || $2 == 1)) }' <<<"$line" || fail "binary predict format changed: $line"
 echo "ok   binary run: per-class report of 2 classes, model section as before, predict format unchanged"
+
+# ---- 6. data-parallel (--np 2) ----
+if ! command -v mpirun >/dev/null; then echo "skip --np 2: no mpirun"; exit 0; fi
+[ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+np_args=(--train "$tmp/train.tsv" --dev "$tmp/dev.tsv" --embed 16 --hidden 16 --epochs 1 --batch 16 --lr 0.01
+         --dropout 0 --threads 1 -q)
+timeout 120 "$bin" train "${np_args[@]}" --np 2 --save "$tmp/np" >"$tmp/np.out" 2>"$tmp/np.err" ||
+  fail "train --np 2 exited $?: $(tail -5 "$tmp/np.err")"
+[ "$(field "$(tail -n 1 "$tmp/np.out")" world_size)" = 2 ] || fail "--np 2 summary lacks world_size 2"
+tail -n +2 "$tmp/dev.tsv" | cut -f1 | "$bin" predict --threads 1 --json --checkpoint "$tmp/np" |
+  cmp -s - "$tmp/np/best/dev_predictions.jsonl" || fail "--np 2: gathered dev predictions differ from predict's"
+"$bin" train "${np_args[@]}" --save "$tmp/one" >/dev/null
+l2=$(grep -o '"dev_loss":[^,]*' "$tmp/np/metrics.jsonl" | head -1 | cut -d: -f2)
+l1=$(grep -o '"dev_loss":[^,]*' "$tmp/one/metrics.jsonl" | head -1 | cut -d: -f2)
+awk -v a="$l1" -v b="$l2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * a) }' ||
+  fail "--np 2 dev loss $l2 differs from 1 process's $l1"
+echo "ok   --np 2: K logits gathered exactly, dev loss $l2 vs 1 process $l1"
