@@ -117,23 +117,6 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainOptions& o, const st
       params, optim::SGDOptions{.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay});
 }
 
-// The dev class report of the best evaluation as a table (scores in %).
-std::string class_table(const json& report) {
-  std::string out = fmt::format("{:<16} {:>9} {:>7} {:>7} {:>8}\n", "class", "precision", "recall", "F1", "support");
-  for (const auto& c : report.at("per_class"))
-    out += fmt::format("{:<16} {:>9.2f} {:>7.2f} {:>7.2f} {:>8}\n", c.at("name").get<std::string>(),
-                       100 * c.at("precision").get<double>(), 100 * c.at("recall").get<double>(),
-                       100 * c.at("f1").get<double>(), c.at("support").get<int64_t>());
-  return out + fmt::format("macro F1 {:.2f}\n", 100 * report.at("macro_f1").get<double>());
-}
-
-// The labels of a batch as int64 class indices, for cross_entropy.
-Tensor class_targets(const data::Batch& b) {
-  std::vector<int64_t> t(b.labels.size());
-  for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int64_t>(b.labels[i]);
-  return from_vector(t, Shape{b.batch});
-}
-
 // Reads a data file (labels 0..max_label; label_rule says why, in the error for another label).
 // `from_checkpoint`: the path came from a resumed checkpoint's config.json,
 // not from the command line, so it must name a regular file and no error or warning quotes its
@@ -278,16 +261,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
                                                       "{}; give --classes K if the training data lacks some",
                                                       o.classes, o.train));
   r.label_names = read_label_names(o.label_names, o.classes);
-  if (root) {
-    std::vector<int64_t> count(static_cast<size_t>(o.classes), 0);
-    for (const auto& e : r.train_rows) ++count[static_cast<size_t>(e.label)];
-    std::string missing;
-    for (size_t c = 0; c < count.size(); ++c)
-      if (!count[c]) missing += fmt::format("{}{}", missing.empty() ? "" : ", ", c);
-    if (!missing.empty())
-      fmt::print(stderr, "tapegrad-train: warning: {}: no training example has label {} (of 0..{}); the model "
-                 "cannot learn to predict it\n", o.train, missing, o.classes - 1);
-  }
+  if (root) warn_missing_classes(r);
   if (static_cast<int64_t>(r.train_rows.size()) < W)
     throw std::invalid_argument(fmt::format("{}: {} training example(s) cannot be shared by {} processes", o.train,
                                             r.train_rows.size(), W));
@@ -356,9 +330,9 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
   const bool tty = tty_env ? std::string(tty_env) == "1" : W == 1 && ::isatty(STDOUT_FILENO) != 0;
   Progress progress(tty, o.quiet || !root);  // only rank 0 prints
   progress.message(fmt::format(
-      "tapegrad-train: {} train / {} dev examples, vocab {}, {}{} embed {} hidden {} x{} ({} parameters), {} "
+      "tapegrad-train: {} train / {} dev examples, {}vocab {}, {}{} embed {} hidden {} x{} ({} parameters), {} "
       "threads{}{}{}",
-      r.train.size(), r.dev.size(), r.vocab.size(), o.bidirectional ? "bi" : "", o.model, o.embed, o.hidden, o.layers,
+      r.train.size(), r.dev.size(), o.classes > 2 ? fmt::format("{} classes, ", o.classes) : "", r.vocab.size(), o.bidirectional ? "bi" : "", o.model, o.embed, o.hidden, o.layers,
       r.model->num_parameters(), threads,
       W > 1 ? fmt::format(", {} processes x batch {}", W, rank_batch) : "",
       resume_dir.empty() ? ""

@@ -108,6 +108,14 @@ int train_body(Run& r, World& world, const boost::program_options::variables_map
 void evaluate(Run& r, const World& world, Progress& progress, int64_t epoch, int64_t done, int64_t batches);
 json final_summary(const Run& r, bool stopped, const World& world);
 
+// ---- classes.cpp ----
+// The labels of a batch as int64 class indices, for cross_entropy.
+tg::Tensor class_targets(const tg::data::Batch& b);
+// A dev class report (evaluate.cpp's: macro_f1, per_class) as a table, scores in %.
+std::string class_table(const json& report);
+// Warns on stderr about classes 0..K-1 that no training row has.
+void warn_missing_classes(const Run& r);
+
 // ---- checkpoint_io.cpp ----
 // Loads resume_dir's weights, optimizer and trainer state into r (a --lr given on the command
 // line replaces the saved one) and sets this rank's random generator. Returns a note for the
