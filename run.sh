@@ -6,6 +6,7 @@
 #   ./run.sh train ... | predict ... | sst2    the training CLI; sst2: the recommended SST-2 run
 #   ./run.sh lm [options] | lm sample --checkpoint DIR ...   character LM on tinyshakespeare (docs/lm.md)
 #   ./run.sh tag [options] | tag eval ...   BiLSTM part-of-speech tagger on UD English-LinES (docs/tagging.md)
+#   ./run.sh lines-source [options]  9-class source-text identification on UD English-LinES (docs/training.md)
 #   ./run.sh gradient-flow         the gradient-norm-per-time-step experiment and its plot
 #   ./run.sh fuzz [SECONDS]        libFuzzer targets (clang, ASan+UBSan), each for SECONDS (default 60)
 #   ./run.sh soak [STEPS [ASAN_STEPS]]  toy-model memory soak (100,000 steps), then under ASan/LSan
@@ -121,6 +122,46 @@ case "$cmd" in
       [[ " $* " == *" ${defaults[i]} "* || " $* " == *" ${defaults[i]}="* ]] || keep+=("${defaults[i]}" "${defaults[i + 1]}")
     done
     exec "$RELEASE/examples/tapegrad-tag" train "${keep[@]}" "$@"
+    ;;
+  lines-source)  # which of 9 source texts a UD English-LinES sentence is from (docs/training.md, "Multi-class data")
+    ensure_packages
+    cmake -S "$ROOT" -B "$RELEASE" -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build "$RELEASE" --target tapegrad-train -j"$JOBS" >&2
+    ud="${TAPEGRAD_DATA:-$ROOT/../shared/data}/ud_english_lines/en_lines-ud"
+    out="$ROOT/build/lines-source"
+    mkdir -p "$out"
+    # sent_id en_lines-ud-SPLIT-docN-M: label N-1; the sentence is the "# text = " line (tabs made spaces).
+    for split in train dev test; do
+      [ -f "$ud-$split.conllu" ] || { echo "run.sh lines-source: $ud-$split.conllu not found (set TAPEGRAD_DATA)" >&2; exit 1; }
+      awk 'BEGIN { print "sentence\tlabel" }
+           /^# sent_id = / { n = split($4, p, "-"); doc = p[n - 1]; sub(/^doc/, "", doc) }
+           /^# text = / { t = substr($0, 10); gsub(/\t/, " ", t); print t "\t" (doc - 1) }' \
+        "$ud-$split.conllu" >"$out/$split.tsv.tmp" && mv "$out/$split.tsv.tmp" "$out/$split.tsv"
+    done
+    printf '%s\n' access-help auster bellow conrad europarl gordimer rowling winterson cusk >"$out/label-names.txt"
+    # The recommended configuration; an option given on the command line replaces its entry.
+    recommended=(--model lstm --pooling max --embed 64 --hidden 128 --epochs 15 --batch 32
+                 --lr 3e-3 --embed-dropout 0.25 --seed 1 --label-names "$out/label-names.txt"
+                 --save "$ROOT/runs/lines-source")
+    args=()
+    for ((i = 0; i < ${#recommended[@]}; i += 2)); do
+      opt=${recommended[i]} given=0
+      for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* ]] && given=1; done
+      [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
+    done
+    [[ " $* " == *" --bidirectional "* || " $* " == *" --resume"* ]] || args+=(--bidirectional)
+    "$RELEASE/examples/tapegrad-train" train --train "$out/train.tsv" --dev "$out/dev.tsv" "${args[@]}" "$@" | tee "$out/train.log"
+    # The test split, once, with the best checkpoint: accuracy and macro-F1 over the 9 classes.
+    run=$(tail -n 1 "$out/train.log" | grep -o '"save":"[^"]*"' | cut -d'"' -f4)
+    [ -n "$run" ] || exit 0
+    tail -n +2 "$out/test.tsv" | cut -f2 >"$out/test.gold"
+    tail -n +2 "$out/test.tsv" | cut -f1 | "$RELEASE/examples/tapegrad-train" predict --checkpoint "$run" |
+      cut -d' ' -f1 | paste "$out/test.gold" - |
+      awk -F'\t' '{ n++; ok += $1 == $2; g[$1]++; p[$2]++; if ($1 == $2) h[$1]++; if ($1 + 0 > k) k = $1 + 0 }
+        END { for (c = 0; c <= k; c++) { pr = p[c] ? h[c] / p[c] : 0; rc = g[c] ? h[c] / g[c] : 0
+                if (g[c] || p[c]) { f += pr + rc > 0 ? 2 * pr * rc / (pr + rc) : 0; m++ } }
+              printf "{\"test_accuracy\":%.4f,\"test_macro_f1\":%.4f,\"test_examples\":%d,\"checkpoint\":\"%s\"}\n",
+                     ok / n, f / m, n, run }' run="$run" | tee "$run/test.json"
     ;;
   gradient-flow)
     ensure_packages

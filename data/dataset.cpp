@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <stdexcept>
@@ -60,19 +61,22 @@ bool parse_label(std::string_view s, int& out) {
 }
 
 // Returns an error description (empty = ok).
-using RowParser = std::string (*)(std::string_view line, Example& out);
+using RowParser = std::function<std::string(std::string_view line, Example& out)>;
 
-std::string parse_glue_row(std::string_view line, Example& out) {
+std::string parse_glue_row(std::string_view line, Example& out, int max_label) {
   const auto tabs = std::count(line.begin(), line.end(), '\t');
   if (tabs != 1)
     return fmt::format("expected 2 tab-separated fields (sentence<TAB>label), got {}: {}", tabs + 1,
                        preview(line));
   const size_t tab = line.find('\t');
   const std::string_view label = line.substr(tab + 1);
-  if (label != "0" && label != "1")
-    return fmt::format("label must be 0 or 1, got {}", preview(label));
+  if (max_label == 1) {
+    if (label != "0" && label != "1") return fmt::format("label must be 0 or 1, got {}", preview(label));
+  } else if (!parse_label(label, out.label) || out.label > max_label) {
+    return fmt::format("label must be an integer from 0 to {}, got {}", max_label, preview(label));
+  }
   out.text = std::string(strip_trailing_spaces(line.substr(0, tab)));
-  out.label = label == "1" ? 1 : 0;
+  if (max_label == 1) out.label = label == "1" ? 1 : 0;
   return {};
 }
 
@@ -110,7 +114,7 @@ std::string utf8_problem(std::string_view text) {
 }
 
 std::vector<Example> read_rows(std::istream& in, std::string_view name, bool glue_header,
-                               RowParser parse, const ReadOptions& opts, ReadReport* report) {
+                               const RowParser& parse, const ReadOptions& opts, ReadReport* report) {
   ReadReport local;
   ReadReport& rep = report ? *report : local;
   rep = ReadReport{};
@@ -180,12 +184,14 @@ bool hidden(const fs::path& p) { return p.filename().string().starts_with('.'); 
 
 std::vector<Example> read_glue_tsv(std::istream& in, std::string_view name, const ReadOptions& opts,
                                    ReadReport* report) {
-  return read_rows(in, name, true, parse_glue_row, opts, report);
+  const auto parse = [&](std::string_view line, Example& ex) { return parse_glue_row(line, ex, opts.max_label); };
+  return read_rows(in, name, true, parse, opts, report);
 }
 
 std::vector<Example> read_glue_tsv(const fs::path& path, const ReadOptions& opts, ReadReport* report) {
   std::ifstream in = open_or_throw(path, "read_glue_tsv");
-  return read_rows(in, path.string(), true, parse_glue_row, opts, report);
+  const auto parse = [&](std::string_view line, Example& ex) { return parse_glue_row(line, ex, opts.max_label); };
+  return read_rows(in, path.string(), true, parse, opts, report);
 }
 
 std::vector<Example> read_label_text(std::istream& in, std::string_view name, const ReadOptions& opts,

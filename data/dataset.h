@@ -22,6 +22,8 @@ struct ReadOptions {
   // they are counted in ReadReport. Structural problems that make the whole
   // input unusable (missing file, missing header) still throw.
   bool skip_bad_lines = false;
+  // read_glue_tsv: the largest label accepted (1 = binary 0/1; K-1 for K classes).
+  int max_label = 1;
 };
 
 struct ReadReport {
@@ -33,7 +35,7 @@ struct ReadReport {
 inline constexpr size_t kMaxReportedErrors = 20;
 
 // GLUE single-sentence TSV (SST-2, CoLA-style): header "sentence\tlabel", then
-// "<text>\t<0|1>" rows. Trailing spaces of the text are stripped (GLUE's SST-2
+// "<text>\t<0|1>" rows (labels 0..opts.max_label for multi-class data). Trailing spaces of the text are stripped (GLUE's SST-2
 // has one before every tab), CRLF and a UTF-8 BOM are tolerated, trailing
 // blank lines at end of file are ignored.
 std::vector<Example> read_glue_tsv(const std::filesystem::path& path, const ReadOptions& opts = {},

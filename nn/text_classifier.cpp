@@ -55,6 +55,9 @@ const TextClassifierOptions& checked(const TextClassifierOptions& o) {
   if (o.padding_idx < -1 || o.padding_idx >= o.vocab_size)
     throw std::invalid_argument(fmt::format("TextClassifier: padding_idx {} is outside [-1, vocab_size {})",
                                             o.padding_idx, o.vocab_size));
+  if (o.num_classes < 2)
+    throw std::invalid_argument(fmt::format(
+        "TextClassifier: num_classes must be >= 2 (2 = binary, one logit), got {}", o.num_classes));
   return o;
 }
 
@@ -74,7 +77,7 @@ TextClassifier::TextClassifier(const TextClassifierOptions& o) : options(checked
     case CellType::LSTM: rnn = register_module("rnn", std::make_shared<LSTM>(ro)); break;
     case CellType::GRU: rnn = register_module("rnn", std::make_shared<GRU>(ro)); break;
   }
-  fc = register_module("fc", std::make_shared<Linear>(feature_size(), 1));
+  fc = register_module("fc", std::make_shared<Linear>(feature_size(), o.num_classes > 2 ? o.num_classes : 1));
 }
 
 int64_t TextClassifier::feature_size() const { return options.hidden * (options.bidirectional ? 2 : 1); }
@@ -145,7 +148,8 @@ Tensor TextClassifier::forward(const Tensor& tokens, const Lengths& lengths) {
     }
   }
   features = dropout(features, options.dropout, is_training());
-  return fc->forward(features).reshape({B});
+  Tensor logits = fc->forward(features);
+  return options.num_classes > 2 ? logits : logits.reshape({B});
 }
 
 }  // namespace tg::nn

@@ -1,5 +1,5 @@
 #pragma once
-// A recurrent sentence classifier for binary labels (SST-2 and the like):
+// A recurrent sentence classifier: binary (SST-2 and the like) or K classes (SST-5, TREC):
 //
 //   tokens [B, T] -> Embedding(padding_idx) -> dropout(embed_dropout)
 //                 -> RNN / LSTM / GRU (batch_first, packed by each row's length)
@@ -9,7 +9,11 @@
 //                                      back to the first
 //                              max   = max over the real time steps of the outputs
 //                              mean  = mean over the real time steps of the outputs
-//                 -> dropout(dropout) -> Linear(features, 1) -> logits [B]
+//                 -> dropout(dropout) -> Linear(features, 1) -> logits [B]      (num_classes 2)
+//                                  or Linear(features, K) -> logits [B, K]   (num_classes K > 2)
+//
+// Two classes keep the single logit trained with binary cross-entropy (so checkpoints written
+// before num_classes existed load unchanged); K > 2 classes get K logits for cross_entropy.
 //
 // With pooling `last` and embed_dropout 0 this is exactly the model of the PyTorch reference
 // (bench/accuracy/train_ref.py): nn.Embedding(padding_idx=0) -> nn.LSTM/GRU/RNN over a packed
@@ -56,6 +60,7 @@ struct TextClassifierOptions {
   double embed_dropout = 0.0;  // on the embedded tokens
   Pooling pooling = Pooling::Last;
   int64_t padding_idx = 0;     // its embedding row is zero and gets no gradient
+  int64_t num_classes = 2;     // 2: one logit per row; K > 2: K logits per row
 };
 
 class TextClassifier : public Module {
@@ -65,7 +70,8 @@ class TextClassifier : public Module {
   explicit TextClassifier(const TextClassifierOptions& options);
 
   // tokens: int64 [B, T], row b padded after its first lengths[b] tokens (1 <= lengths[b] <= T);
-  // no lengths = every row is T long. Returns one logit per row, [B].
+  // no lengths = every row is T long. Returns one logit per row, [B] (num_classes 2), or
+  // [B, num_classes] logits.
   Tensor forward(const Tensor& tokens, const Lengths& lengths = {});
   Tensor operator()(const Tensor& tokens, const Lengths& lengths = {}) { return forward(tokens, lengths); }
 

@@ -73,27 +73,8 @@ Evaluation evaluate(Tagger& model, const std::vector<EncodedSentence>& data, int
 }
 
 namespace {
-struct TagScore {
-  double precision = 0, recall = 0, f1 = 0;
-  int64_t support = 0, predicted = 0;
-};
-std::vector<TagScore> scores(const Evaluation& e) {
-  const size_t C = e.confusion.size();
-  std::vector<TagScore> s(C);
-  for (size_t g = 0; g < C; ++g)
-    for (size_t p = 0; p < C; ++p) {
-      s[g].support += e.confusion[g][p];
-      s[p].predicted += e.confusion[g][p];
-    }
-  for (size_t c = 0; c < C; ++c) {
-    const auto hit = static_cast<double>(e.confusion[c][c]);
-    s[c].precision = s[c].predicted ? hit / static_cast<double>(s[c].predicted) : 0.0;
-    s[c].recall = s[c].support ? hit / static_cast<double>(s[c].support) : 0.0;
-    const double pr = s[c].precision + s[c].recall;
-    s[c].f1 = pr > 0 ? 2 * s[c].precision * s[c].recall / pr : 0.0;
-  }
-  return s;
-}
+using TagScore = tgcli::ClassScore;
+std::vector<TagScore> scores(const Evaluation& e) { return tgcli::class_scores(e.confusion); }
 }  // namespace
 
 std::string tag_table(const Evaluation& e, const std::vector<std::string>& tags) {
@@ -125,55 +106,7 @@ json tag_report(const Evaluation& e, const std::vector<std::string>& tags) {
 
 void write_confusion(const fs::path& dir, const Evaluation& e, const std::vector<std::string>& tags,
                      const std::string& title) {
-  const size_t C = tags.size();
-  std::string tsv = "gold\\predicted";
-  for (const auto& t : tags) tsv += "\t" + t;
-  tsv += "\n";
-  for (size_t g = 0; g < C; ++g) {
-    tsv += tags[g];
-    for (size_t p = 0; p < C; ++p) tsv += fmt::format("\t{}", e.confusion[g][p]);
-    tsv += "\n";
-  }
-  tgcli::write_file_atomic(dir / "confusion.tsv", tsv);
-  const std::string& term = tgcli::png_terminal();
-  if (term.empty()) {
-    fmt::print(stderr, "tapegrad-tag: warning: gnuplot (with a png terminal) not found; confusion.png is not written\n");
-    return;
-  }
-  const fs::path tmp = dir / "confusion.png.tmp";
-  std::string ticks;
-  for (size_t c = 0; c < C; ++c) ticks += fmt::format("{}{} {}", c ? ", " : "", tgcli::gp_quote(tags[c]), c);
-  std::string script = fmt::format(
-      "set terminal {} size 820,760\nset output {}\nset title {} noenhanced\nset xlabel 'predicted'\n"
-      "set ylabel 'gold'\nset xtics ({}) rotate by 90 right noenhanced\nset ytics ({}) noenhanced\n"
-      "set xrange [-0.5:{}.5]\nset yrange [{}.5:-0.5]\nset cbrange [0:1]\nset cblabel 'fraction of the gold tag'\n"
-      "set palette defined (0 'white', 0.02 '#dbe9f6', 0.3 '#6baed6', 1 '#08306b')\nset view map\n$m << EOD\n",
-      term, tgcli::gp_quote(tmp.string()), tgcli::gp_quote(title), ticks, ticks, C - 1, C - 1);
-  std::string light, dark;  // cell counts, drawn black on light cells and white on dark ones
-  for (size_t g = 0; g < C; ++g) {
-    int64_t row = 0;
-    for (size_t p = 0; p < C; ++p) row += e.confusion[g][p];
-    for (size_t p = 0; p < C; ++p) {
-      const int64_t n = e.confusion[g][p];
-      script += fmt::format("{}{:.6g}", p ? " " : "", row ? static_cast<double>(n) / static_cast<double>(row) : 0.0);
-      if (n) (row && 2 * n > row ? dark : light) += fmt::format("{} {} {}\n", p, g, n);
-    }
-    script += "\n";
-  }
-  script += "EOD\n$l << EOD\n" + light + "EOD\n$d << EOD\n" + dark +
-            "EOD\nplot $m matrix with image notitle, $l using 1:2:3 with labels font ',7' tc 'black' notitle, "
-            "$d using 1:2:3 with labels font ',7' tc 'white' notitle\nset output\n";
-  std::FILE* p = ::popen("gnuplot >/dev/null 2>&1", "w");
-  if (!p) return;
-  std::fwrite(script.data(), 1, script.size(), p);
-  const int rc = ::pclose(p);
-  std::error_code ec;
-  if (rc != 0 || !fs::exists(tmp, ec)) {
-    fs::remove(tmp, ec);
-    fmt::print(stderr, "tapegrad-tag: warning: gnuplot failed; confusion.png is not written\n");
-    return;
-  }
-  fs::rename(tmp, dir / "confusion.png", ec);
+  tgcli::write_confusion(dir, e.confusion, tags, title, "tapegrad-tag", "fraction of the gold tag");
 }
 
 TagCheckpoint read_tag_checkpoint(const fs::path& dir) {

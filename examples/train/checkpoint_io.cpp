@@ -199,7 +199,10 @@ void Run::write_metrics() {
   plot_metrics(save, st.history,
                fmt::format("tapegrad-train: {}{}, {} pooling, embed {}, hidden {}, {} layer(s), seed {}",
                            opts.bidirectional ? "bi" : "", opts.model, opts.pooling, opts.embed, opts.hidden,
-                           opts.layers, opts.seed));
+                           opts.layers, opts.seed),
+               model && model->options.num_classes > 2
+                   ? fmt::format("loss (cross-entropy, {} classes)", model->options.num_classes)
+                   : "loss (binary cross-entropy)");
 }
 
 std::string restore_checkpoint(Run& r, const World& world, const boost::program_options::variables_map& vm,

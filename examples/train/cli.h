@@ -19,6 +19,9 @@ namespace tgcli {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
+// The most classes `train` accepts (a label of 2^31 must not allocate a 2^31-row output layer).
+inline constexpr int kMaxClasses = 10000;
+
 // Every `train` option. JSON keys are the option names (config.json's "training" section).
 struct TrainOptions {
   std::string train, dev;
@@ -42,6 +45,8 @@ struct TrainOptions {
   bool quiet = false;
   int64_t stop_after = 0;
   int64_t max_skipped_steps = 20;  // consecutive skipped steps that stop a run (0 = never)
+  int64_t classes = 0;             // K (labels 0..K-1); 0: max training label + 1, at least 2
+  std::string label_names;         // file: line i names label i (reports only)
   // Launch options: not saved in config.json (a run may be resumed with another world size).
   int np = 1;             // processes (MPI ranks); --batch stays the global batch
   std::string hostfile;   // passed to mpirun as --hostfile
@@ -80,6 +85,9 @@ struct TrainerState {
   std::vector<json> history;  // every evaluation record, in order
   // data_fingerprint() of the training rows used and of the dev rows ("" in older checkpoints).
   std::string train_data, dev_data;
+  // The dev class report (macro_f1, per_class, confusion) of the best and of the last evaluation
+  // (null before the first, and in checkpoints from before multi-class support).
+  json best_report, last_report;
 };
 json to_json(const TrainerState& s);
 TrainerState trainer_state_from_json(const json& j, const std::string& source);
@@ -149,14 +157,23 @@ struct Checkpoint {
 };
 // config.json + vocab.txt, checked against each other.
 Checkpoint read_checkpoint_meta(const fs::path& dir);
+// The name of every label 0..classes-1: the lines of `file` ("" = the numbers themselves).
+// Throws std::runtime_error naming the file when it has fewer than `classes` names.
+std::vector<std::string> read_label_names(const std::string& file, int64_t classes);
 
 // ---- model evaluation ----
+// Binary models: logit and probability (of label 1). K > 2 classes: logits and probabilities
+// (softmax) hold K values and probability is that of the predicted label.
 struct Prediction {
   float logit = 0;
   double probability = 0;
   int label = 0;
+  std::vector<float> logits;
+  std::vector<double> probabilities;
 };
 double probability_of(float logit);
+// Fills p (label = the first largest logit) from K > 2 logits.
+void set_class_logits(Prediction& p, const float* logits, int64_t classes);
 // Logits in the input's order, batches of `batch` in input order (the same for train-time dev
 // evaluation and `predict`, so they agree bit for bit). With shards > 1 only the batches k with
 // k % shards == shard are run (the others' predictions stay default): a data-parallel rank's

@@ -50,7 +50,9 @@ json to_json(const TrainOptions& o) {
               {"eval-batch", o.eval_batch},
               {"skip-bad-lines", o.skip_bad_lines},
               {"max-train", o.max_train},
-              {"max-skipped-steps", o.max_skipped_steps}};
+              {"max-skipped-steps", o.max_skipped_steps},
+              {"classes", o.classes},
+              {"label-names", o.label_names}};
 }
 
 
@@ -86,6 +88,8 @@ TrainOptions train_options_from_json(const json& j) {
   get_if(j, "skip-bad-lines", o.skip_bad_lines);
   get_if(j, "max-train", o.max_train);
   get_if(j, "max-skipped-steps", o.max_skipped_steps);
+  get_if(j, "classes", o.classes);
+  get_if(j, "label-names", o.label_names);
   return o;
 }
 
@@ -99,11 +103,13 @@ nn::TextClassifierOptions model_options(const TrainOptions& o, int64_t vocab_siz
                                    .dropout = o.dropout,
                                    .embed_dropout = o.embed_dropout,
                                    .pooling = nn::parse_pooling(o.pooling),
-                                   .padding_idx = data::Vocab::kPadId};
+                                   .padding_idx = data::Vocab::kPadId,
+                                   .num_classes = o.classes < 2 ? 2 : o.classes};
 }
 
 json to_json(const nn::TextClassifierOptions& m) {
-  return json{{"vocab_size", m.vocab_size},
+  // a binary model is described as before num_classes existed, so its checkpoint is the same
+  json j{{"vocab_size", m.vocab_size},
               {"embed", m.embed},
               {"hidden", m.hidden},
               {"layers", m.layers},
@@ -113,6 +119,8 @@ json to_json(const nn::TextClassifierOptions& m) {
               {"embed_dropout", m.embed_dropout},
               {"pooling", nn::pooling_name(m.pooling)},
               {"padding_idx", m.padding_idx}};
+  if (m.num_classes != 2) j["num_classes"] = m.num_classes;
+  return j;
 }
 
 nn::TextClassifierOptions model_options_from_json(const json& j) {
@@ -127,6 +135,7 @@ nn::TextClassifierOptions model_options_from_json(const json& j) {
   m.embed_dropout = j.value("embed_dropout", 0.0);
   m.pooling = nn::parse_pooling(j.value("pooling", std::string("last")));
   m.padding_idx = j.value("padding_idx", int64_t{0});
+  m.num_classes = j.value("num_classes", int64_t{2});  // absent before multi-class: binary
   return m;
 }
 
@@ -150,6 +159,8 @@ json to_json(const TrainerState& s) {
               {"rank_rng", s.rank_rng},
               {"train_data", s.train_data},
               {"dev_data", s.dev_data},
+              {"best_report", s.best_report},
+              {"last_report", s.last_report},
               {"history", s.history}};
 }
 
@@ -176,6 +187,8 @@ TrainerState trainer_state_from_json(const json& j, const std::string& source) {
     if (j.contains("rank_rng")) s.rank_rng = j.at("rank_rng").get<std::vector<std::string>>();
     s.train_data = j.value("train_data", std::string());  // absent before data fingerprints
     s.dev_data = j.value("dev_data", std::string());
+    s.best_report = j.value("best_report", json());  // absent before class reports
+    s.last_report = j.value("last_report", json());
     if (s.epoch < 1 || s.batch_pos < 0 || s.step < 0)
       throw std::runtime_error("epoch, batch_pos or step out of range");
     if (s.world_size < 1 || (!s.rank_rng.empty() && static_cast<int64_t>(s.rank_rng.size()) != s.world_size))
@@ -352,6 +365,43 @@ Checkpoint read_checkpoint_meta(const fs::path& dir) {
 
 double probability_of(float logit) { return 1.0 / (1.0 + std::exp(-static_cast<double>(logit))); }
 
+void set_class_logits(Prediction& p, const float* logits, int64_t classes) {
+  p.logits.assign(logits, logits + classes);
+  p.probabilities.assign(static_cast<size_t>(classes), 0.0);
+  int best = 0;
+  for (int64_t c = 1; c < classes; ++c)
+    if (logits[c] > logits[best]) best = static_cast<int>(c);
+  // softmax in double, shifted by the largest logit; a NaN logit gives NaN probabilities
+  const double top = logits[best];
+  double total = 0;
+  for (int64_t c = 0; c < classes; ++c) total += p.probabilities[c] = std::exp(static_cast<double>(logits[c]) - top);
+  for (double& q : p.probabilities) q /= total;
+  p.label = best;
+  p.logit = logits[best];
+  p.probability = p.probabilities[static_cast<size_t>(best)];
+}
+
+std::vector<std::string> read_label_names(const std::string& file, int64_t classes) {
+  std::vector<std::string> names;
+  if (file.empty()) {
+    for (int64_t c = 0; c < classes; ++c) names.push_back(std::to_string(c));
+    return names;
+  }
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot open --label-names {}: {}", file, std::strerror(errno)));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    names.push_back(line);
+  }
+  while (!names.empty() && names.back().empty()) names.pop_back();
+  if (static_cast<int64_t>(names.size()) < classes)
+    throw std::runtime_error(fmt::format("--label-names {} has {} names but the data has {} classes (line i names "
+                                         "label i, one per line)",
+                                         file, names.size(), classes));
+  names.resize(static_cast<size_t>(classes));
+  return names;
+}
+
 std::vector<Prediction> predict_all(nn::TextClassifier& model, const std::vector<data::EncodedExample>& examples,
                                     int64_t batch, int shard, int shards) {
   std::vector<Prediction> out(examples.size());
@@ -366,8 +416,13 @@ std::vector<Prediction> predict_all(nn::TextClassifier& model, const std::vector
     Tensor tokens = from_vector(b.tokens, Shape{b.batch, b.max_len});
     Tensor logits = model.forward(tokens, b.lengths).contiguous();
     const float* l = logits.data<float>();
+    const int64_t K = model.options.num_classes;
     for (int64_t i = 0; i < b.batch; ++i) {
       Prediction& p = out[b.example_index[i]];
+      if (K > 2) {
+        set_class_logits(p, l + i * K, K);
+        continue;
+      }
       p.logit = l[i];
       p.probability = probability_of(l[i]);
       p.label = l[i] > 0 ? 1 : 0;
@@ -378,7 +433,13 @@ std::vector<Prediction> predict_all(nn::TextClassifier& model, const std::vector
 }
 
 std::string prediction_json(const Prediction& p, const std::string& text) {
-  // Keys in this order (nlohmann sorts them): label, logit, probability, text.
+  // Keys in this order (nlohmann sorts them): label, logit(s), probabilit(y|ies), text.
+  if (!p.logits.empty()) {
+    json logits = json::array();
+    for (float l : p.logits) logits.push_back(static_cast<double>(l));
+    return json{{"label", p.label}, {"logits", logits}, {"probabilities", p.probabilities}, {"text", text}}
+        .dump(-1, ' ', false, json::error_handler_t::replace);
+  }
   return json{{"label", p.label}, {"logit", static_cast<double>(p.logit)}, {"probability", p.probability},
               {"text", text}}
       .dump(-1, ' ', false, json::error_handler_t::replace);

@@ -28,7 +28,8 @@ int run_predict(int argc, char** argv) {
       "tapegrad-train predict: classify sentences with a checkpoint saved by `train`.\n"
       "Usage: tapegrad-train predict --checkpoint DIR [options] [SENTENCE ...]\n"
       "Without sentences, classifies each line of standard input. Prints one line per sentence:\n"
-      "  <probability of label 1, 4 decimals> <label 0|1> <sentence>\n\nOptions");
+      "  binary:       <probability of label 1, 4 decimals> <label 0|1> <sentence>\n"
+      "  K > 2 classes: <label> <probability of label 0> ... <of label K-1, 4 decimals> <sentence>\n\nOptions");
   // clang-format off
   desc.add_options()
     ("help,h", "show this help")
@@ -36,7 +37,8 @@ int run_predict(int argc, char** argv) {
     ("batch", po::value(&batch)->default_value(batch), "batch size (0 = the checkpoint's --eval-batch, so "
                                                        "results match train-time evaluation bit for bit)")
     ("threads", po::value(&threads)->default_value(threads), "threads for matrix products (OpenBLAS); 0 = the cores available (TG_NUM_THREADS overrides)")
-    ("json", po::bool_switch(&as_json), "print JSON lines {label, logit, probability, text} at full precision")
+    ("json", po::bool_switch(&as_json), "print JSON lines {label, logit, probability, text} at full precision (K > 2 classes: "
+                                               "{label, logits, probabilities, text}, probabilities the softmax)")
     ("allow-non-finite", po::bool_switch(&allow_non_finite), "load a checkpoint whose weights hold NaN or Inf "
                                                              "(to inspect a diverged run; its outputs may be nan); "
                                                              "without it such a checkpoint is refused");
@@ -128,9 +130,18 @@ int run_predict(int argc, char** argv) {
   const auto encoded = data::encode_all(rows, ck.vocab, data::tokenize, max_len);
   const auto preds = predict_all(model, encoded, batch);
   std::string out;
-  for (size_t i = 0; i < preds.size(); ++i)
-    out += as_json ? prediction_json(preds[i], sentences[i]) + "\n"
-                   : fmt::format("{:.4f} {} {}\n", preds[i].probability, preds[i].label, sentences[i]);
+  for (size_t i = 0; i < preds.size(); ++i) {
+    const Prediction& p = preds[i];
+    if (as_json) {
+      out += prediction_json(p, sentences[i]) + "\n";
+    } else if (!p.probabilities.empty()) {
+      out += fmt::format("{}", p.label);
+      for (double q : p.probabilities) out += fmt::format(" {:.4f}", q);
+      out += " " + sentences[i] + "\n";
+    } else {
+      out += fmt::format("{:.4f} {} {}\n", p.probability, p.label, sentences[i]);
+    }
+  }
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
 }

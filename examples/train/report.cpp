@@ -1,5 +1,7 @@
 #include "report.h"
 
+#include "cli.h"  // write_file_atomic
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -173,6 +175,87 @@ void plot_history(const std::filesystem::path& dir, const std::vector<nlohmann::
   }
   std::filesystem::rename(tmp, out, ec);
   if (ec) warn("cannot rename " + tmp.string() + ": " + ec.message());
+}
+
+std::vector<ClassScore> class_scores(const ConfusionMatrix& confusion) {
+  const size_t C = confusion.size();
+  std::vector<ClassScore> s(C);
+  for (size_t g = 0; g < C; ++g)
+    for (size_t p = 0; p < C; ++p) {
+      s[g].support += confusion[g][p];
+      s[p].predicted += confusion[g][p];
+    }
+  for (size_t c = 0; c < C; ++c) {
+    const auto hit = static_cast<double>(confusion[c][c]);
+    s[c].precision = s[c].predicted ? hit / static_cast<double>(s[c].predicted) : 0.0;
+    s[c].recall = s[c].support ? hit / static_cast<double>(s[c].support) : 0.0;
+    const double pr = s[c].precision + s[c].recall;
+    s[c].f1 = pr > 0 ? 2 * s[c].precision * s[c].recall / pr : 0.0;
+  }
+  return s;
+}
+
+double macro_f1(const std::vector<ClassScore>& scores) {
+  double sum = 0;
+  int64_t present = 0;  // classes that occur in the gold data or the predictions
+  for (const auto& c : scores)
+    if (c.support || c.predicted) sum += c.f1, ++present;
+  return present ? sum / static_cast<double>(present) : 0.0;
+}
+
+void write_confusion(const std::filesystem::path& dir, const ConfusionMatrix& confusion,
+                     const std::vector<std::string>& names, const std::string& title, const std::string& program,
+                     const std::string& row_label) {
+  namespace fs = std::filesystem;
+  const size_t C = names.size();
+  std::string tsv = "gold\\predicted";
+  for (const auto& t : names) tsv += "\t" + t;
+  tsv += "\n";
+  for (size_t g = 0; g < C; ++g) {
+    tsv += names[g];
+    for (size_t p = 0; p < C; ++p) tsv += fmt::format("\t{}", confusion[g][p]);
+    tsv += "\n";
+  }
+  write_file_atomic(dir / "confusion.tsv", tsv);
+  const std::string& term = png_terminal();
+  if (term.empty()) {
+    fmt::print(stderr, "{}: warning: gnuplot (with a png terminal) not found; confusion.png is not written\n", program);
+    return;
+  }
+  const fs::path tmp = dir / "confusion.png.tmp";
+  std::string ticks;
+  for (size_t c = 0; c < C; ++c) ticks += fmt::format("{}{} {}", c ? ", " : "", gp_quote(names[c]), c);
+  std::string script = fmt::format(
+      "set terminal {} size 820,760\nset output {}\nset title {} noenhanced\nset xlabel 'predicted'\n"
+      "set ylabel 'gold'\nset xtics ({}) rotate by 90 right noenhanced\nset ytics ({}) noenhanced\n"
+      "set xrange [-0.5:{}.5]\nset yrange [{}.5:-0.5]\nset cbrange [0:1]\nset cblabel {}\n"
+      "set palette defined (0 'white', 0.02 '#dbe9f6', 0.3 '#6baed6', 1 '#08306b')\nset view map\n$m << EOD\n",
+      term, gp_quote(tmp.string()), gp_quote(title), ticks, ticks, C - 1, C - 1, gp_quote(row_label));
+  std::string light, dark;  // cell counts, drawn black on light cells and white on dark ones
+  for (size_t g = 0; g < C; ++g) {
+    int64_t row = 0;
+    for (size_t p = 0; p < C; ++p) row += confusion[g][p];
+    for (size_t p = 0; p < C; ++p) {
+      const int64_t n = confusion[g][p];
+      script += fmt::format("{}{:.6g}", p ? " " : "", row ? static_cast<double>(n) / static_cast<double>(row) : 0.0);
+      if (n) (row && 2 * n > row ? dark : light) += fmt::format("{} {} {}\n", p, g, n);
+    }
+    script += "\n";
+  }
+  script += "EOD\n$l << EOD\n" + light + "EOD\n$d << EOD\n" + dark +
+            "EOD\nplot $m matrix with image notitle, $l using 1:2:3 with labels font ',7' tc 'black' notitle, "
+            "$d using 1:2:3 with labels font ',7' tc 'white' notitle\nset output\n";
+  std::FILE* p = ::popen("gnuplot >/dev/null 2>&1", "w");
+  if (!p) return;
+  std::fwrite(script.data(), 1, script.size(), p);
+  const int rc = ::pclose(p);
+  std::error_code ec;
+  if (rc != 0 || !fs::exists(tmp, ec)) {
+    fs::remove(tmp, ec);
+    fmt::print(stderr, "{}: warning: gnuplot failed; confusion.png is not written\n", program);
+    return;
+  }
+  fs::rename(tmp, dir / "confusion.png", ec);
 }
 
 }  // namespace tgcli

@@ -50,4 +50,21 @@ void plot_history(const std::filesystem::path& dir, const std::vector<nlohmann::
                   const std::string& title, const std::string& ylabel, const std::string& y2label,
                   const std::vector<PlotSeries>& series);
 
+// Per-class scores from a confusion matrix [gold][predicted] (0 where a class is never
+// predicted / never gold), and their macro average over the classes that occur in either.
+struct ClassScore {
+  double precision = 0, recall = 0, f1 = 0;
+  int64_t support = 0, predicted = 0;
+};
+using ConfusionMatrix = std::vector<std::vector<int64_t>>;
+std::vector<ClassScore> class_scores(const ConfusionMatrix& confusion);
+double macro_f1(const std::vector<ClassScore>& scores);
+
+// dir/confusion.tsv and dir/confusion.png (a gnuplot heat map, rows normalised to the fraction of
+// the gold class, counts in the cells), both written atomically. `program` names the warning
+// printed when gnuplot (with a png terminal) is missing or fails; the TSV is written anyway.
+void write_confusion(const std::filesystem::path& dir, const ConfusionMatrix& confusion,
+                     const std::vector<std::string>& names, const std::string& title, const std::string& program,
+                     const std::string& row_label = "fraction of the gold class");
+
 }  // namespace tgcli

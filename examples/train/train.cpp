@@ -117,11 +117,13 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainOptions& o, const st
       params, optim::SGDOptions{.lr = o.lr, .momentum = o.momentum, .weight_decay = o.weight_decay});
 }
 
-// Reads a data file. `from_checkpoint`: the path came from a resumed checkpoint's config.json,
+// Reads a data file (labels 0..max_label; label_rule says why, in the error for another label).
+// `from_checkpoint`: the path came from a resumed checkpoint's config.json,
 // not from the command line, so it must name a regular file and no error or warning quotes its
 // contents (a crafted config.json must not make tapegrad-train print lines of /etc/passwd).
 std::vector<data::Example> read_split(const std::string& path, const TrainOptions& o, const char* what,
-                                      const char* option, int64_t limit, bool report_skipped, bool from_checkpoint) {
+                                      const char* option, int64_t limit, bool report_skipped, bool from_checkpoint,
+                                      int max_label, const std::string& label_rule) {
   const std::string origin =
       from_checkpoint ? fmt::format("{} (the {} file named by the checkpoint's config.json; give another with {} "
                                     "FILE)",
@@ -145,9 +147,15 @@ std::vector<data::Example> read_split(const std::string& path, const TrainOption
   data::ReadReport report;
   std::vector<data::Example> rows;
   try {
-    rows = data::read_glue_tsv(path, data::ReadOptions{.skip_bad_lines = o.skip_bad_lines}, &report);
+    rows = data::read_glue_tsv(path, data::ReadOptions{.skip_bad_lines = o.skip_bad_lines, .max_label = max_label},
+                               &report);
   } catch (const std::exception& e) {
-    if (!from_checkpoint) throw;
+    if (!from_checkpoint) {
+      const std::string msg = e.what();
+      if (msg.find(": label must be") != std::string::npos && !label_rule.empty())
+        throw std::runtime_error(fmt::format("{} ({})", msg, label_rule));
+      throw;
+    }
     throw std::runtime_error(fmt::format("{} is not a GLUE TSV file (sentence<TAB>label): {} is malformed (its "
                                          "contents are not shown because the path came from the checkpoint)",
                                          origin, where_only(e.what())));
@@ -234,8 +242,26 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
   }
 
   r.started = std::chrono::steady_clock::now();
-  r.train_rows = read_split(o.train, o, "training", "--train", o.max_train, root, r.train_from_checkpoint);
-  r.dev_rows = read_split(o.dev, o, "dev", "--dev", 0, root, r.dev_from_checkpoint);
+  // K classes: --classes (or the checkpoint's), else the largest training label + 1 (at least 2);
+  // dev labels must then lie in 0..K-1.
+  const bool classes_given = o.classes > 0;
+  r.train_rows = read_split(o.train, o, "training", "--train", o.max_train, root, r.train_from_checkpoint,
+                            classes_given ? static_cast<int>(o.classes - 1) : kMaxClasses - 1,
+                            classes_given ? fmt::format("the model has {} classes: --classes {}{}", o.classes,
+                                                        o.classes, resume_dir.empty() ? "" : " (from the checkpoint)")
+                                          : fmt::format("at most {} classes", kMaxClasses));
+  if (!classes_given) {
+    int top = 1;
+    for (const auto& e : r.train_rows) top = std::max(top, e.label);
+    o.classes = top + 1;
+  }
+  r.dev_rows = read_split(o.dev, o, "dev", "--dev", 0, root, r.dev_from_checkpoint, static_cast<int>(o.classes - 1),
+                          classes_given ? fmt::format("the model has {} classes: --classes {}", o.classes, o.classes)
+                                        : fmt::format("the model has {} classes, the largest training label + 1 in "
+                                                      "{}; give --classes K if the training data lacks some",
+                                                      o.classes, o.train));
+  r.label_names = read_label_names(o.label_names, o.classes);
+  if (root) warn_missing_classes(r);
   if (static_cast<int64_t>(r.train_rows.size()) < W)
     throw std::invalid_argument(fmt::format("{}: {} training example(s) cannot be shared by {} processes", o.train,
                                             r.train_rows.size(), W));
@@ -304,9 +330,9 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
   const bool tty = tty_env ? std::string(tty_env) == "1" : W == 1 && ::isatty(STDOUT_FILENO) != 0;
   Progress progress(tty, o.quiet || !root);  // only rank 0 prints
   progress.message(fmt::format(
-      "tapegrad-train: {} train / {} dev examples, vocab {}, {}{} embed {} hidden {} x{} ({} parameters), {} "
+      "tapegrad-train: {} train / {} dev examples, {}vocab {}, {}{} embed {} hidden {} x{} ({} parameters), {} "
       "threads{}{}{}",
-      r.train.size(), r.dev.size(), r.vocab.size(), o.bidirectional ? "bi" : "", o.model, o.embed, o.hidden, o.layers,
+      r.train.size(), r.dev.size(), o.classes > 2 ? fmt::format("{} classes, ", o.classes) : "", r.vocab.size(), o.bidirectional ? "bi" : "", o.model, o.embed, o.hidden, o.layers,
       r.model->num_parameters(), threads,
       W > 1 ? fmt::format(", {} processes x batch {}", W, rank_batch) : "",
       resume_dir.empty() ? ""
@@ -322,6 +348,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
 
   // --stop-after counts steps of the whole run, so a checkpoint already past it trains no further.
   bool stopped = o.stop_after > 0 && r.st.step >= o.stop_after;
+  const bool multiclass = r.model->options.num_classes > 2;
   for (int64_t epoch = r.st.epoch; epoch <= o.epochs && !stopped; ++epoch) {
     // Rank r takes positions r, r+W, ... of the epoch's permutation in batches of --batch / W:
     // together the ranks' batch i holds exactly the examples of the 1-process batch i.
@@ -337,9 +364,10 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
       const data::Batch& b = batches[static_cast<size_t>(i)];
       const auto t0 = std::chrono::steady_clock::now();
       Tensor tokens = from_vector(b.tokens, Shape{b.batch, b.max_len});
-      Tensor labels = from_vector(b.labels, Shape{b.batch});
       r.opt->zero_grad();
-      Tensor loss = binary_cross_entropy_with_logits(r.model->forward(tokens, b.lengths), labels);
+      Tensor loss = multiclass ? cross_entropy(r.model->forward(tokens, b.lengths), class_targets(b))
+                               : binary_cross_entropy_with_logits(r.model->forward(tokens, b.lengths),
+                                                                  from_vector(b.labels, Shape{b.batch}));
       const int64_t step_no = r.st.step + 1;
       if (fault.loss_at(step_no)) loss = loss * std::numeric_limits<double>::quiet_NaN();
       // The step's loss summed over its examples on all ranks (every rank has b.batch of them),
@@ -466,6 +494,7 @@ int train_body(Run& r, World& world, const po::variables_map& vm, fs::path resum
       else if (r.st.best_accuracy >= 0)
         fmt::print("best dev accuracy {:.2f}% at epoch {} (step {}){}\n", 100 * r.st.best_accuracy, r.st.best_epoch,
                    r.st.best_step, r.save.empty() ? "" : "; checkpoint " + (r.save / "best").string());
+      if (!stopped && r.st.best_report.is_object()) fmt::print("{}", class_table(r.st.best_report));
     }
     fmt::print("{}\n", summary.dump());
     std::fflush(stdout);

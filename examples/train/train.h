@@ -48,6 +48,7 @@ struct Run {
   tg::data::Vocab vocab;
   std::vector<tg::data::Example> train_rows, dev_rows;
   std::vector<tg::data::EncodedExample> train, dev;
+  std::vector<std::string> label_names;  // label i's name in reports (--label-names, else "i")
   std::unique_ptr<tg::nn::TextClassifier> model;
   std::unique_ptr<tg::optim::Optimizer> opt;
   TrainerState st;
@@ -106,6 +107,14 @@ int train_body(Run& r, World& world, const boost::program_options::variables_map
 // prints and writes (best/ when the accuracy improved, last/, the metrics).
 void evaluate(Run& r, const World& world, Progress& progress, int64_t epoch, int64_t done, int64_t batches);
 json final_summary(const Run& r, bool stopped, const World& world);
+
+// ---- classes.cpp ----
+// The labels of a batch as int64 class indices, for cross_entropy.
+tg::Tensor class_targets(const tg::data::Batch& b);
+// A dev class report (evaluate.cpp's: macro_f1, per_class) as a table, scores in %.
+std::string class_table(const json& report);
+// Warns on stderr about classes 0..K-1 that no training row has.
+void warn_missing_classes(const Run& r);
 
 // ---- checkpoint_io.cpp ----
 // Loads resume_dir's weights, optimizer and trainer state into r (a --lr given on the command

@@ -21,13 +21,21 @@ namespace {
 po::options_description train_description(TrainOptions& o, std::string& seed) {
   po::options_description d(
       "tapegrad-train train: train a recurrent sentence classifier on GLUE-style TSV files\n"
-      "(header 'sentence<TAB>label', labels 0/1). Defaults are the PyTorch reference configuration\n"
+      "(header 'sentence<TAB>label', labels 0..K-1: 0/1 is binary, one logit and binary cross-entropy;\n"
+      "K > 2 classes give K logits and cross-entropy). Dev evaluation reports accuracy, macro-F1 and\n"
+      "per-class precision/recall/F1; best/ is the checkpoint with the best dev accuracy.\n"
+      "Defaults are the PyTorch reference configuration\n"
       "of bench/accuracy (LSTM, embed 128, hidden 256, dropout 0.5, Adam 1e-3, clip 5, 3 epochs).\n\nOptions");
   // clang-format off
   d.add_options()
     ("help,h", "show this help")
     ("train", po::value(&o.train), "training TSV file (required unless --resume)")
     ("dev", po::value(&o.dev), "dev TSV file, evaluated after every epoch (required unless --resume)")
+    ("classes", po::value(&o.classes)->default_value(o.classes),
+     "K: labels are 0..K-1 (a label outside is an error naming its file and line); 0 = the largest training "
+     "label + 1, at least 2")
+    ("label-names", po::value(&o.label_names), "file with one class name per line (line i names label i), "
+                                               "used in the per-class report and the confusion matrix")
     ("model", po::value(&o.model)->default_value(o.model), "recurrent cell: rnn (tanh), lstm or gru")
     ("embed", po::value(&o.embed)->default_value(o.embed), "word embedding size")
     ("hidden", po::value(&o.hidden)->default_value(o.hidden), "hidden state size (per direction)")
@@ -54,7 +62,8 @@ po::options_description train_description(TrainOptions& o, std::string& seed) {
      "vocabulary: training-set words seen at least this often (others are <unk>)")
     ("bucket", po::bool_switch(&o.bucket), "batch sentences of similar length together (less padding; default off)")
     ("save", po::value(&o.save), "run folder: DIR/best/ (best dev accuracy), DIR/last/ (resumable), "
-                                 "DIR/metrics.jsonl, DIR/metrics.png (default: save nothing)")
+                                 "DIR/metrics.jsonl, DIR/metrics.png, DIR/confusion.tsv and DIR/confusion.png (dev, at the best "
+                                 "checkpoint) (default: save nothing)")
     ("resume", po::value(&o.resume), "continue the run saved in DIR (a run folder or a checkpoint folder) exactly "
                                      "where it stopped; model, data and seed options come from its config.json; "
                                      "it writes into DIR's run folder unless --save says otherwise")
@@ -102,6 +111,8 @@ void validate(const TrainOptions& o) {
   need(o.optimizer == "adam" || o.optimizer == "adamw" || o.optimizer == "sgd",
        "--optimizer must be adam, adamw or sgd, got " + o.optimizer);
   need(o.embed >= 1 && o.hidden >= 1 && o.layers >= 1, "--embed, --hidden and --layers must be >= 1");
+  need(o.classes == 0 || (o.classes >= 2 && o.classes <= kMaxClasses),
+       fmt::format("--classes must be 0 (infer from the training labels) or 2..{}, got {}", kMaxClasses, o.classes));
   need(o.dropout >= 0 && o.dropout < 1 && o.embed_dropout >= 0 && o.embed_dropout < 1,
        "--dropout and --embed-dropout must be in [0, 1)");
   need(o.epochs >= 1 && o.batch >= 1 && o.eval_batch >= 1, "--epochs, --batch and --eval-batch must be >= 1");
@@ -134,7 +145,7 @@ void validate(const TrainOptions& o) {
 const std::set<std::string> kFixedOnResume = {"model",     "embed",     "hidden",  "layers", "bidirectional",
                                               "dropout",   "embed-dropout", "pooling", "batch", "optimizer",
                                               "seed",      "max-len",   "min-freq", "bucket", "max-train",
-                                              "momentum"};
+                                              "momentum",  "classes"};
 
 uint64_t parse_seed(const std::string& s) {
   uint64_t v = 0;
