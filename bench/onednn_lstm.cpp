@@ -248,6 +248,20 @@ double peak_rss_mb() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;
 }
 
+// The instruction set oneDNN's kernels run with (DNNL_MAX_CPU_ISA=AVX2 caps it, e.g. to match an
+// OpenBLAS pinned to OPENBLAS_CORETYPE=Haswell).
+const char* effective_isa() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    default: return "other";
+  }
+}
+
 void random_batch(const Config& c, unsigned seed, std::vector<int64_t>& tokens, std::vector<float>& labels) {
   std::mt19937 gen(seed);
   std::uniform_int_distribution<int64_t> tok(0, c.V - 1), bit(0, 1);
@@ -273,9 +287,9 @@ int step_bench(const std::string& name, const Config& c, int threads) {
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2];
   fmt::print("{{\"impl\": \"onednn\", \"config\": \"{}\", \"threads\": {}, \"median_ms\": {:.6f}, \"min_ms\": {:.6f}, "
-             "\"gflops\": {:.3f}, \"peak_rss_mb\": {:.1f}, \"repeats_ms\": [{:.6f}], \"final_loss\": {:.8g}}}\n",
+             "\"gflops\": {:.3f}, \"peak_rss_mb\": {:.1f}, \"repeats_ms\": [{:.6f}], \"final_loss\": {:.8g}, \"isa\": \"{}\"}}\n",
              name, threads, med, sorted.front(), flops_per_step(c) / (med * 1e-3) / 1e9, peak_rss_mb(),
-             fmt::join(per_step, ", "), loss);
+             fmt::join(per_step, ", "), loss, effective_isa());
   return 0;
 }
 
