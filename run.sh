@@ -67,7 +67,7 @@ case "$cmd" in
     fi
     ;;
   bench)
-    ensure_packages libtorch-dev  # the libtorch reference the ratios are taken against
+    ensure_packages libtorch-dev libdnnl-dev  # the libtorch and oneDNN peers the ratios are taken against
     build "$RELEASE"
     exec bash "$ROOT/bench/run_bench.sh" "$RELEASE" "$@"
     ;;

@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   threads = get_num_threads();
   if (mode == "toytrain") return toytrain();
   if (!kConfigs.count(config)) {
-    fmt::print(stderr, "unknown config '{}': toy, small, medium, lstm-small\n", config);
+    fmt::print(stderr, "unknown config '{}': toy, small, medium, lstm-small, lstm-medium\n", config);
     return 2;
   }
   const Config c = kConfigs.at(config);

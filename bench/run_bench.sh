@@ -2,11 +2,13 @@
 # ./run.sh bench [CONFIG...]: tapegrad's RNN training step (SPEC.md configs) and, when Debian's
 # libtorch is installed, the PyTorch reference from ../shared/bench built and run in the same
 # session, one after the other, so the ratio libtorch/tapegrad is measured on the same machine.
+# LSTM configs also run the oneDNN peer (bench_onednn_lstm: oneDNN's fused lstm_forward/backward,
+# what PyTorch 2.x uses for CPU LSTM training) when it was built (libdnnl-dev installed).
 set -euo pipefail
 build=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 configs=("$@")
-[ ${#configs[@]} -eq 0 ] && configs=(toy small medium lstm-small)
+[ ${#configs[@]} -eq 0 ] && configs=(toy small medium lstm-small lstm-medium)
 ref_src="${TAPEGRAD_BENCH_REF:-$root/../shared/bench}"
 ref_build="$build/torch-ref"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
@@ -22,6 +24,9 @@ if [ -f "$ref_src/bench.cpp" ] && dpkg-query -W -f='${Status}' libtorch-dev 2>/d
 else
   echo "libtorch-dev is not installed: printing tapegrad's numbers only (apt-get install libtorch-dev)" >&2
 fi
+
+onednn="$build/bench/bench_onednn_lstm"
+[ -x "$onednn" ] || echo "bench_onednn_lstm was not built (apt-get install libdnnl-dev): no oneDNN column" >&2
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -51,8 +56,14 @@ for th in "${thread_counts[@]}"; do
   for c in "${configs[@]}"; do
     ours=$(OPENBLAS_NUM_THREADS=$th "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th")
     echo "$ours"
-    ref_ms="" ratio=""
-    if [ $have_ref -eq 1 ]; then
+    ref_ms="" ratio="" dnnl_ms="" dnnl_ratio=""
+    if [ -x "$onednn" ] && [[ "$c" == lstm-* ]]; then
+      dnnl=$(OMP_NUM_THREADS=$th "$onednn" step --config "$c" --threads "$th")
+      echo "$dnnl"
+      dnnl_ms=$(json "$dnnl" median_ms)
+      dnnl_ratio=$(echo "$dnnl_ms / $(json "$ours" median_ms)" | bc -l)
+    fi
+    if [ $have_ref -eq 1 ] && [ "$c" != lstm-medium ]; then  # ../shared/bench has no lstm-medium
       ref=$(OMP_NUM_THREADS=$th OPENBLAS_NUM_THREADS=$th "$ref_build/bench_cpp" step --config "$c" --variant module --threads "$th")
       echo "$ref"
       ref_ms=$(json "$ref" median_ms)
@@ -61,8 +72,9 @@ for th in "${thread_counts[@]}"; do
     gf=$(json "$ours" gflops)
     of_peak="n/a"
     [ -n "${peak[$th]:-}" ] && of_peak=$(printf '%.0f %%' "$(echo "100 * $gf / ${peak[$th]}" | bc -l)")
-    rows[$th]+="$(printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s |' "$c" "$(json "$ours" median_ms)" "$gf" "$of_peak" \
-      "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)")"$'\n'
+    rows[$th]+="$(printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s | %s | %s |' "$c" "$(json "$ours" median_ms)" "$gf" "$of_peak" \
+      "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)" \
+      "${dnnl_ms:-n/a}" "$([ -n "$dnnl_ratio" ] && printf '%.2fx' "$dnnl_ratio" || echo n/a)")"$'\n'
   done
 done
 
@@ -74,12 +86,13 @@ if [ $have_ref -eq 1 ]; then
 else
   toy_row="$toy_row n/a | n/a |"
 fi
+toy_row="$toy_row | |"
 
 for th in "${thread_counts[@]}"; do
   echo
   echo "$th thread(s); sgemm peak in this run: ${peak[$th]:-n/a} GFLOP/s"
-  echo "| config | tapegrad median ms/step | GFLOP/s | of sgemm peak | peak RSS MB | libtorch median ms/step | libtorch/tapegrad |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| config | tapegrad median ms/step | GFLOP/s | of sgemm peak | peak RSS MB | libtorch median ms/step | libtorch/tapegrad | oneDNN median ms/step | oneDNN/tapegrad |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   printf '%s' "${rows[$th]}"
   [ "$th" = 1 ] && echo "$toy_row"
 done
