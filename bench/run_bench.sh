@@ -97,4 +97,5 @@ for th in "${thread_counts[@]}"; do
   [ "$th" = 1 ] && echo "$toy_row"
 done
 echo
+echo "OpenBLAS kernels: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset (OpenBLAS picks them for this CPU)}; oneDNN picks its own ISA"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) vCPUs, $cores cores available; load average at end $(cut -d" " -f1 /proc/loadavg); $(date -u +%Y-%m-%d)"
