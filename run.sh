@@ -38,6 +38,18 @@ ensure_packages() {
 
 JOBS=$(nproc 2>/dev/null || echo 2)
 
+# args = the (option, value) pairs of the array `recommended` whose option the command line ("$@")
+# does not give itself, as --opt or --opt=value.
+merge_recommended() {
+  args=()
+  local i opt given a
+  for ((i = 0; i < ${#recommended[@]}; i += 2)); do
+    opt=${recommended[i]} given=0
+    for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* ]] && given=1; done
+    [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
+  done
+}
+
 build() {  # build DIR [cmake args...]
   local dir=$1; shift
   cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
@@ -82,12 +94,7 @@ case "$cmd" in
     data="${TAPEGRAD_DATA:-$ROOT/../shared/data}/sst2"
     # The README's recommended configuration; an option given on the command line replaces its entry.
     recommended=(--model lstm --pooling max --embed-dropout 0.25 --lr 2e-3 --min-freq 2 --save "$ROOT/runs/sst2")
-    args=()
-    for ((i = 0; i < ${#recommended[@]}; i += 2)); do
-      opt=${recommended[i]} given=0
-      for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* ]] && given=1; done
-      [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
-    done
+    merge_recommended "$@"
     exec "$RELEASE/examples/tapegrad-train" train --train "$data/train.tsv" --dev "$data/dev.tsv" "${args[@]}" "$@"
     ;;
   lm)
@@ -100,12 +107,8 @@ case "$cmd" in
     recommended=(--text "${TAPEGRAD_DATA:-$ROOT/../shared/data}/tinyshakespeare/input.txt" --model lstm --embed 32
                  --hidden 128 --layers 1 --batch 16 --bptt 64 --lr 3e-3 --time-limit 600 --epochs 100
                  --eval-every 1000 --save "$ROOT/runs/lm")
-    args=()
-    for ((i = 0; i < ${#recommended[@]}; i += 2)); do
-      opt=${recommended[i]} given=0
-      for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* || "$a" == --resume ]] && given=1; done
-      [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
-    done
+    merge_recommended "$@"
+    for a in "$@"; do [ "$a" = --resume ] && args=(); done  # a resumed run keeps its own options
     exec "$RELEASE/examples/tapegrad-lm" train "${args[@]}" "$@"
     ;;
   tag)  # BiLSTM UPOS tagger on UD English-LinES (docs/tagging.md); `tag eval ...` / `tag --resume DIR` pass through
@@ -143,12 +146,7 @@ case "$cmd" in
     recommended=(--model lstm --pooling max --embed 64 --hidden 128 --epochs 15 --batch 32
                  --lr 3e-3 --embed-dropout 0.25 --seed 1 --label-names "$out/label-names.txt"
                  --save "$ROOT/runs/lines-source")
-    args=()
-    for ((i = 0; i < ${#recommended[@]}; i += 2)); do
-      opt=${recommended[i]} given=0
-      for a in "$@"; do [[ "$a" == "$opt" || "$a" == "$opt="* ]] && given=1; done
-      [ "$given" = 1 ] || args+=("$opt" "${recommended[i + 1]}")
-    done
+    merge_recommended "$@"
     [[ " $* " == *" --bidirectional "* || " $* " == *" --resume"* ]] || args+=(--bidirectional)
     "$RELEASE/examples/tapegrad-train" train --train "$out/train.tsv" --dev "$out/dev.tsv" "${args[@]}" "$@" | tee "$out/train.log"
     # The test split, once, with the best checkpoint: accuracy and macro-F1 over the 9 classes.

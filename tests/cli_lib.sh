@@ -18,6 +18,15 @@ field() { grep -o "\"$2\":[^,}]*" <<<"$1" | head -1 | cut -d: -f2-; }
 deterministic() { sed -E 's/"(elapsed|examples_per_second)":[^,}]*,?//g' "$1"; }
 
 # same_run_folders A B: the two run folders hold the same metrics, final weights and optimizer state.
+# same_fields RUN_JSON REFERENCE_JSON KEY...: each key has the same value in both final JSON lines.
+same_fields() {
+  local got=$1 want=$2 k
+  shift 2
+  for k in "$@"; do
+    [ "$(field "$got" "$k")" = "$(field "$want" "$k")" ] ||
+      fail "resumed $k $(field "$got" "$k") != uninterrupted $(field "$want" "$k")"
+  done
+}
 same_run_folders() {
   cmp -s <(deterministic "$1/metrics.jsonl") <(deterministic "$2/metrics.jsonl") ||
     fail "metrics differ: $(diff <(deterministic "$1/metrics.jsonl") <(deterministic "$2/metrics.jsonl"))"

@@ -85,10 +85,7 @@ echo "ok   predict: label + 4 probabilities (sum 1); --json equals the training-
 # ---- 3. stop and resume ----
 "$bin" train "${args[@]}" --save "$tmp/b" --stop-after 37 >/dev/null
 resumed=$("$bin" train --resume "$tmp/b" -q | tail -n 1)
-for k in weights_checksum dev_accuracy dev_macro_f1 final_dev_loss; do
-  [ "$(field "$resumed" "$k")" = "$(field "$summary" "$k")" ] ||
-    fail "resumed $k $(field "$resumed" "$k") != uninterrupted $(field "$summary" "$k")"
-done
+same_fields "$resumed" "$summary" weights_checksum dev_accuracy dev_macro_f1 final_dev_loss
 same_run_folders "$tmp/a" "$tmp/b"
 cmp -s "$tmp/a/confusion.tsv" "$tmp/b/confusion.tsv" || fail "confusion.tsv differs after resume"
 echo "ok   stopped at step 37 and resumed: bit-identical ($(field "$resumed" weights_checksum))"

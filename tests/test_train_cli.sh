@@ -59,10 +59,7 @@ echo "ok   predict reproduces $(wc -l <"$tmp/pred.jsonl") dev predictions bit fo
 [ "$(field "$(tail -n 1 "$tmp/b.out")" stopped_early)" = true ] || fail "--stop-after did not stop"
 [ "$(field "$(tail -n 1 "$tmp/b.out")" steps)" = 700 ] || fail "did not stop at step 700"
 resumed=$("$bin" train --resume "$tmp/b" -q | tail -n 1)
-for k in dev_accuracy epoch_of_best step_of_best final_dev_accuracy final_dev_loss steps weights_checksum; do
-  [ "$(field "$resumed" "$k")" = "$(field "$summary" "$k")" ] ||
-    fail "resumed $k $(field "$resumed" "$k") != uninterrupted $(field "$summary" "$k")"
-done
+same_fields "$resumed" "$summary" dev_accuracy epoch_of_best step_of_best final_dev_accuracy final_dev_loss steps weights_checksum
 same_run_folders "$tmp/a" "$tmp/b"
 cmp -s "$tmp/a/best/model.safetensors" "$tmp/b/best/model.safetensors" || fail "best weights differ"
 echo "ok   stopped at step 700 and resumed: bit-identical to the uninterrupted run ($(field "$resumed" weights_checksum))"
