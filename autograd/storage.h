@@ -45,6 +45,11 @@ class Storage : public RefCounted {
     p->~Storage();
     alloc::deallocate(p, inline_bytes ? kHeader + nbytes : sizeof(Storage));
   }
+  // Public because clang checks access to it at Ref's `delete` even though the destroying
+  // operator delete above is what runs it; only create() makes storages.
+  ~Storage() {
+    if (!inline_) alloc::deallocate(data_, nbytes_);
+  }
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
@@ -61,9 +66,6 @@ class Storage : public RefCounted {
   static constexpr size_t kInlineMax = 1024;  // header + bytes; at most 2x a block's size is wasted
   Storage(size_t nbytes, Device dev, void* data, bool inline_bytes) noexcept
       : nbytes_(nbytes), device_(dev), inline_(inline_bytes), data_(data) {}
-  ~Storage() {
-    if (!inline_) alloc::deallocate(data_, nbytes_);
-  }
 
  private:
   std::atomic<uint64_t> version_{0};
