@@ -6,7 +6,6 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 #include "tapegrad/kernels/kernels.h"
 
@@ -30,7 +29,7 @@ struct Team {
   std::mutex busy;
   std::mutex m;
   std::condition_variable wake, done;
-  std::vector<std::thread> workers;  // worker w runs part w + 1
+  int workers = 0;                   // started (and detached); worker w runs part w + 1
   uint64_t generation = 0;           // bumped per job; each worker runs each job once
   int remaining = 0;                 // workers that have not finished the current job
   Job job;
@@ -67,8 +66,6 @@ Team& team() {
 
 }  // namespace
 
-int parallel_threads() { return blas_threads(); }
-
 void detail::parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
   const int64_t by_size = n / std::max<int64_t>(grain, 1);
   const int parts = static_cast<int>(std::min<int64_t>(blas_threads(), by_size));
@@ -76,19 +73,15 @@ void detail::parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) 
   Team& t = team();
   std::unique_lock busy(t.busy, std::try_to_lock);
   if (!busy.owns_lock()) return fn(ctx, 0, n);
+  const Job job{fn, ctx, n, parts};
   {
     std::lock_guard lock(t.m);
-    while (static_cast<int>(t.workers.size()) < parts - 1) {
-      const int w = static_cast<int>(t.workers.size());
-      t.workers.emplace_back(worker_main, &t, w);
-      t.workers.back().detach();
-    }
-    t.job = Job{fn, ctx, n, parts};
-    t.remaining = static_cast<int>(t.workers.size());
+    for (; t.workers < parts - 1; ++t.workers) std::thread(worker_main, &t, t.workers).detach();
+    t.job = job;
+    t.remaining = t.workers;
     ++t.generation;
   }
   t.wake.notify_all();
-  const Job job{fn, ctx, n, parts};
   t_in_team = true;
   fn(ctx, 0, part_begin(job, 1));
   t_in_team = false;

@@ -18,7 +18,8 @@ void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 // and blas_threads() > 1; the calling thread runs the first range and returns when every range is
 // done. Serial (one call, fn(0, n)) when the team is busy (another thread's loop, or a nested call),
 // so any thread may call it. How [0, n) is split depends on the thread count: give it only loops
-// whose elements are independent (a reduction must fix its own blocks; see parallel_blocks).
+// whose elements are independent (a reduction must fix its own blocks, as the 2-norm in
+// cpu_reduce.cpp does).
 template <class Fn> void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
   if (n <= 0) return;
   if (n < 2 * grain) return fn(int64_t{0}, n);  // most calls: too short to split, no call out
@@ -27,8 +28,5 @@ template <class Fn> void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
       n, grain, [](void* ctx, int64_t b, int64_t e) { (*static_cast<F*>(ctx))(b, e); },
       const_cast<void*>(static_cast<const void*>(&fn)));
 }
-
-// Threads that parallel_for may use now (for tests and the benchmark's report).
-int parallel_threads();
 
 }  // namespace tg::kern
