@@ -26,7 +26,7 @@ class Storage : public RefCounted {
   static Ref<Storage> create(size_t nbytes, Device dev) {
     if (nbytes + kHeader <= kInlineMax) {
       void* block = alloc::allocate(kHeader + nbytes);
-      return Ref<Storage>(new (block) Storage(nbytes, dev, static_cast<char*>(block) + kHeader, true));
+      return Ref<Storage>(new (block) Storage(nbytes, dev, static_cast<char*>(block) + kHeader, true), AdoptFresh{});
     }
     void* data = alloc::allocate(nbytes);
     void* block = nullptr;
@@ -36,7 +36,7 @@ class Storage : public RefCounted {
       alloc::deallocate(data, nbytes);
       throw;
     }
-    return Ref<Storage>(new (block) Storage(nbytes, dev, data, false));
+    return Ref<Storage>(new (block) Storage(nbytes, dev, data, false), AdoptFresh{});
   }
   // Frees the header and, when they share it, the bytes (Ref's `delete` comes here).
   static void operator delete(Storage* p, std::destroying_delete_t) {

@@ -111,7 +111,9 @@ void NodeRef::retain() {
   if (p_) p_->refs.fetch_add(1, std::memory_order_relaxed);
 }
 void NodeRef::release() {
-  if (p_ && p_->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) detail::destroy_node(p_);
+  // As Ref::release: a count of 1 is ours alone, so no locked decrement is needed.
+  if (p_ && (p_->refs.load(std::memory_order_acquire) == 1 || p_->refs.fetch_sub(1, std::memory_order_acq_rel) == 1))
+    detail::destroy_node(p_);
 }
 
 Edge::~Edge() {
