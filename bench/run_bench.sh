@@ -29,6 +29,13 @@ onednn="$build/bench/bench_onednn_lstm"
 [ -x "$onednn" ] || echo "bench_onednn_lstm was not built (apt-get install libdnnl-dev): no oneDNN column" >&2
 
 json() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+# A command's stdout, then on the last line its process's peak RSS in MB (rusage of the child):
+# the libtorch and oneDNN programs do not report it, and tapegrad's column is its whole process too.
+with_rss() {
+  python3 -c 'import resource, subprocess, sys
+sys.stdout.write(subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE, text=True).stdout)
+print("%.1f" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))' "$@"
+}
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 wall() {  # whole-process wall seconds of a command, median of 5 runs
   for _ in 1 2 3 4 5; do
@@ -56,15 +63,17 @@ for th in "${thread_counts[@]}"; do
   for c in "${configs[@]}"; do
     ours=$(OPENBLAS_NUM_THREADS=$th "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th")
     echo "$ours"
-    ref_ms="" ratio="" dnnl_ms="" dnnl_ratio=""
+    ref_ms="" ratio="" dnnl_ms="" dnnl_ratio="" ref_rss="" dnnl_rss=""
     if [ -x "$onednn" ] && [[ "$c" == lstm-* ]]; then
-      dnnl=$(OMP_NUM_THREADS=$th "$onednn" step --config "$c" --threads "$th")
+      out=$(OMP_NUM_THREADS=$th with_rss "$onednn" step --config "$c" --threads "$th")
+      dnnl=$(head -n -1 <<<"$out") dnnl_rss=$(tail -n 1 <<<"$out")
       echo "$dnnl"
       dnnl_ms=$(json "$dnnl" median_ms)
       dnnl_ratio=$(echo "$dnnl_ms / $(json "$ours" median_ms)" | bc -l)
     fi
     if [ $have_ref -eq 1 ] && [ "$c" != lstm-medium ]; then  # ../shared/bench has no lstm-medium
-      ref=$(OMP_NUM_THREADS=$th OPENBLAS_NUM_THREADS=$th "$ref_build/bench_cpp" step --config "$c" --variant module --threads "$th")
+      out=$(OMP_NUM_THREADS=$th OPENBLAS_NUM_THREADS=$th with_rss "$ref_build/bench_cpp" step --config "$c" --variant module --threads "$th")
+      ref=$(head -n -1 <<<"$out") ref_rss=$(tail -n 1 <<<"$out")
       echo "$ref"
       ref_ms=$(json "$ref" median_ms)
       ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
@@ -72,9 +81,9 @@ for th in "${thread_counts[@]}"; do
     gf=$(json "$ours" gflops)
     of_peak="n/a"
     [ -n "${peak[$th]:-}" ] && of_peak=$(printf '%.0f %%' "$(echo "100 * $gf / ${peak[$th]}" | bc -l)")
-    rows[$th]+="$(printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s | %s | %s |' "$c" "$(json "$ours" median_ms)" "$gf" "$of_peak" \
-      "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)" \
-      "${dnnl_ms:-n/a}" "$([ -n "$dnnl_ratio" ] && printf '%.2fx' "$dnnl_ratio" || echo n/a)")"$'\n'
+    rows[$th]+="$(printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s | %s | %s | %s | %s |' "$c" "$(json "$ours" median_ms)" "$gf" "$of_peak" \
+      "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)" "${ref_rss:-n/a}" \
+      "${dnnl_ms:-n/a}" "$([ -n "$dnnl_ratio" ] && printf '%.2fx' "$dnnl_ratio" || echo n/a)" "${dnnl_rss:-n/a}")"$'\n'
   done
 done
 
@@ -82,17 +91,17 @@ ours_toy=$(TG_NUM_THREADS=1 wall "$build/examples/sentiment")
 toy_row="| seed example, whole process (300 epochs x 8 sentences) | $(printf '%.4f' "$ours_toy") s | | | |"
 if [ $have_ref -eq 1 ]; then
   ref_toy=$(wall "$ref_build/bench_cpp" toytrain --variant module --threads 1)
-  toy_row="$toy_row $(printf '%.3f s | %.1fx |' "$ref_toy" "$(echo "$ref_toy / $ours_toy" | bc -l)")"
+  toy_row="$toy_row $(printf '%.3f s | %.1fx | |' "$ref_toy" "$(echo "$ref_toy / $ours_toy" | bc -l)")"
 else
-  toy_row="$toy_row n/a | n/a |"
+  toy_row="$toy_row n/a | n/a | |"
 fi
-toy_row="$toy_row | |"
+toy_row="$toy_row | | | |"
 
 for th in "${thread_counts[@]}"; do
   echo
   echo "$th thread(s); sgemm peak in this run: ${peak[$th]:-n/a} GFLOP/s"
-  echo "| config | tapegrad median ms/step | GFLOP/s | of sgemm peak | peak RSS MB | libtorch median ms/step | libtorch/tapegrad | oneDNN median ms/step | oneDNN/tapegrad |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| config | tapegrad median ms/step | GFLOP/s | of sgemm peak | peak RSS MB | libtorch median ms/step | libtorch/tapegrad | libtorch peak RSS MB | oneDNN median ms/step | oneDNN/tapegrad | oneDNN peak RSS MB |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "${rows[$th]}"
   [ "$th" = 1 ] && echo "$toy_row"
 done
