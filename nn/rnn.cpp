@@ -97,8 +97,10 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
                                             type_, dtype_name(input.dtype()), dtype_name(dtype),
                                             dtype_name(input.dtype())));
   const int64_t T = input.size(tdim), B = input.size(1 - tdim);
-  Tensor h0 = initial_state("h0", h0_in, B, dtype);
-  Tensor c0 = has_cell_state_ ? initial_state("c0", c0_in, B, dtype) : Tensor();
+  // Undefined initial states stay undefined: each layer starts from zeros of its own (no
+  // [layers, B, H] buffer and no select node per layer).
+  Tensor h0 = h0_in.defined() ? initial_state("h0", h0_in, B, dtype) : Tensor();
+  Tensor c0 = has_cell_state_ && c0_in.defined() ? initial_state("c0", c0_in, B, dtype) : Tensor();
 
   // Packed like PyTorch's PackedSequence. Rows are ordered by length (longest first, stable), so
   // the sequences still running at step t are the first active[t] rows, and the real tokens are
@@ -127,7 +129,6 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
   // Without padding the rows stay in the caller's layout (time- or batch-major; nothing to
   // gather or scatter back); with padding the real tokens are gathered time-major.
   const bool unpadded = offset[T] == B * T;
-  const bool batch_major = unpadded && o.batch_first;
   std::vector<int64_t> gather;  // packed row -> row of the flattened input
   if (!unpadded) {
     gather.reserve(static_cast<size_t>(offset[T]));
@@ -135,16 +136,20 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       for (int64_t i = 0; i < active[t]; ++i) gather.push_back(o.batch_first ? order[i] * T + t : t * B + order[i]);
   }
 
-  Tensor layer_in = reshape(input, {B * T, o.input_size});
-  if (!unpadded) layer_in = index_select(layer_in, 0, from_vector(gather, Shape{offset[T]}));
+  // Unpadded, every layer works on the caller's 3-D layout itself ([B, T, F] or [T, B, F]): the
+  // projection is one linear call over it and step t reads its window along the time dim, so no
+  // reshape nodes are recorded (a tenth of the toy step's nodes). Packed, rows are [N, F].
+  Tensor layer_in = input;
+  if (!unpadded)
+    layer_in = index_select(reshape(input, {B * T, o.input_size}), 0, from_vector(gather, Shape{offset[T]}));
   Tensor perm, unperm;
   if (!sorted) {
     std::vector<int64_t> inverse(static_cast<size_t>(B));
     for (int64_t i = 0; i < B; ++i) inverse[order[i]] = i;
     perm = from_vector(order, Shape{B});
     unperm = from_vector(inverse, Shape{B});
-    if (h0_in.defined()) h0 = index_select(h0, 1, perm);
-    if (c0_in.defined()) c0 = index_select(c0, 1, perm);
+    if (h0.defined()) h0 = index_select(h0, 1, perm);
+    if (c0.defined()) c0 = index_select(c0, 1, perm);
   }
 
   std::vector<Tensor> h_n, c_n;
@@ -155,11 +160,11 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       const int64_t k = l * D + d;
       RNNCellBase& cell = *cells_[k];
       const Tensor proj = cell.project(layer_in);  // every real token of the layer in one linear call
-      const Tensor proj_bt = batch_major ? reshape(proj, {B, T, proj.size(1)}) : Tensor();
       auto px = [&](int64_t t) {
-        return batch_major ? SeqWindow{proj_bt, 1, t, 1, true} : SeqWindow{proj, 0, offset[t], active[t], false};
+        return unpadded ? SeqWindow{proj, tdim, t, 1, true} : SeqWindow{proj, 0, offset[t], active[t], false};
       };
-      const Tensor h0k = select(h0, 0, k), c0k = c0.defined() ? select(c0, 0, k) : Tensor();
+      auto initial = [&](const Tensor& s0) { return s0.defined() ? select(s0, 0, k) : zeros(Shape{B, o.hidden_size}, dtype); };
+      const Tensor h0k = initial(h0), c0k = has_cell_state_ ? initial(c0) : Tensor();
       std::vector<Tensor> out(static_cast<size_t>(T));
       LSTMState state;
       if (d == 0) {
@@ -204,23 +209,23 @@ RNNOutput RNNBase::run(const Tensor& input, const Tensor& h0_in, const Tensor& c
       }
       h_n.push_back(state.h);
       if (has_cell_state_) c_n.push_back(state.c);
-      if (need_output)  // [N, H], rows in the same order as layer_in's
-        dir_out.push_back(batch_major ? reshape(stack(out, 1), {B * T, o.hidden_size}) : cat_rows(out));
+      if (need_output)  // in layer_in's layout: [B, T, H] / [T, B, H] unpadded, packed [N, H] rows
+        dir_out.push_back(unpadded ? stack(out, tdim) : cat_rows(out));
     }
     if (!need_output) {
       layer_in = Tensor();
       break;
     }
-    Tensor layer_out = D == 1 ? dir_out[0] : cat(dir_out, 1);
+    Tensor layer_out = D == 1 ? dir_out[0] : cat(dir_out, -1);
     if (l + 1 < o.num_layers && o.dropout > 0 && is_training()) layer_out = dropout(layer_out, o.dropout, true);
     layer_in = layer_out;
   }
 
   Tensor output;
   if (layer_in.defined()) {
-    const int64_t F = layer_in.size(1);
+    const int64_t F = layer_in.size(-1);
     if (unpadded) {
-      output = reshape(layer_in, o.batch_first ? Shape{B, T, F} : Shape{T, B, F});
+      output = layer_in;
     } else {  // back to the caller's layout: every padded position reads an appended zero row
       std::vector<int64_t> scatter(static_cast<size_t>(B * T), offset[T]);
       for (size_t j = 0; j < gather.size(); ++j) scatter[gather[j]] = static_cast<int64_t>(j);
