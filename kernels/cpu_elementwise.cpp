@@ -79,6 +79,13 @@ struct SigmoidOp {
 };
 template <class Op> concept HasVector = requires(Op op, vmath::f8 v) { op.vec(v); };
 
+// Elements per thread at least for the contiguous maps, so that a part runs >= ~10 us: a binary
+// map is ~1 flop an element and streams three arrays; a unary one may be a polynomial (exp,
+// tanh) or a libm call (log, pow). Each element is computed alone, so any split gives the same
+// bits.
+constexpr int64_t kBinaryGrain = int64_t{1} << 16;
+constexpr int64_t kUnaryGrain = int64_t{1} << 14;
+
 template <class T, class Op>
 void binary_kernel(const View& out, const View& a, const View& b, Scalars s) {
   const Op f{s};
@@ -88,17 +95,23 @@ void binary_kernel(const View& out, const View& a, const View& b, Scalars s) {
   const int64_t n = numel(out);
   const bool a_full = same_sizes(a, out) && is_contiguous(a), b_full = same_sizes(b, out) && is_contiguous(b);
   if (a_full && b_full) {
-    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], pb[i]);
+    parallel_for(n, kBinaryGrain, [=](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(pa[i], pb[i]);
+    });
     return;
   }
   if (a_full && numel(b) == 1) {
     const T y = pb[0];
-    for (int64_t i = 0; i < n; ++i) o[i] = f(pa[i], y);
+    parallel_for(n, kBinaryGrain, [=](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(pa[i], y);
+    });
     return;
   }
   if (b_full && numel(a) == 1) {
     const T x = pa[0];
-    for (int64_t i = 0; i < n; ++i) o[i] = f(x, pb[i]);
+    parallel_for(n, kBinaryGrain, [=](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(x, pb[i]);
+    });
     return;
   }
   int64_t sa[kMaxRank], sb[kMaxRank];
@@ -128,7 +141,9 @@ void add_tanh_f32(const View& out, const View& a, const View& b, Scalars s) {
   float* po = static_cast<float*>(out.data);
   const float* pa = static_cast<const float*>(a.data);
   const float* pb = static_cast<const float*>(b.data);
-  if (is_contiguous(a) && is_contiguous(b)) return vmath::map(pa, pb, po, numel(out), f);
+  if (is_contiguous(a) && is_contiguous(b))
+    return parallel_for(numel(out), kUnaryGrain,
+                        [=](int64_t lo, int64_t hi) { vmath::map(pa + lo, pb + lo, po + lo, hi - lo, f); });
   const int64_t* st[3] = {out.strides, a.strides, b.strides};
   for_each_run<3>(out.rank, out.sizes, st, [&](const int64_t* off, int64_t len, const int64_t* in) {
     if (in[1] == 1 && in[2] == 1) {
@@ -151,7 +166,8 @@ void unary_kernel(const View& out, const View& x, Scalars s) {
       for (int64_t i = 0; i < n; ++i) dst[i] = f(src[i]);
     }
   };
-  if (is_contiguous(x)) return run(o, p, numel(x));
+  if (is_contiguous(x))
+    return parallel_for(numel(x), kUnaryGrain, [&](int64_t lo, int64_t hi) { run(o + lo, p + lo, hi - lo); });
   const int64_t* st[2] = {out.strides, x.strides};
   for_each_run<2>(x.rank, x.sizes, st, [&](const int64_t* off, int64_t len, const int64_t* in) {
     if (in[1] == 1) return run(o + off[0], p + off[1], len);
