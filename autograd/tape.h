@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -258,8 +259,12 @@ void link(Node* n, size_t node_bytes, uint32_t total_bytes, std::span<const Tens
 // for each input i that grads.needs(i). This is how every built-in op is written, and the public
 // way to add a differentiable op of your own (see README, "Writing an op"). Capture the tensors
 // backward reads as tg::Saved, so an in-place write between forward and backward is detected.
+//
+// `out` is taken by reference: a by-value parameter would be a second handle on the op's fresh
+// output, and link() then wraps any output with more than one handle in a new impl (it must not
+// relabel an impl someone else holds), one allocation per recorded op for nothing.
 template <class F>
-Tensor record(const char* op, std::span<const Tensor> inputs, Tensor out, F&& backward) {
+Tensor record(const char* op, std::span<const Tensor> inputs, Tensor& out, F&& backward) {
   if (anomaly_detection_enabled()) check_finite_output(op, inputs, out);
   if (!detail::should_record(inputs)) return out;
   using N = detail::LambdaNode<std::decay_t<F>>;
@@ -271,8 +276,18 @@ Tensor record(const char* op, std::span<const Tensor> inputs, Tensor out, F&& ba
   return out;
 }
 template <class F>
-Tensor record(const char* op, std::initializer_list<Tensor> inputs, Tensor out, F&& backward) {
-  return record(op, std::span<const Tensor>(inputs.begin(), inputs.size()), std::move(out),
+Tensor record(const char* op, std::span<const Tensor> inputs, Tensor&& out, F&& backward) {
+  return record(op, inputs, out, std::forward<F>(backward));
+}
+template <class F>
+Tensor record(const char* op, std::span<const Tensor> inputs, const Tensor& out, F&& backward) {
+  Tensor own = out;  // the caller keeps its handle: link() sees two and records on a new impl
+  return record(op, inputs, own, std::forward<F>(backward));
+}
+template <class F, class T>
+  requires std::is_same_v<std::remove_cvref_t<T>, Tensor>
+Tensor record(const char* op, std::initializer_list<Tensor> inputs, T&& out, F&& backward) {
+  return record(op, std::span<const Tensor>(inputs.begin(), inputs.size()), std::forward<T>(out),
                 std::forward<F>(backward));
 }
 
