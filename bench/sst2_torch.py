@@ -168,7 +168,7 @@ def main():
         if step == a.steps:
             break
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                      "vocab": len(vocab), "train_rows": len(data), "steps": step, "examples": seen,
+                      "vocab": len(vocab), "params": sum(q.numel() for q in model.parameters()), "train_rows": len(data), "steps": step, "examples": seen,
                       "tokens": tokens, "train_seconds": train_seconds,
                       "examples_per_second": seen / train_seconds}), flush=True)
 

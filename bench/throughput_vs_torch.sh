@@ -20,6 +20,7 @@ SST2_STEPS=${SST2_STEPS:-300}
 LM_STEPS=${LM_STEPS:-300}
 DATA=${TAPEGRAD_DATA:-../shared/data}
 PY=${PYTHON:-/usr/bin/python3}
+CORES=$(nproc)  # before OMP_NUM_THREADS is set: nproc honours it
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS TG_NUM_THREADS=$THREADS
 
 die() { echo "throughput_vs_torch: $*" >&2; exit 1; }
@@ -64,7 +65,7 @@ run_lm_torch() {
 }
 
 echo "throughput_vs_torch: $ROUNDS round(s), $THREADS thread(s), sst2 $SST2_STEPS steps, lm $LM_STEPS steps;" \
-     "torch $("$PY" -c 'import torch; print(torch.__version__)'), $(nproc) cores, build $BUILD"
+     "torch $("$PY" -c 'import torch; print(torch.__version__)'), $CORES cores, build $BUILD"
 declare -A fig
 for ((r = 1; r <= ROUNDS; r++)); do
   for task in sst2 lm; do
@@ -78,7 +79,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
 done
 
-fmt_list() { awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", i > 1 ? ", " : "", $i }'; }
+fmt_list() { awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", (i > 1 ? ", " : ""), $i }'; }
 median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
 echo "| task | unit | tapegrad runs | torch runs | median tapegrad | median torch | median ratio tapegrad/torch |"
