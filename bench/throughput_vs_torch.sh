@@ -8,7 +8,7 @@
 # Only the training steps are timed on either side (data loading and evaluation are not).
 #
 # usage (from the project root, after a Release build): bench/throughput_vs_torch.sh [ROUNDS]
-# env: BUILD_DIR (build/release), THREADS (1), SST2_STEPS (300), LM_STEPS (300),
+# env: BUILD_DIR (build/release), THREADS (1), SST2_STEPS (200), LM_STEPS (300),
 #      TAPEGRAD_DATA (../shared/data), PYTHON (/usr/bin/python3: Debian's python3-torch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 BUILD=${BUILD_DIR:-build/release}
 THREADS=${THREADS:-1}
-SST2_STEPS=${SST2_STEPS:-300}
+SST2_STEPS=${SST2_STEPS:-200}
 LM_STEPS=${LM_STEPS:-300}
 DATA=${TAPEGRAD_DATA:-../shared/data}
 PY=${PYTHON:-/usr/bin/python3}
@@ -73,7 +73,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
       v=$("run_${task}_${impl}")
       [ -n "$v" ] || die "round $r: $task $impl printed no figure"
       fig[$task,$impl,$r]=$v
-      printf 'round %d  %-4s %-8s %10.1f %s/s   loadavg %s\n' "$r" "$task" "$impl" "$v" \
+      printf 'round %d  %-4s %-8s %10.1f %s/s   loadavg after %s\n' "$r" "$task" "$impl" "$v" \
         "$([ "$task" = sst2 ] && echo examples || echo chars)" "$(cut -d' ' -f1-3 /proc/loadavg)"
     done
   done
