@@ -82,17 +82,18 @@ done
 fmt_list() { awk '{ for (i = 1; i <= NF; i++) printf "%s%.0f", (i > 1 ? ", " : ""), $i }'; }
 median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
-echo "| task | unit | tapegrad runs | torch runs | median tapegrad | median torch | median ratio tapegrad/torch |"
-echo "|---|---|---|---|---:|---:|---:|"
+echo "| task | unit | tapegrad runs | torch runs | ratio per round | median tapegrad | median torch | median ratio tapegrad/torch |"
+echo "|---|---|---|---|---|---:|---:|---:|"
 for task in sst2 lm; do
   tg="" pt="" ratios=""
   for ((r = 1; r <= ROUNDS; r++)); do
     tg+=" ${fig[$task,tapegrad,$r]}" pt+=" ${fig[$task,torch,$r]}"
     ratios+=" $(awk -v a="${fig[$task,tapegrad,$r]}" -v b="${fig[$task,torch,$r]}" 'BEGIN { print a / b }')"
   done
-  printf '| %s | %s | %s | %s | %.0f | %.0f | %.2f |\n' "$task" \
+  printf '| %s | %s | %s | %s | %s | %.0f | %.0f | %.2f |\n' "$task" \
     "$([ "$task" = sst2 ] && echo "examples/s ($SST2_STEPS steps)" || echo "chars/s ($LM_STEPS steps)")" \
-    "$(fmt_list <<<"$tg")" "$(fmt_list <<<"$pt")" "$(median <<<"${tg# }")" "$(median <<<"${pt# }")" \
+    "$(fmt_list <<<"$tg")" "$(fmt_list <<<"$pt")" \
+    "$(awk '{ for (i = 1; i <= NF; i++) printf "%s%.2f", (i > 1 ? ", " : ""), $i }' <<<"$ratios")" "$(median <<<"${tg# }")" "$(median <<<"${pt# }")" \
     "$(median <<<"${ratios# }")"
 done
 echo "(ratio: per-round tapegrad/torch, median over rounds; > 1 means tapegrad is faster)"
