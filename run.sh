@@ -3,6 +3,7 @@
 #   ./run.sh sentiment [options]   train the seed sentiment example (options pass through)
 #   ./run.sh test [--sanitize]     build and run every test (CTest); --sanitize: ASan+UBSan build
 #   ./run.sh bench [CONFIG...]     RNN training-step benchmark, against libtorch when installed
+#   ./run.sh throughput [ROUNDS]   SST-2 and char-LM training throughput against PyTorch, runs alternated
 #   ./run.sh train ... | predict ... | sst2    the training CLI; sst2: the recommended SST-2 run
 #   ./run.sh lm [options] | lm sample --checkpoint DIR ...   character LM on tinyshakespeare (docs/lm.md)
 #   ./run.sh tag [options] | tag eval ...   BiLSTM part-of-speech tagger on UD English-LinES (docs/tagging.md)
@@ -82,6 +83,11 @@ case "$cmd" in
     ensure_packages libtorch-dev libdnnl-dev  # the libtorch and oneDNN peers the ratios are taken against
     build "$RELEASE"
     exec bash "$ROOT/bench/run_bench.sh" "$RELEASE" "$@"
+    ;;
+  throughput)
+    ensure_packages python3-torch  # the PyTorch side (Debian's, at /usr/bin/python3)
+    build "$RELEASE"
+    BUILD_DIR="$RELEASE" exec bash "$ROOT/bench/throughput_vs_torch.sh" "$@"
     ;;
   train|predict)
     ensure_packages
@@ -198,7 +204,7 @@ case "$cmd" in
     echo "soak: LeakSanitizer reported no leak (ASan+UBSan build, $asan_steps steps)"
     ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
     [ "$cmd" = help ] || exit 2
     ;;
 esac
