@@ -15,11 +15,9 @@ namespace {
 // Elements per thread at least: an update is ~20 flops an element, so a part runs >= ~10 us.
 constexpr int64_t kUpdateGrain = int64_t{1} << 15;
 
-// The update loops are out of line (noipa: neither inlined nor cloned) so that the dense entries
-// and the row-sparse ones run the very same instructions: two inlined copies may differ in where
-// the compiler contracts a multiply-add into an FMA.
+// The update loops are shared by the dense entries and the row-sparse ones (TG_ONE_BODY).
 template <class T>
-[[gnu::noipa]] void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
+TG_ONE_BODY void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
                 double damp_, bool nesterov) {
   // Scalars are rounded to T first, as PyTorch does when it passes them as `alpha`.
   const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), mom = static_cast<T>(mom_);
@@ -37,7 +35,7 @@ template <class T>
 }
 
 template <class T, bool l2, bool decoupled, bool amsgrad>
-[[gnu::noipa]] void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s) {
+TG_ONE_BODY void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s) {
   // Each scalar is rounded to T where PyTorch hands it to a kernel as a Python float; the
   // bias corrections themselves are computed in double, as PyTorch does in Python.
   const T decay = static_cast<T>(1.0 - s.lr * s.wd), wd = static_cast<T>(s.wd);

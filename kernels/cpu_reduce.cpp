@@ -181,10 +181,8 @@ template <class T> double norm_accumulate_serial(const T* d, int64_t n, double n
 
 // The 2-norm's squares summed into eight lanes: element i of the first n & ~7 goes to lane i % 8,
 // the rest to lane 0, each lane in index order. Eight independent sums let the loop vectorise (one
-// running sum cannot be reordered). One out-of-line copy (noipa: neither inlined nor cloned), so
-// the dense norm and the row-restricted one below run the very same instructions: the compiler may
-// contract a multiply-add into an FMA in one inlined copy and not in another.
-template <class T> [[gnu::noipa]] void sum_squares(const T* d, int64_t n, double* lanes) {
+// running sum cannot be reordered). Shared by the dense norm and the row-restricted one below.
+template <class T> TG_ONE_BODY void sum_squares(const T* d, int64_t n, double* lanes) {
   double part[8];
   for (int k = 0; k < 8; ++k) part[k] = lanes[k];
   int64_t i = 0;

@@ -36,7 +36,7 @@ struct Restore {
   }
 };
 
-enum class Use { One, Accumulate, TwoLookups, Tied, Padding, UserWrite };
+enum class Use { One, Accumulate, TwoLookups, Tied, Padding, UserWrite, Hook, ThroughNode };
 
 struct Setup {
   Use use = Use::One;
@@ -80,7 +80,7 @@ struct Model {
   }
   Tensor loss(const Setup& s, const Tensor& idx, const Tensor& idx2) const {
     const int64_t pad = s.use == Use::Padding ? 2 : -1;
-    Tensor h = sum(embedding(W, idx, pad), {1});
+    Tensor h = sum(embedding(s.use == Use::ThroughNode ? W.clone() : W, idx, pad), {1});
     if (s.use == Use::TwoLookups) h = h + sum(embedding(W, idx2), {1});
     h = tanh(h);
     Tensor out = mean(matmul(h, U) * matmul(h, U));
@@ -89,6 +89,13 @@ struct Model {
   }
 };
 
+// Adds 1 to g's last element through data<T>(), which bumps no version (a table's last row is
+// rarely looked up, so a stale mark would hide the write).
+void raw_write(const Tensor& g) {
+  if (g.dtype() == DType::Float32) g.data<float>()[g.numel() - 1] += 1.0f;
+  else g.data<double>()[g.numel() - 1] += 1.0;
+}
+
 // One training run from a fixed seed; the row-sparse switch decides the path.
 Result train(const Setup& s, bool sparse, int from_step = 0, Model* resume = nullptr,
              const nlohmann::json* opt_state = nullptr) {
@@ -96,6 +103,11 @@ Result train(const Setup& s, bool sparse, int from_step = 0, Model* resume = nul
   manual_seed(7);
   Model fresh(s);
   Model& m = resume ? *resume : fresh;
+  if (s.use == Use::Hook && !resume)
+    m.W.register_hook([](const Tensor& g) {
+      raw_write(g);
+      return Tensor();
+    });
   auto opt = make_opt(s.opt, {m.W, m.U});
   if (opt_state) opt->load_state_dict(*opt_state);
   optim::ClipGradNorm clip(s.max_norm);
@@ -109,12 +121,7 @@ Result train(const Setup& s, bool sparse, int from_step = 0, Model* resume = nul
     opt->zero_grad();
     m.loss(s, idx, idx2).backward();
     if (s.use == Use::Accumulate) m.loss(s, idx2, idx).backward();  // no zero_grad between
-    if (s.use == Use::UserWrite) {
-      // A write through data<T>() bumps no version: fetching the gradient must have dropped the mark.
-      Tensor g = m.W.grad();
-      if (s.dtype == DType::Float32) g.data<float>()[g.numel() - 1] += 1.0f;
-      else g.data<double>()[g.numel() - 1] += 1.0;
-    }
+    if (s.use == Use::UserWrite) raw_write(m.W.grad());  // grad() must have dropped the mark
     if (detail::zero_rows(detail::param_grad(m.W))) ++r.marked;
     opt->step();
     r.norms.push_back(clip.last_norm());
@@ -164,7 +171,8 @@ TEST_CASE("row-sparse gradients: accumulation, two lookups, tied weights, paddin
   };
   for (const Case c : {Case{Use::Accumulate, "two backwards", true}, Case{Use::TwoLookups, "two lookups", true},
                        Case{Use::Tied, "embedding + linear", false}, Case{Use::Padding, "padding_idx", true},
-                       Case{Use::UserWrite, "write through grad()", false}}) {
+                       Case{Use::UserWrite, "write through grad()", false}, Case{Use::Hook, "leaf hook", false},
+                       Case{Use::ThroughNode, "through clone()", false}}) {
     for (const char* opt : {"adam", "adamw", "sgd_momentum"}) {
       CAPTURE(c.name);
       CAPTURE(opt);
@@ -192,6 +200,17 @@ TEST_CASE("row-sparse gradients: padding rows stay zero and untouched rows still
   CHECK(W.at({1, 0}) != before.at({1, 0}));
   CHECK(W.grad().at({2, 1}) == 0.0);
   CHECK_FALSE(detail::zero_rows(g));  // W.grad() above handed it out
+}
+
+TEST_CASE("row-sparse gradients: tg::grad hands out no marked gradient") {
+  Restore restore;
+  manual_seed(5);
+  Tensor W = randn({40, 4}).requires_grad_();
+  const Tensor idx = from_vector(std::vector<int64_t>{3, 7, 3}, {3});
+  const Tensor g = tg::grad({sum(tanh(embedding(W, idx)))}, {W})[0];
+  CHECK_FALSE(detail::zero_rows(g));
+  detail::set_row_sparse_grads(false);
+  CHECK(same_bits(g.to_vector(), tg::grad({sum(tanh(embedding(W, idx)))}, {W})[0].to_vector()));
 }
 
 TEST_CASE("row-sparse gradients: large tables on two threads match one-thread dense bits") {
