@@ -301,7 +301,7 @@ Tensor Tensor::grad() const {
     throw std::invalid_argument(fmt::format("grad: tensor of shape {} does not require grad, so it never gets a "
                                             "gradient; call requires_grad_() on it before the forward pass",
                                             shape().str()));
-  // The caller may write it through data<T>(), which bumps no version: the row mark must go.
+  // The caller may write it through a raw pointer, which bumps no version: the row mark must go.
   detail::forget_zero_rows(impl()->grad.get());
   return Tensor(impl()->grad);
 }

@@ -69,7 +69,7 @@ namespace detail {
 // `rows` is +0, so clipping and the optimizers may skip reading them (autograd/row_sparse.h).
 // Trusted only while `valid` holds and the storage is still at `version`: every in-place op bumps
 // the version, and every path that hands the tensor to user code (grad(), hooks, tg::grad)
-// clears `valid`, since a write through data<T>() bumps nothing.
+// clears `valid`, since a write through a raw pointer bumps nothing.
 struct ZeroRows {
   std::vector<int64_t> rows;  // ascending, distinct
   const Storage* storage = nullptr;

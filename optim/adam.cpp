@@ -62,7 +62,7 @@ void Adam::update() {
     double cached_t = -1, cached_step_size = 0, cached_bc2 = 0;  // parameters usually share a step count
     for (size_t i = 0; i < grp.params.size(); ++i) {
       const Tensor& p = grp.params[i];
-      Tensor g = grad_for(p);
+      Tensor g = grad_for(p, /*keep_row_mark=*/true);
       if (!g.defined()) continue;
       ParamState& st = state(gi, i);
       const double t = static_cast<double>(++st.step);

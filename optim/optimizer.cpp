@@ -108,10 +108,11 @@ Optimizer::ParamState& Optimizer::state(size_t group, size_t index) {
   return s;
 }
 
-Tensor Optimizer::grad_for(const Tensor& param) const {
+Tensor Optimizer::grad_for(const Tensor& param, bool keep_row_mark) const {
   if (!param.requires_grad()) return Tensor();  // frozen: skipped like a parameter without a gradient
-  Tensor g = tg::detail::param_grad(param);  // keeps a row-sparse mark, which update() may use
+  Tensor g = tg::detail::param_grad(param);
   if (!g.defined()) return g;
+  if (!keep_row_mark) tg::detail::forget_zero_rows(g);
   if (g.dtype() != param.dtype() || !(g.shape() == param.shape()))
     throw std::invalid_argument(fmt::format("{}: gradient {} {} does not match parameter {} {}", name_,
                                             g.shape().str(), dtype_name(g.dtype()), param.shape().str(),

@@ -42,7 +42,7 @@ void SGD::update() {
     const bool nesterov = grp.option("nesterov") != 0;
     for (size_t i = 0; i < grp.params.size(); ++i) {
       const Tensor& p = grp.params[i];
-      Tensor g = grad_for(p);
+      Tensor g = grad_for(p, /*keep_row_mark=*/true);
       if (!g.defined()) continue;
       ParamState& st = state(gi, i);
       // PyTorch seeds the buffer with the first gradient, so it starts uninitialised here.

@@ -53,6 +53,7 @@ struct Result {
   std::vector<double> norms;
   std::string state;
   int marked = 0;  // steps whose W gradient was still marked when the step began
+  int marked_after = 0;  // ... and after it (kept only by updates that honour the mark)
   int clipped = 0;
 };
 
@@ -124,6 +125,7 @@ Result train(const Setup& s, bool sparse, int from_step = 0, Model* resume = nul
     if (s.use == Use::UserWrite) raw_write(m.W.grad());  // grad() must have dropped the mark
     if (detail::zero_rows(detail::param_grad(m.W))) ++r.marked;
     opt->step();
+    if (detail::zero_rows(detail::param_grad(m.W))) ++r.marked_after;
     r.norms.push_back(clip.last_norm());
     if (clip.last_norm() > s.max_norm) ++r.clipped;
     r.grads.push_back(detail::param_grad(m.W).to_vector());
@@ -157,6 +159,8 @@ TEST_CASE("row-sparse embedding gradients train bit for bit like dense ones, for
       check_same(sparse, dense);
       CHECK(sparse.marked == s.steps);  // the row-sparse path really ran
       CHECK(dense.marked == 0);
+      const bool honours = std::string(opt).starts_with("adam") || std::string(opt).starts_with("sgd");
+      CHECK(sparse.marked_after == (honours ? s.steps : 0));
       CHECK(sparse.clipped > 0);
     }
   }
