@@ -9,6 +9,7 @@
 #include "tapegrad/autograd/grad_accumulators.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/row_sparse.h"
 #include "tapegrad/autograd/tape.h"
 #include "tapegrad/autograd/tape_internal.h"
 
@@ -133,7 +134,10 @@ void accumulate(Tensor& slot, bool& exclusive, Tensor g, bool must_own) {
     else { slot = std::move(g); exclusive = unique; }
     return;
   }
-  if (exclusive && !grad_enabled()) { add_(slot, g); return; }
+  if (exclusive && !grad_enabled()) {
+    if (!detail::add_marked_(slot, g)) add_(slot, g);
+    return;
+  }
   slot = add(slot, g);  // while a create_graph backward records, the sum is part of the graph
   exclusive = !grad_enabled();
 }
@@ -152,7 +156,10 @@ void run_hooks(const std::vector<GradHook>& hooks, Tensor& g) {
 
 // Hooks first (outside the lock: a hook may run a backward of its own), then the sum, serialised.
 void accumulate_leaf(TensorImpl* leaf, Tensor g) {
-  if (leaf->meta) run_hooks(leaf->meta->hooks, g);
+  if (leaf->meta && !leaf->meta->hooks.empty()) {
+    detail::forget_zero_rows(g);  // a hook is user code
+    run_hooks(leaf->meta->hooks, g);
+  }
   std::lock_guard<std::mutex> lock(g_leaf_mutex);
   Tensor slot(leaf->grad);
   accumulate(slot, leaf->grad_exclusive, std::move(g), /*must_own=*/true);
@@ -169,15 +176,24 @@ void flush_leaves(BackwardPass& pass) {
   for (StagedLeaf& staged : leaves) {
     TensorImpl* leaf = staged.leaf.get();
     Tensor total = std::move(staged.pending);
-    if (!staged.products.empty()) total = staged.products.flush(std::move(total), staged.exclusive, leaf->shape, leaf->dtype);
+    if (!staged.products.empty()) {
+      detail::forget_zero_rows(total);  // the GEMM adds into it without a version bump
+      total = staged.products.flush(std::move(total), staged.exclusive, leaf->shape, leaf->dtype);
+    }
     if (!total.defined()) continue;
     if (detail::anomaly_flag() && !all_finite(total)) {
       const std::string& name = leaf->meta ? leaf->meta->name : std::string();
       throw std::runtime_error(fmt::format("anomaly: the gradient of a leaf of shape {}{} is not finite",
                                            leaf->shape.str(), name.empty() ? "" : " ('" + name + "')"));
     }
-    if (leaf->meta) run_hooks(leaf->meta->hooks, total);
-    if (Capture* c = pass.capture()) c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
+    if (leaf->meta && !leaf->meta->hooks.empty()) {
+      detail::forget_zero_rows(total);  // a hook is user code
+      run_hooks(leaf->meta->hooks, total);
+    }
+    if (Capture* c = pass.capture()) {
+      detail::forget_zero_rows(total);  // handed to the caller of tg::grad
+      c->put(c->leaves, static_cast<const TensorImpl*>(leaf), total);
+    }
     else staged.pending = std::move(total);
   }
   if (!pass.capture()) {
@@ -230,6 +246,9 @@ void Grads::add(int i, Tensor g) {
   if (e.kind == Edge::None) return;
   if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
   if (Node* m = interior_target(node_, i)) {
+    // A mark lives only from the embedding backward to its leaf: a node's backward may reuse its
+    // gradient's memory as a buffer (the recurrent cells do), and node hooks are user code.
+    detail::forget_zero_rows(g);
     if (m->needed) accumulate(m->grad, m->grad_exclusive, std::move(g), false);
     return;
   }
@@ -286,6 +305,7 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
   if (target) return detail::WindowAccumulator::add(target->grad, target->grad_exclusive, window, g);
   if (!tl_pass) return add(i, detail::WindowAccumulator::full_size(window, g));  // no pass running
   StagedLeaf& s = tl_pass->stage(e.leaf);
+  detail::forget_zero_rows(s.pending);  // the window is added without a version bump
   detail::WindowAccumulator::add(s.pending, s.exclusive, window, g);
 }
 

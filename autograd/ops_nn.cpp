@@ -6,6 +6,7 @@
 #include "tapegrad/autograd/elementwise.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/row_sparse.h"
 
 namespace tg {
 using namespace detail;
@@ -55,11 +56,7 @@ Tensor embedding(const Tensor& weight, const Tensor& indices_in, int64_t padding
       }
       return gr.add(0, index_add(rows, 0, indices.reshape(Shape{n}), V));
     }
-    const kern::KernelTable& k = float_kernels_of("embedding_backward", g);
-    Tensor gw = zeros(Shape{V, E}, g.dtype());
-    Tensor gc = g.contiguous();
-    k.index->scatter_add(mem(gc), mem(gw), 1, indices.numel(), V, E, index_data(indices), padding_idx);
-    gr.add(0, gw);
+    gr.add(0, embedding_grad(g, index_data(indices), indices.numel(), V, E, padding_idx));
   });
 }
 

@@ -11,6 +11,7 @@
 
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/row_sparse.h"
 
 namespace tg {
 
@@ -300,6 +301,8 @@ Tensor Tensor::grad() const {
     throw std::invalid_argument(fmt::format("grad: tensor of shape {} does not require grad, so it never gets a "
                                             "gradient; call requires_grad_() on it before the forward pass",
                                             shape().str()));
+  // The caller may write it through a raw pointer, which bumps no version: the row mark must go.
+  detail::forget_zero_rows(impl()->grad.get());
   return Tensor(impl()->grad);
 }
 void Tensor::set_grad(const Tensor& g) {
@@ -307,11 +310,13 @@ void Tensor::set_grad(const Tensor& g) {
   if (g.defined() && (!(g.shape() == shape()) || g.dtype() != dtype()))
     throw std::invalid_argument(fmt::format("set_grad: gradient {} {} does not match tensor {} {}", g.shape().str(),
                                             dtype_name(g.dtype()), shape().str(), dtype_name(dtype())));
+  detail::forget_zero_rows(g.impl());
   impl()->grad = g.defined() ? g.ref() : Ref<TensorImpl>();
   impl()->grad_exclusive = false;
 }
 void Tensor::zero_grad() {
-  live("zero_grad")->grad.reset();
+  detail::recycle_grad(live("zero_grad")->grad);
+  impl()->grad.reset();
   impl()->grad_exclusive = false;
 }
 Tensor Tensor::detach() const { return make_view(*this, shape(), strides(), offset()); }

@@ -64,12 +64,27 @@ using GradHook = std::function<Tensor(const Tensor&)>;  // returns the replaceme
 
 struct TensorImpl;
 
+namespace detail {
+// What the embedding backward knows of the gradient it made: every row (along dim 0) outside
+// `rows` is +0, so clipping and the optimizers may skip reading them (autograd/row_sparse.h).
+// Trusted only while `valid` holds and the storage is still at `version`: every in-place op bumps
+// the version, and every path that hands the tensor to user code (grad(), hooks, tg::grad)
+// clears `valid`, since a write through a raw pointer bumps nothing.
+struct ZeroRows {
+  std::vector<int64_t> rows;  // ascending, distinct
+  const Storage* storage = nullptr;
+  uint64_t version = 0;
+  std::atomic<bool> valid{false};
+};
+}  // namespace detail
+
 // Autograd state most tensors never use (hooks, names, a leaf's staged gradient): allocated on
 // first use so that creating and destroying the impl of an ordinary op output stays cheap.
 struct AutogradMeta {
   std::vector<GradHook> hooks;
   std::string name;              // optional, shown by to_dot and anomaly errors
   bool retains_grad = false;
+  std::unique_ptr<detail::ZeroRows> zero_rows;  // on a row-sparse gradient only
 };
 
 struct TensorImpl : RefCounted {

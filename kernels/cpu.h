@@ -3,6 +3,15 @@
 // puts together into the CPU row of kTables.
 #include "tapegrad/kernels/kernels.h"
 
+// On a loop that a dense kernel and its row-sparse twin both call: one compiled body, never
+// inlined or cloned, so both run the same instructions (two inlined copies may differ in where
+// the compiler contracts a multiply-add into an FMA, and then in the last bit).
+#if defined(__clang__)
+#define TG_ONE_BODY [[gnu::noinline]]
+#else
+#define TG_ONE_BODY [[gnu::noipa]]
+#endif
+
 namespace tg::kern::cpu {
 
 extern const ElementwiseKernels kElementwiseF32, kElementwiseF64, kElementwiseI64;

@@ -1,6 +1,7 @@
 // CPU optimizer updates (optim/*.cpp call them through the table): one pass over each parameter,
 // its gradient and its state, nothing allocated. Scalars are rounded to T where PyTorch hands
 // them to its kernels as Python floats, so the updates match PyTorch's bit for bit in float64.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -14,8 +15,9 @@ namespace {
 // Elements per thread at least: an update is ~20 flops an element, so a part runs >= ~10 us.
 constexpr int64_t kUpdateGrain = int64_t{1} << 15;
 
+// The update loops are shared by the dense entries and the row-sparse ones (TG_ONE_BODY).
 template <class T>
-void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
+TG_ONE_BODY void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, double wd_, double mom_,
                 double damp_, bool nesterov) {
   // Scalars are rounded to T first, as PyTorch does when it passes them as `alpha`.
   const T lr = static_cast<T>(lr_), wd = static_cast<T>(wd_), mom = static_cast<T>(mom_);
@@ -33,7 +35,7 @@ void sgd_kernel(T* p, const T* g, T* buf, int64_t n, bool first, double lr_, dou
 }
 
 template <class T, bool l2, bool decoupled, bool amsgrad>
-void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s) {
+TG_ONE_BODY void adam_kernel(T* p, const T* g, T* m, T* v, T* vmax, int64_t n, const AdamScalars& s) {
   // Each scalar is rounded to T where PyTorch hands it to a kernel as a Python float; the
   // bias corrections themselves are computed in double, as PyTorch does in Python.
   const T decay = static_cast<T>(1.0 - s.lr * s.wd), wd = static_cast<T>(s.wd);
@@ -138,6 +140,59 @@ void adam_entry(void* p, const void* g, void* m, void* v, void* vmax, int64_t n,
       !s.decoupled && s.wd != 0, s.decoupled, s.amsgrad);
 }
 
+// Zeros that stand in for the gradient of the rows a row-sparse gradient leaves +0: the dense
+// loop runs on them unchanged (same bits as on the real zeros) without reading gradient memory.
+constexpr int64_t kZeroSpan = 2048;
+template <class T> constexpr T kZeros[kZeroSpan] = {};
+
+// update(begin, end, g) over the elements [0, n) of rows of L elements, split by rows over the
+// team (elements are independent, so any split gives the same bits); g is the gradient at begin
+// for runs of listed rows and kZeros for the rest.
+template <class T, class Update>
+void over_rows(int64_t n, int64_t L, const int64_t* rows, int64_t nrows, const T* g, Update&& update) {
+  const int64_t* end = rows + nrows;
+  parallel_for(n / L, std::max<int64_t>(1, kUpdateGrain / L), [&](int64_t rb, int64_t re) {
+    const int64_t* r = std::lower_bound(rows, end, rb);
+    for (int64_t row = rb; row < re;) {
+      if (r != end && *r == row) {
+        int64_t last = row;
+        while (r != end && *r == last && last < re) ++r, ++last;
+        update(row * L, last * L, g + row * L);
+        row = last;
+      } else {
+        const int64_t stop = r != end && *r < re ? *r : re;
+        for (int64_t b = row * L; b < stop * L; b += kZeroSpan) update(b, std::min(b + kZeroSpan, stop * L), kZeros<T>);
+        row = stop;
+      }
+    }
+  });
+}
+
+template <class T>
+void sgd_rows_entry(void* p, const void* g, void* buf, int64_t n, int64_t L, const int64_t* rows, int64_t nrows,
+                    bool first, double lr, double wd, double mom, double damp, bool nesterov) {
+  if (n <= 0 || L <= 0) return;
+  T* pt = static_cast<T*>(p);
+  T* bt = static_cast<T*>(buf);
+  over_rows<T>(n, L, rows, nrows, static_cast<const T*>(g), [&](int64_t b, int64_t e, const T* gb) {
+    sgd_kernel<T>(pt + b, gb, bt ? bt + b : nullptr, e - b, first, lr, wd, mom, damp, nesterov);
+  });
+}
+
+template <class T>
+void adam_rows_entry(void* p, const void* g, void* m, void* v, void* vmax, int64_t n, int64_t L, const int64_t* rows,
+                     int64_t nrows, const AdamScalars& s) {
+  if (n <= 0 || L <= 0) return;
+  T *pt = static_cast<T*>(p), *mt = static_cast<T*>(m), *vt = static_cast<T*>(v), *xt = static_cast<T*>(vmax);
+  with_flags(
+      [&](auto l2, auto decoupled, auto amsgrad) {
+        over_rows<T>(n, L, rows, nrows, static_cast<const T*>(g), [&](int64_t b, int64_t e, const T* gb) {
+          adam_kernel<T, l2, decoupled, amsgrad>(pt + b, gb, mt + b, vt + b, xt ? xt + b : nullptr, e - b, s);
+        });
+      },
+      !s.decoupled && s.wd != 0, s.decoupled, s.amsgrad);
+}
+
 template <class T> void adagrad_entry(void* p, const void* g, void* sum, int64_t n, double clr, double wd, double eps) {
   with_flags(
       [&](auto decay) {
@@ -166,7 +221,15 @@ template <class T> void divide_entry(void* dst, const void* src, int64_t n, doub
 }
 
 template <class T> constexpr OptimKernels make_optim() {
-  return {&sgd_entry<T>, &adam_entry<T>, &adagrad_entry<T>, &rmsprop_entry<T>, &divide_entry<T>};
+  OptimKernels k{};
+  k.sgd = &sgd_entry<T>;
+  k.adam = &adam_entry<T>;
+  k.sgd_rows = &sgd_rows_entry<T>;
+  k.adam_rows = &adam_rows_entry<T>;
+  k.adagrad = &adagrad_entry<T>;
+  k.rmsprop = &rmsprop_entry<T>;
+  k.divide = &divide_entry<T>;
+  return k;
 }
 
 }  // namespace

@@ -179,6 +179,19 @@ void nll_rows_backward_kernel(const int64_t* t, const void* w_p, const void* g_p
 
 template <class T> double norm_accumulate_serial(const T* d, int64_t n, double norm_type, double acc);
 
+// The 2-norm's squares summed into eight lanes: element i of the first n & ~7 goes to lane i % 8,
+// the rest to lane 0, each lane in index order. Eight independent sums let the loop vectorise (one
+// running sum cannot be reordered). Shared by the dense norm and the row-restricted one below.
+template <class T> TG_ONE_BODY void sum_squares(const T* d, int64_t n, double* lanes) {
+  double part[8];
+  for (int k = 0; k < 8; ++k) part[k] = lanes[k];
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(d[i + k]) * static_cast<double>(d[i + k]);
+  for (; i < n; ++i) part[0] += static_cast<double>(d[i]) * static_cast<double>(d[i]);
+  for (int k = 0; k < 8; ++k) lanes[k] = part[k];
+}
+
 // Long inputs are cut into blocks of a fixed size whatever the thread count; the blocks' sums are
 // added in order, so the norm (and a clipped update) is the same bits on 1 thread or many.
 constexpr int64_t kNormBlock = int64_t{1} << 16;
@@ -204,18 +217,63 @@ template <class T> double norm_accumulate_serial(const T* d, int64_t n, double n
       if (acc == acc && !(a <= acc)) acc = a;
     }
   } else if (norm_type == 2.0) {
-    // Eight independent partial sums: the loop vectorises (one running sum cannot be reordered).
     double part[8] = {};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-      for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(d[i + k]) * static_cast<double>(d[i + k]);
-    for (; i < n; ++i) part[0] += static_cast<double>(d[i]) * static_cast<double>(d[i]);
+    sum_squares(d, n, part);
     for (double p : part) acc += p;
   } else if (norm_type == 1.0) {
     for (int64_t i = 0; i < n; ++i) acc += std::abs(static_cast<double>(d[i]));
   } else {
     for (int64_t i = 0; i < n; ++i) acc += std::pow(std::abs(static_cast<double>(d[i])), norm_type);
   }
+  return acc;
+}
+
+// One block [b0, b0 + m) of a row-sparse x, summed as norm_accumulate_serial(x + b0, m, 2, acc)
+// sums it. Rows of L elements outside the ascending [r, end) are +0, and adding +0 * +0 to a lane
+// changes nothing, so only the 8-aligned spans around the listed rows are read (each element once,
+// in the same lane and order as the dense sum), then the tail the dense sum sends to lane 0.
+template <class T>
+double norm2_block_rows(const T* d, int64_t b0, int64_t m, int64_t L, const int64_t* r, const int64_t* end,
+                        double acc) {
+  double part[8] = {};
+  const int64_t main = m & ~int64_t{7};
+  int64_t lo = -1, hi = -1;  // the span waiting to be read, relative to b0
+  for (; r != end; ++r) {
+    int64_t s = *r * L - b0, e = s + L;
+    if (s >= m) break;
+    s = std::max<int64_t>(s, 0) & ~int64_t{7};
+    e = (std::min(e, main) + 7) & ~int64_t{7};
+    if (s >= e) continue;  // only in the tail
+    if (s <= hi) {         // rows ascend, so spans only overlap the one before
+      hi = std::max(hi, e);
+    } else {
+      if (hi > lo) sum_squares(d + b0 + lo, hi - lo, part);
+      lo = s;
+      hi = e;
+    }
+  }
+  if (hi > lo) sum_squares(d + b0 + lo, hi - lo, part);
+  if (m > main) sum_squares(d + b0 + main, m - main, part);
+  for (double p : part) acc += p;
+  return acc;
+}
+
+template <class T>
+double norm2_rows_kernel(const void* x, int64_t n, int64_t L, const int64_t* rows, int64_t nrows, double acc) {
+  const T* d = static_cast<const T*>(x);
+  const int64_t* end = rows + nrows;
+  if (n <= kNormBlock) return norm2_block_rows(d, 0, n, L, rows, end, acc);
+  // The dense kernel's blocks; one without a listed row sums to +0 there too.
+  const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+  std::vector<double> sums(static_cast<size_t>(blocks), 0.0);
+  parallel_for(blocks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const int64_t b0 = k * kNormBlock, m = std::min(kNormBlock, n - b0);
+      const int64_t* first = std::lower_bound(rows, end, b0 / L);
+      if (first != end && *first * L < b0 + m) sums[k] = norm2_block_rows(d, b0, m, L, first, end, 0.0);
+    }
+  });
+  for (double s : sums) acc += s;
   return acc;
 }
 
@@ -242,6 +300,7 @@ template <class T> constexpr ReduceKernels make_reduce() {
     k.nll_rows = &nll_rows_kernel<T>;
     k.nll_rows_backward = &nll_rows_backward_kernel<T>;
     k.norm_accumulate = &norm_accumulate_kernel<T>;
+    k.norm2_rows = &norm2_rows_kernel<T>;
     k.clamp_abs = &clamp_abs_kernel<T>;
   }
   return k;

@@ -137,6 +137,9 @@ struct ReduceKernels {
                             int64_t ignore_index, double smoothing, double scale, bool per_element, void* out);
   // Adds to acc: sum |x|^p (p = 1, 2 or other), or takes max |x| (p = inf; a NaN sticks).
   double (*norm_accumulate)(const void* x, int64_t n, double norm_type, double acc);
+  // norm_accumulate(x, n, 2, acc), same bits, for an x of rows of L elements that are +0 except
+  // the ascending `rows`: reads only those (a row-sparse gradient's sum of squares).
+  double (*norm2_rows)(const void* x, int64_t n, int64_t L, const int64_t* rows, int64_t nrows, double acc);
   // Clamps x to [-limit, limit] in place; returns max(max_abs, max |x| before clamping).
   double (*clamp_abs)(void* x, int64_t n, double limit, double max_abs);
 };
@@ -202,6 +205,13 @@ struct OptimKernels {  // float only; contiguous arrays of n elements
   void (*sgd)(void* p, const void* g, void* buf, int64_t n, bool first, double lr, double wd, double momentum,
               double dampening, bool nesterov);
   void (*adam)(void* p, const void* g, void* m, void* v, void* vmax, int64_t n, const AdamScalars& s);
+  // sgd / adam, same bits, for a g of rows of L elements that are +0 except the ascending `rows`:
+  // every element is still updated (a zero gradient still moves Adam's state), but g is read only
+  // in those rows.
+  void (*sgd_rows)(void* p, const void* g, void* buf, int64_t n, int64_t L, const int64_t* rows, int64_t nrows,
+                   bool first, double lr, double wd, double momentum, double dampening, bool nesterov);
+  void (*adam_rows)(void* p, const void* g, void* m, void* v, void* vmax, int64_t n, int64_t L, const int64_t* rows,
+                    int64_t nrows, const AdamScalars& s);
   void (*adagrad)(void* p, const void* g, void* sum, int64_t n, double clr, double wd, double eps);
   void (*rmsprop)(void* p, const void* g, void* sq, void* buf, void* grad_avg, int64_t n, double lr, double wd,
                   double alpha, double eps, double momentum);

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/row_sparse.h"
 
 namespace tg::optim {
 
@@ -61,7 +62,7 @@ void Adam::update() {
     double cached_t = -1, cached_step_size = 0, cached_bc2 = 0;  // parameters usually share a step count
     for (size_t i = 0; i < grp.params.size(); ++i) {
       const Tensor& p = grp.params[i];
-      Tensor g = grad_for(p);
+      Tensor g = grad_for(p, /*keep_row_mark=*/true);
       if (!g.defined()) continue;
       ParamState& st = state(gi, i);
       const double t = static_cast<double>(++st.step);
@@ -76,8 +77,12 @@ void Adam::update() {
       Tensor& v = buffer(st, kExpAvgSq, p);
       Tensor* vmax = s.amsgrad ? &buffer(st, kMaxExpAvgSq, p) : nullptr;
       using tg::detail::mem;
-      tg::detail::float_kernels_of(name().c_str(), p)
-          .optim->adam(mem(p), mem(g), mem(m), mem(v), vmax ? mem(*vmax) : nullptr, p.numel(), s);
+      const kern::OptimKernels& k = *tg::detail::float_kernels_of(name().c_str(), p).optim;
+      if (const tg::detail::ZeroRows* z = tg::detail::zero_rows(g))  // reads g only in the rows it has
+        k.adam_rows(mem(p), mem(g), mem(m), mem(v), vmax ? mem(*vmax) : nullptr, p.numel(), p.numel() / p.size(0),
+                    z->rows.data(), static_cast<int64_t>(z->rows.size()), s);
+      else
+        k.adam(mem(p), mem(g), mem(m), mem(v), vmax ? mem(*vmax) : nullptr, p.numel(), s);
     }
   }
 }

@@ -6,6 +6,7 @@
 
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
+#include "tapegrad/autograd/row_sparse.h"
 #include "tapegrad/optim/optimizer.h"
 
 namespace tg::optim {
@@ -19,11 +20,12 @@ void check_norm_args(double max_norm, double norm_type) {
 }
 
 // Visits the defined gradients of `params` (a vector<Tensor> or an optimizer's groups) without
-// collecting them, so the hooks allocate nothing per step.
+// collecting them, so the hooks allocate nothing per step. Row-sparse marks are kept: the norm and
+// the scaling below honour them, and clamping leaves a +0 row +0.
 template <class F> void for_each_grad(const std::vector<Tensor>& params, F&& f) {
   for (const auto& p : params) {
     if (!p.requires_grad()) continue;  // frozen parameters have no gradient to clip
-    Tensor g = p.grad();
+    Tensor g = tg::detail::param_grad(p);
     if (g.defined()) f(g);
   }
 }
@@ -35,9 +37,7 @@ template <class Params> double total_norm(const Params& params, double norm_type
   const bool inf = std::isinf(norm_type);
   double acc = 0;
   for_each_grad(params, [&](const Tensor& g0) {
-    const Tensor g = g0.contiguous();
-    acc = tg::detail::float_kernels_of("clip_grad_norm_", g).reduce->norm_accumulate(tg::detail::mem(g), g.numel(),
-                                                                                      norm_type, acc);
+    acc = tg::detail::norm_accumulate(g0.contiguous(), norm_type, acc);
   });
   if (inf || norm_type == 1.0) return acc;
   return norm_type == 2.0 ? std::sqrt(acc) : std::pow(acc, 1.0 / norm_type);
@@ -48,7 +48,7 @@ template <class Params> double clip_norm(const Params& params, double max_norm, 
   const double norm = total_norm(params, norm_type);
   const double coef = max_norm / (norm + 1e-6);
   if (std::isfinite(norm) && coef < 1.0)
-    for_each_grad(params, [&](Tensor g) { mul_(g, coef); });
+    for_each_grad(params, [&](Tensor g) { tg::detail::scale_grad_(g, coef); });
   return norm;
 }
 

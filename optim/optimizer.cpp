@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/row_sparse.h"
 
 namespace tg::optim {
 
@@ -65,7 +66,7 @@ std::vector<Tensor> Optimizer::parameters_with_grad() const {
   std::vector<Tensor> out;
   for (const auto& g : groups_)
     for (const auto& p : g.params)
-      if (p.requires_grad() && p.grad().defined()) out.push_back(p);
+      if (p.requires_grad() && tg::detail::param_grad(p).defined()) out.push_back(p);
   return out;
 }
 
@@ -107,10 +108,11 @@ Optimizer::ParamState& Optimizer::state(size_t group, size_t index) {
   return s;
 }
 
-Tensor Optimizer::grad_for(const Tensor& param) const {
+Tensor Optimizer::grad_for(const Tensor& param, bool keep_row_mark) const {
   if (!param.requires_grad()) return Tensor();  // frozen: skipped like a parameter without a gradient
-  Tensor g = param.grad();
+  Tensor g = tg::detail::param_grad(param);
   if (!g.defined()) return g;
+  if (!keep_row_mark) tg::detail::forget_zero_rows(g);
   if (g.dtype() != param.dtype() || !(g.shape() == param.shape()))
     throw std::invalid_argument(fmt::format("{}: gradient {} {} does not match parameter {} {}", name_,
                                             g.shape().str(), dtype_name(g.dtype()), param.shape().str(),

@@ -95,8 +95,10 @@ class Optimizer {
   // State of params[i] of group g; grows with the group so appended parameters get fresh state.
   ParamState& state(size_t group, size_t index);
   // The gradient to use for `param`, or an undefined tensor when none flowed. Contiguous (copied
-  // only if a caller installed a strided one) and checked against the parameter's dtype.
-  Tensor grad_for(const Tensor& param) const;
+  // only if a caller installed a strided one) and checked against the parameter's dtype. Its
+  // row-sparse mark (autograd/row_sparse.h) is dropped unless keep_row_mark: only an update that
+  // never writes the gradient through raw pointers may keep it (Adam and SGD do, and use it).
+  Tensor grad_for(const Tensor& param, bool keep_row_mark = false) const;
   // Buffer b of `st`, allocated as zeros (or `fill`) the first time it is asked for.
   Tensor& buffer(ParamState& st, size_t b, const Tensor& like, double fill = 0.0);
   const std::vector<std::string>& buffer_names() const { return buffer_names_; }

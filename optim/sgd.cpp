@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "tapegrad/autograd/kernel_bridge.h"
+#include "tapegrad/autograd/row_sparse.h"
 
 namespace tg::optim {
 
@@ -41,15 +42,20 @@ void SGD::update() {
     const bool nesterov = grp.option("nesterov") != 0;
     for (size_t i = 0; i < grp.params.size(); ++i) {
       const Tensor& p = grp.params[i];
-      Tensor g = grad_for(p);
+      Tensor g = grad_for(p, /*keep_row_mark=*/true);
       if (!g.defined()) continue;
       ParamState& st = state(gi, i);
       // PyTorch seeds the buffer with the first gradient, so it starts uninitialised here.
       const bool first = !st.buffers[0].defined();
       if (mom != 0 && first) st.buffers[0] = empty(p.shape(), p.dtype());
-      tg::detail::float_kernels_of("SGD", p).optim->sgd(tg::detail::mem(p), tg::detail::mem(g),
-                                                        mom != 0 ? tg::detail::mem(st.buffers[0]) : nullptr, p.numel(),
-                                                        first, grp.lr, grp.weight_decay, mom, damp, nesterov);
+      using tg::detail::mem;
+      const kern::OptimKernels& k = *tg::detail::float_kernels_of("SGD", p).optim;
+      void* buf = mom != 0 ? mem(st.buffers[0]) : nullptr;
+      if (const tg::detail::ZeroRows* z = tg::detail::zero_rows(g))  // reads g only in the rows it has
+        k.sgd_rows(mem(p), mem(g), buf, p.numel(), p.numel() / p.size(0), z->rows.data(),
+                   static_cast<int64_t>(z->rows.size()), first, grp.lr, grp.weight_decay, mom, damp, nesterov);
+      else
+        k.sgd(mem(p), mem(g), buf, p.numel(), first, grp.lr, grp.weight_decay, mom, damp, nesterov);
       ++st.step;
     }
   }
