@@ -70,14 +70,14 @@ class PackedWeights {
     const int64_t k = transposed ? cols : rows, n = transposed ? rows : cols;
     if (!lin.packed_pays || !lin.packed_pays(m, n, k)) return nullptr;
     const Storage* st = w.impl()->storage.get();
-    const void* data = mem(w);
+    const void* first = mem(w);  // element 0
     Entry* e = nullptr;
     for (Entry& x : entries_)
-      if (x.storage.get() == st && x.data == data && x.rows == rows && x.cols == cols) e = &x;
+      if (x.storage.get() == st && x.first == first && x.rows == rows && x.cols == cols) e = &x;
     if (!e) {
       e = &victim();
       e->storage = w.impl()->storage;
-      e->data = data;
+      e->first = first;
       e->rows = rows;
       e->cols = cols;
       e->valid[0] = e->valid[1] = false;
@@ -89,7 +89,7 @@ class PackedWeights {
     e->used = ++clock_;
     kern::PackedWeight& p = e->packed[transposed];
     if (!e->valid[transposed]) {
-      lin.pack(transposed, k, n, data, cols, p);
+      lin.pack(transposed, k, n, first, cols, p);
       e->valid[transposed] = true;
     }
     return &p;
@@ -98,7 +98,7 @@ class PackedWeights {
  private:
   struct Entry {
     Ref<Storage> storage;
-    const void* data = nullptr;
+    const void* first = nullptr;
     int64_t rows = 0, cols = 0;
     uint64_t version = 0, used = 0;
     bool valid[2] = {false, false};
