@@ -139,9 +139,12 @@ void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, cons
   }
 }
 
-// Above this many multiply-adds a second thread takes half the panels: a wake-up costs ~10 us,
-// so only products of a few tens of microseconds gain (see bench/packed_gemm.cpp).
-constexpr int64_t kParallelMacs = int64_t(1) << 21;
+// Above this many multiply-adds a second thread takes half the panels. Measured on the 2-core VM
+// (bench_packed_gemm, packed vs packed_1thread): the recurrent products (64x256x256 to
+// 64x256x1024, 4-17 M multiply-adds) gained nothing from the split and lost up to 20 % (wake-up,
+// a second core busy with OpenBLAS's or other work), while 256x1024x1024 and larger gained
+// 20-35 %. So only products of that size split.
+constexpr int64_t kParallelMacs = int64_t(1) << 26;
 
 }  // namespace
 
