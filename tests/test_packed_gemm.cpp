@@ -92,7 +92,7 @@ TEST_CASE("packed gemm: every odd size against a double triple loop, both layout
 TEST_CASE("packed gemm: the same bits on 1 and 2 threads (panels split across threads)") {
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  const int64_t m = 64, k = 256, n = 1000;
+  const int64_t m = 256, k = 512, n = 513;  // 2^26 + multiply-adds: big enough to split (cpu_packed_gemm.cpp)
   std::vector<float> a(static_cast<size_t>(m * k)), w(static_cast<size_t>(n * k));
   for (auto& x : a) x = u(rng);
   for (auto& x : w) x = u(rng);
