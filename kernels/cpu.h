@@ -28,4 +28,9 @@ template <class T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
           T beta, T* c, int64_t ldc);
 
+// float32 products against a packed weight (cpu_packed_gemm.cpp; LinalgKernels documents them).
+void pack_weight(bool transposed, int64_t k, int64_t n, const void* w, int64_t ldw, PackedWeight& out);
+void gemm_packed(int64_t m, const void* a, int64_t lda, const PackedWeight& w, double beta, void* c, int64_t ldc);
+bool packed_pays(int64_t m, int64_t n, int64_t k);
+
 }  // namespace tg::kern::cpu

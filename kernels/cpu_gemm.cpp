@@ -231,8 +231,8 @@ void gemm_entry(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a
 }
 }  // namespace
 
-constinit const LinalgKernels kLinalgF32 = {&gemm_entry<float>};
-constinit const LinalgKernels kLinalgF64 = {&gemm_entry<double>};
+constinit const LinalgKernels kLinalgF32 = {&gemm_entry<float>, &pack_weight, &gemm_packed, &packed_pays};
+constinit const LinalgKernels kLinalgF64 = {&gemm_entry<double>, nullptr, nullptr, nullptr};
 
 }  // namespace cpu
 }  // namespace tg::kern

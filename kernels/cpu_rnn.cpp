@@ -39,6 +39,8 @@ template <class T> void preactivation(T* pre, const CellArgs& a, int64_t N, bool
     else if (pb) for (int64_t j = 0; j < N; ++j) o[j] = pb[j];
     else for (int64_t j = 0; j < N; ++j) o[j] = T(0);
   }
+  if constexpr (std::is_same_v<T, float>)
+    if (a.w_packed) return gemm_packed(a.B, a.h, a.ld_h, *a.w_packed, 1.0, pre, N);
   gemm<T>(false, true, a.B, N, a.H, static_cast<const T*>(a.h), a.ld_h, static_cast<const T*>(a.w), a.H, T(1), pre, N);
 }
 

@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tapegrad/kernels/packed_gemm.h"
+
 namespace tg::kern {
 
 enum class DType : uint8_t { Float32, Float64, Int64 };
@@ -149,6 +151,15 @@ struct LinalgKernels {
   // run a plain loop, the rest go to BLAS; sizes BLAS cannot take throw std::length_error.
   void (*gemm)(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* a, int64_t lda, const void* b,
                int64_t ldb, double beta, void* c, int64_t ldc);
+  // Products with a weight packed once (float32 only: null for float64, which stays on BLAS).
+  // pack: out = op(w) [k, n], op(w)[p, j] = w[j ldw + p] when transposed, else w[p ldw + j].
+  void (*pack)(bool transposed, int64_t k, int64_t n, const void* w, int64_t ldw, PackedWeight& out);
+  // c [m, n] = beta c + a [m, k] (row-major, lda) @ packed; any m, lda >= k, ldc >= n.
+  void (*gemm_packed)(int64_t m, const void* a, int64_t lda, const PackedWeight& w, double beta, void* c,
+                      int64_t ldc);
+  // Whether products of this shape run faster on a packed weight than through gemm (measured in
+  // bench/packed_gemm.cpp; the packing itself is not counted: callers reuse it).
+  bool (*packed_pays)(int64_t m, int64_t n, int64_t k);
 };
 
 struct IndexKernels {
@@ -181,6 +192,7 @@ struct CellArgs {
   const void* w;
   const void* b;
   int64_t B, H;
+  const PackedWeight* w_packed;  // float32: op(w) = w^T packed (then used instead of w), or null
 };
 struct RnnKernels {  // float only
   void (*rnn_forward)(const CellArgs& a, bool relu, void* out);

@@ -1,0 +1,205 @@
+// float32 products C (+)= A op(W) against a weight packed once (kernels/packed_gemm.h): the
+// recurrent cells multiply by the same W_hh at every time step, forward and backward, and BLAS
+// would repack it for each call. A is read in place; only W is packed.
+//
+// The micro-kernel keeps an MR x NR block of C in registers across the whole k loop: per k it
+// loads NR packed floats of W (NV vectors) and broadcasts MR elements of A, then FMAs. No k
+// blocking: a panel (k x NR floats, 128 KiB at k = 1024 with AVX-512) stays in L2 while every
+// row block of A streams past it.
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/parallel.h"
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace tg::kern::cpu {
+namespace {
+
+// One ISA's vectors: L float lanes, MR rows per block (MR NV accumulators plus NV loads and a
+// broadcast must fit the register file: 32 zmm, 16 ymm, 16 xmm).
+#if defined(__AVX512F__)
+struct Isa {
+  using V = __m512;
+  static constexpr int L = 16, MR = 12;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_load_ps(p); }  // packed panels are 64-byte aligned
+  static V bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V loadu(const float* p, int n) {
+    return n >= L ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  static void storeu(float* p, V v, int n) {
+    if (n >= L) _mm512_storeu_ps(p, v);
+    else _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+  }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+struct Isa {
+  using V = __m256;
+  static constexpr int L = 8, MR = 6;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_load_ps(p); }
+  static V bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V loadu(const float* p, int n) { return n >= L ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask(n)); }
+  static void storeu(float* p, V v, int n) {
+    if (n >= L) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, mask(n), v);
+  }
+};
+#else
+// Portable: GCC/Clang vector extensions (SSE2 on a baseline x86-64, NEON on arm64).
+struct Isa {
+  using V = float __attribute__((vector_size(16)));
+  static constexpr int L = 4, MR = 4;
+  static V zero() { return V{}; }
+  static V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static V bcast(const float* p) { return V{} + *p; }
+  static V fma(V a, V b, V c) { return a * b + c; }
+  static V loadu(const float* p, int n) {
+    V v{};
+    std::memcpy(&v, p, sizeof(float) * static_cast<size_t>(std::min(n, L)));
+    return v;
+  }
+  static void storeu(float* p, V v, int n) { std::memcpy(p, &v, sizeof(float) * static_cast<size_t>(std::min(n, L))); }
+};
+#endif
+
+constexpr int kNV = 2;                // vectors per panel row
+constexpr int kNR = kNV * Isa::L;     // panel width: 32 / 16 / 8 floats
+constexpr int kMR = Isa::MR;
+using V = Isa::V;
+
+// c[MR, cols] = beta c + a[MR, k] @ panel[k, NR] (its first `cols` columns; cols <= NR).
+template <int MR>
+void micro(int64_t k, const float* a, int64_t lda, const float* b, float beta, float* c, int64_t ldc, int cols) {
+  V acc[MR][kNV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) acc[i][v] = Isa::zero();
+  for (int64_t p = 0; p < k; ++p, b += kNR) {
+    V bv[kNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) bv[v] = Isa::load(b + v * Isa::L);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V ai = Isa::bcast(a + i * lda + p);
+#pragma GCC unroll 4
+      for (int v = 0; v < kNV; ++v) acc[i][v] = Isa::fma(ai, bv[v], acc[i][v]);
+    }
+  }
+  const V vb = Isa::bcast(&beta);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) {
+      const int n = cols - v * Isa::L;
+      if (n <= 0) break;
+      float* cp = c + i * ldc + v * Isa::L;
+      V r = acc[i][v];
+      if (beta != 0.0f) r = Isa::fma(vb, Isa::loadu(cp, n), r);  // beta 0: c may hold NaN garbage
+      Isa::storeu(cp, r, n);
+    }
+}
+
+using MicroFn = void (*)(int64_t, const float*, int64_t, const float*, float, float*, int64_t, int);
+template <int... R> constexpr auto micro_table(std::integer_sequence<int, R...>) {
+  return std::array<MicroFn, sizeof...(R)>{&micro<R + 1>...};
+}
+constexpr auto kMicro = micro_table(std::make_integer_sequence<int, kMR>{});  // kMicro[r - 1]: r rows
+
+// Panels [p0, p1) of the product: each panel's rows of C, MR at a time.
+void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta,
+            float* c, int64_t ldc) {
+  const int64_t k = w.k;
+  for (int64_t jp = p0; jp < p1; ++jp) {
+    const float* b = w.panels.get() + jp * k * kNR;
+    const int64_t j0 = jp * kNR;
+    const int cols = static_cast<int>(std::min<int64_t>(kNR, w.n - j0));
+    int64_t i = 0;
+    for (; i + kMR <= m; i += kMR) micro<kMR>(k, a + i * lda, lda, b, beta, c + i * ldc + j0, ldc, cols);
+    if (i < m) kMicro[static_cast<size_t>(m - i - 1)](k, a + i * lda, lda, b, beta, c + i * ldc + j0, ldc, cols);
+  }
+}
+
+// Above this many multiply-adds a second thread takes half the panels. Measured on the 2-core VM
+// (bench_packed_gemm, packed vs packed_1thread): the recurrent products (64x256x256 to
+// 64x256x1024, 4-17 M multiply-adds) gained nothing from the split and lost up to 20 % (wake-up,
+// a second core busy with OpenBLAS's or other work), while 256x1024x1024 and larger gained
+// 20-35 %. So only products of that size split.
+constexpr int64_t kParallelMacs = int64_t(1) << 26;
+
+}  // namespace
+
+void pack_weight(bool transposed, int64_t k, int64_t n, const void* w_p, int64_t ldw, PackedWeight& out) {
+  if (k < 1 || n < 1 || ldw < (transposed ? k : n))
+    throw std::invalid_argument("gemm_packed: cannot pack a weight of k=" + std::to_string(k) + ", n=" +
+                                std::to_string(n) + ", ldw=" + std::to_string(ldw) +
+                                (transposed ? " (transposed: ldw must be >= k)" : " (ldw must be >= n)"));
+  const int64_t np = (n + kNR - 1) / kNR;
+  const size_t floats = static_cast<size_t>(np) * static_cast<size_t>(k) * kNR;
+  if (floats > out.capacity || !out.panels) {
+    out.panels.reset();
+    out.capacity = 0;
+    void* p = std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    out.panels.reset(static_cast<float*>(p));
+    out.capacity = floats;
+  }
+  out.k = k;
+  out.n = n;
+  const float* w = static_cast<const float*>(w_p);
+  float* dst = out.panels.get();
+  for (int64_t jp = 0; jp < np; ++jp, dst += k * kNR) {
+    const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, n - j0);
+    if (cols < kNR)
+      for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + cols, dst + (p + 1) * kNR, 0.0f);
+    if (transposed)  // column j of op(w) is row j of w: read it contiguously, write with stride NR
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t p = 0; p < k; ++p) dst[p * kNR + j] = w[(j0 + j) * ldw + p];
+    else
+      for (int64_t p = 0; p < k; ++p) std::copy(w + p * ldw + j0, w + p * ldw + j0 + cols, dst + p * kNR);
+  }
+}
+
+void gemm_packed(int64_t m, const void* a_p, int64_t lda, const PackedWeight& w, double beta_d, void* c_p,
+                 int64_t ldc) {
+  if (w.empty() || m < 0 || (m > 1 && (lda < w.k || ldc < w.n)))
+    throw std::invalid_argument("gemm_packed: bad operands (m=" + std::to_string(m) + ", lda=" + std::to_string(lda) +
+                                ", ldc=" + std::to_string(ldc) + ", packed weight k=" + std::to_string(w.k) +
+                                ", n=" + std::to_string(w.n) + (w.empty() ? ", not packed" : "") + ")");
+  if (m == 0) return;
+  const float* a = static_cast<const float*>(a_p);
+  float* c = static_cast<float*>(c_p);
+  const float beta = static_cast<float>(beta_d);
+  const int64_t np = (w.n + kNR - 1) / kNR;
+  int64_t macs = 0;
+  if (np < 2 || (!__builtin_mul_overflow(m, w.n * w.k, &macs) && macs < kParallelMacs)) return panels(0, np, m, a, lda, w, beta, c, ldc);
+  parallel_for(np, 1, [&](int64_t p0, int64_t p1) { panels(p0, p1, m, a, lda, w, beta, c, ldc); });
+}
+
+// Measured against gemm (bench/packed_gemm.cpp): gemm's plain loop wins only on products too
+// small to pay for anything (the toy 1x16x16), so the packed path takes all the rest.
+bool packed_pays(int64_t m, int64_t n, int64_t k) {
+  int64_t mn = 0, mnk = 0;
+  return __builtin_mul_overflow(m, n, &mn) || __builtin_mul_overflow(mn, k, &mnk) || mnk > 4096;
+}
+
+}  // namespace tg::kern::cpu
