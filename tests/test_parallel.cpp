@@ -108,7 +108,7 @@ TEST_CASE("elementwise maps over large tensors split across threads: same bits a
     auto run = [dt](int n_threads) {
       ThreadsScope threads(n_threads);
       manual_seed(9);
-      Tensor a = randn({(1 << 17) + 5, 3}, dt), b = randn({(1 << 17) + 5, 3}, dt);
+      Tensor a = randn({(1 << 18) + 5, 3}, dt), b = randn({(1 << 18) + 5, 3}, dt);
       std::vector<Tensor> outs{a + b, a * b, a / 3.0, 2.0 - a,  tanh(a),    exp(a),
                                sigmoid(a), log(abs(b) + 1.0), relu(a),  neg(b), maximum(a, b)};
       std::vector<std::vector<double>> values;
