@@ -59,6 +59,9 @@ template <class Params> double clip_value(const Params& params, double limit) {
     Tensor c = g.contiguous();
     max_abs = tg::detail::float_kernels_of("clip_grad_value_", c).reduce->clamp_abs(tg::detail::mem(c), c.numel(), limit,
                                                                                      max_abs);
+    // The kernel wrote through a raw pointer: count it as the in-place write it is, so a graph
+    // that saved this gradient (create_graph) refuses to use the old values.
+    c.impl()->storage->bump_version();
     if (c.impl() != g.impl()) copy_(g, c);  // the gradient was a strided view: write back
   });
   return max_abs;

@@ -412,6 +412,15 @@ TEST_CASE("clip_grad_value_ and the ClipGradValue hook") {
   CHECK(clip.last_max_abs() == 9.0);
   CHECK(base.to_vector() == std::vector<double>{1, -1, 0.25, 1});
   CHECK_THROWS_AS(clip_grad_value_({p}, -1.0), std::invalid_argument);
+
+  // The clamp is an in-place write: a graph that saved the old gradient refuses to run.
+  Tensor r = zeros({2, 3}, DType::Float64).requires_grad_();
+  Tensor saved_user = (p.grad() * r).sum();  // mul saves p's gradient for r's
+  p.set_grad(p.grad() * 10.0);
+  Tensor y = (p.grad() * r).sum();
+  clip_grad_value_({p}, 2.0);
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("modified by an in-place"), std::runtime_error);
+  CHECK_NOTHROW(saved_user.backward());  // the gradient it saved was replaced, not written
 }
 
 TEST_CASE("per-step schedulers match torch.optim.lr_scheduler") {

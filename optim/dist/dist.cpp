@@ -335,6 +335,7 @@ struct AllReduceGradients::State {
         if (!in_place) g = empty(p.shape(), p.dtype());
         tg::detail::kernels_of(g).optim->divide(tg::detail::mem(g), buf.data() + off, static_cast<int64_t>(k),
                                                 static_cast<double>(w));
+        if (in_place) g.impl()->storage->bump_version();  // a raw write into a gradient someone may have saved
         if (!in_place) {
           p.set_grad(g);
           p.impl()->grad_exclusive = true;  // freshly allocated here; nobody else holds it
