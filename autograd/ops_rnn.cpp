@@ -128,8 +128,9 @@ struct CellOperands {
   kern::CellArgs args;
   CellOperands(const Tensor& px_in, const Tensor& h_in, const Tensor& w_in, const Tensor& b_in, int64_t B, int64_t H)
       : px(unit_rows(px_in)), h(unit_rows(h_in)), w(dense(w_in)), b(b_in.defined() ? dense(b_in) : Tensor()) {
-    // w_in itself, not the dense copy: a copy's storage would be new at every step.
-    const kern::PackedWeight* packed = w_in.is_contiguous() ? t_packed.get(w_in, true, B) : nullptr;
+    // w_in itself, not the dense copy: a copy's storage would be new at every step (get()
+    // declines a strided weight).
+    const kern::PackedWeight* packed = t_packed.get(w_in, true, B);
     args = {mem(px), row_ld(px, B, px.size(1)), mem(h), row_ld(h, B, H), nullptr, 0, mem(w),
             b.defined() ? mem(b) : nullptr, B, H, packed};
   }
