@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/parallel.h"
 
 namespace tg::kern {
 
@@ -41,9 +42,14 @@ int threads_from_env(const char* value) {
   return errno == 0 && *end == '\0' && v >= 1 && v <= 4096 ? static_cast<int>(v) : 0;
 }
 
+// OpenBLAS itself always runs one thread: the kernels' team (kernels/parallel.h) splits the large
+// products (blas_gemm below) like every other loop. Two pools on one machine's cores were the
+// problem: OpenBLAS's workers poll for work for a long time after each call, and on a 2-core VM
+// they took the core the team's worker needed for the recurrent products and elementwise loops
+// between them (small on 2 threads: 2.6 ms a step against 2.0 on 1).
 void set_blas_threads(int n) {
   g_threads = n;
-  openblas_set_num_threads(n);
+  openblas_set_num_threads(1);
 }
 int blas_threads() {
   ensure_threads();
@@ -64,14 +70,37 @@ void check_blas_sizes(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb,
 }
 
 template <class T>
-void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
-          int64_t ldb, T beta, T* c, int64_t ldc) {
-  check_blas_sizes(m, n, k, lda, ldb, ldc);
+void blas_call(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+               T beta, T* c, int64_t ldc) {
   auto fa = ta ? CblasTrans : CblasNoTrans, fb = tb ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, fa, fb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+    cblas_sgemm(CblasRowMajor, fa, fb, int(m), int(n), int(k), 1.0f, a, int(lda), b, int(ldb), beta, c, int(ldc));
   else
-    cblas_dgemm(CblasRowMajor, fa, fb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
+    cblas_dgemm(CblasRowMajor, fa, fb, int(m), int(n), int(k), 1.0, a, int(lda), b, int(ldb), beta, c, int(ldc));
+}
+
+// From this many multiply-adds a product is split over the kernel threads: each takes a block of
+// rows (or columns) of C and runs a one-thread BLAS call on it. bench/packed_gemm.cpp's cblas rows
+// on 2 threads: 64x256x256 (4 M) gains ~1.9x from a split (the team spins between calls).
+constexpr int64_t kSplitMacs = int64_t(1) << 20;
+
+// C (beta)= op(A) op(B), row-major; rows of C are split when C has at least as many rows as
+// columns, else columns, in blocks of kBlock so each call keeps BLAS's register blocking whole.
+template <class T>
+void blas_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+               T beta, T* c, int64_t ldc, int64_t macs) {
+  check_blas_sizes(m, n, k, lda, ldb, ldc);
+  constexpr int64_t kBlock = 32;
+  const bool by_rows = m >= n;
+  const int64_t blocks = ((by_rows ? m : n) + kBlock - 1) / kBlock;
+  if (macs < kSplitMacs || blocks < 2) return blas_call<T>(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t lo = b0 * kBlock, hi = std::min(b1 * kBlock, by_rows ? m : n);
+    if (by_rows)  // rows [lo, hi) of C read rows [lo, hi) of op(A)
+      blas_call<T>(ta, tb, hi - lo, n, k, ta ? a + lo : a + lo * lda, lda, b, ldb, beta, c + lo * ldc, ldc);
+    else  // columns [lo, hi) of C read columns [lo, hi) of op(B)
+      blas_call<T>(ta, tb, m, hi - lo, k, a, lda, tb ? b + lo * ldb : b + lo, ldb, beta, c + lo, ldc);
+  });
 }
 
 // Below this many multiply-adds a plain loop beats the BLAS call (dispatch and packing cost
@@ -215,7 +244,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
   const bool huge = __builtin_mul_overflow(m, n, &mn) || __builtin_mul_overflow(mn, k, &mnk);
   if (!huge && mnk <= kSmallGemm) return small_gemm<T>(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
   ensure_threads();
-  blas_gemm<T>(ta, tb, m, n, k, T(1), a, std::max<int64_t>(lda, 1), b, std::max<int64_t>(ldb, 1), beta, c, ldc);
+  blas_gemm<T>(ta, tb, m, n, k, a, std::max<int64_t>(lda, 1), b, std::max<int64_t>(ldb, 1), beta, c, ldc,
+               huge ? std::numeric_limits<int64_t>::max() : mnk);
 }
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float,
                           float*, int64_t);

@@ -144,7 +144,7 @@ void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, cons
 // 64x256x1024, 4-17 M multiply-adds) gained nothing from the split and lost up to 20 % (wake-up,
 // a second core busy with OpenBLAS's or other work), while 256x1024x1024 and larger gained
 // 20-35 %. So only products of that size split.
-constexpr int64_t kParallelMacs = int64_t(1) << 26;
+constexpr int64_t kParallelMacs = int64_t(1) << 18;
 
 }  // namespace
 

@@ -1,17 +1,32 @@
 #include "tapegrad/kernels/parallel.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
 
 #include "tapegrad/kernels/kernels.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace tg::kern {
 
 namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 struct Job {
   detail::RangeFn fn = nullptr;
@@ -22,17 +37,25 @@ struct Job {
 
 int64_t part_begin(const Job& j, int k) { return j.n / j.parts * k + std::min<int64_t>(k, j.n % j.parts); }
 
-// One loop at a time: the caller holds `busy`, publishes the job under `m`, runs part 0 itself and
-// waits until every worker has looked at the job. Workers sleep on a condition variable between
-// loops: the loops worth splitting take hundreds of microseconds, a wake-up a few.
+// How long a worker keeps polling for the next loop before it sleeps. A recurrent layer issues one
+// product per time step, tens of microseconds apart: a condition-variable wake-up per product (a
+// few microseconds, more when the core was given away) cost up to 20 % of a split 64x256x256
+// product, so between the steps of one pass the workers spin. Past this idle time (the optimizer
+// step, data loading, a process that stopped training) they sleep and give the core back.
+constexpr auto kSpin = std::chrono::microseconds(500);
+
+// One loop at a time: the caller holds `busy`, publishes the job and bumps `generation`, runs part
+// 0 itself and spins until every worker has finished its part (`remaining`; the parts are equal,
+// so that wait is short). Workers poll `generation` for kSpin, then sleep on `wake`.
 struct Team {
   std::mutex busy;
-  std::mutex m;
-  std::condition_variable wake, done;
-  int workers = 0;                   // started (and detached); worker w runs part w + 1
-  uint64_t generation = 0;           // bumped per job; each worker runs each job once
-  int remaining = 0;                 // workers that have not finished the current job
-  Job job;
+  std::mutex m;  // guards the sleeping side: `sleepers` and the wake-up
+  std::condition_variable wake;
+  int workers = 0;                         // started (and detached); worker w runs part w + 1
+  int sleepers = 0;                        // workers waiting on `wake`
+  std::atomic<uint64_t> generation{0};     // bumped per job; each worker runs each job once
+  std::atomic<int> remaining{0};           // workers that have not finished the current job
+  Job job;                                 // written before `generation` is bumped (release)
 };
 
 thread_local bool t_in_team = false;  // a worker's (or a running caller's) nested loop runs serially
@@ -40,18 +63,35 @@ thread_local bool t_in_team = false;  // a worker's (or a running caller's) nest
 Team* g_team = nullptr;
 std::once_flag g_team_once;
 
-void worker_main(Team* team, int w) {
+// `seen`: the generation before the first job this worker must run (read by the starting caller:
+// the thread may start after that job was published).
+void worker_main(Team* team, int w, uint64_t seen) {
   t_in_team = true;
-  uint64_t seen = 0;
-  std::unique_lock lock(team->m);
   for (;;) {
-    team->wake.wait(lock, [&] { return team->generation != seen; });
-    seen = team->generation;
+    // Spin, then sleep, until a new generation is published.
+    uint64_t g = team->generation.load(std::memory_order_acquire);
+    if (g == seen) {
+      const auto until = std::chrono::steady_clock::now() + kSpin;
+      for (int i = 0; (g = team->generation.load(std::memory_order_acquire)) == seen; ++i) {
+        cpu_relax();
+        if ((i & 255) != 255) continue;
+        // Every ~256 polls: let a thread that shares this core run (OpenBLAS's own workers, whose
+        // product the caller may be waiting for), and stop spinning past kSpin.
+        sched_yield();
+        if (std::chrono::steady_clock::now() > until) {
+          std::unique_lock lock(team->m);
+          ++team->sleepers;
+          team->wake.wait(lock, [&] { return team->generation.load(std::memory_order_acquire) != seen; });
+          --team->sleepers;
+          g = team->generation.load(std::memory_order_acquire);
+          break;
+        }
+      }
+    }
+    seen = g;
     const Job job = team->job;
-    lock.unlock();
     if (w + 1 < job.parts) job.fn(job.ctx, part_begin(job, w + 1), part_begin(job, w + 2));
-    lock.lock();
-    if (--team->remaining == 0) team->done.notify_one();
+    team->remaining.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -74,19 +114,24 @@ void detail::parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) 
   std::unique_lock busy(t.busy, std::try_to_lock);
   if (!busy.owns_lock()) return fn(ctx, 0, n);
   const Job job{fn, ctx, n, parts};
+  // Every started worker takes part in every job (those past `parts` only check in), so a worker
+  // never misses a generation and `remaining` counts all of them.
+  for (; t.workers < parts - 1; ++t.workers)
+    std::thread(worker_main, &t, t.workers, t.generation.load(std::memory_order_relaxed)).detach();
+  t.job = job;
+  t.remaining.store(t.workers, std::memory_order_relaxed);
+  t.generation.fetch_add(1, std::memory_order_release);
   {
-    std::lock_guard lock(t.m);
-    for (; t.workers < parts - 1; ++t.workers) std::thread(worker_main, &t, t.workers).detach();
-    t.job = job;
-    t.remaining = t.workers;
-    ++t.generation;
+    std::lock_guard lock(t.m);  // a worker between its last poll and its wait holds m: no lost wake-up
+    if (t.sleepers > 0) t.wake.notify_all();
   }
-  t.wake.notify_all();
   t_in_team = true;
   fn(ctx, 0, part_begin(job, 1));
   t_in_team = false;
-  std::unique_lock lock(t.m);
-  t.done.wait(lock, [&] { return t.remaining == 0; });
+  for (int i = 0; t.remaining.load(std::memory_order_acquire) != 0; ++i) {
+    cpu_relax();
+    if ((i & 1023) == 1023) sched_yield();  // a worker that was descheduled needs this core
+  }
 }
 
 }  // namespace tg::kern

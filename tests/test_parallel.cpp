@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <thread>
 #include <vector>
 
@@ -122,4 +124,49 @@ TEST_CASE("elementwise maps over large tensors split across threads: same bits a
       CHECK(one[i] == three[i]);
     }
   }
+}
+
+TEST_CASE("parallel_for: workers that went to sleep between loops wake for the next one") {
+  ThreadsScope threads(2);
+  for (int r = 0; r < 5; ++r) {
+    CHECK(covers_once(10000, 100));
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));  // past the workers' spin time
+  }
+  for (int r = 0; r < 2000; ++r) REQUIRE(covers_once(64, 8));  // back to back: workers still spinning
+}
+
+TEST_CASE("large matrix products split across threads: deterministic, and equal to one thread's up to rounding") {
+  // One-thread BLAS calls on blocks of C's rows (C taller than wide) or columns (wider than
+  // tall), in every transposition, float32 and float64; sizes not multiples of the blocks. A
+  // block may take another of OpenBLAS's kernels than the whole product (its small-matrix path),
+  // so the bits can differ from one thread's; a given thread count gives the same bits each run.
+  struct Case { int64_t m, k, n; bool ta, tb; };
+  const Case cases[] = {{300, 70, 90, false, false}, {300, 70, 90, true, false}, {90, 130, 300, false, true},
+                        {90, 130, 301, true, true},  {257, 1030, 129, true, false}};
+  for (DType dt : {DType::Float32, DType::Float64})
+    for (const Case& c : cases) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(c.m);
+      CAPTURE(c.n);
+      CAPTURE(c.ta);
+      CAPTURE(c.tb);
+      auto run = [&](int n_threads) {
+        ThreadsScope threads(n_threads);
+        manual_seed(3);
+        Tensor a = randn(c.ta ? Shape{c.k, c.m} : Shape{c.m, c.k}, dt);
+        Tensor b = randn(c.tb ? Shape{c.n, c.k} : Shape{c.k, c.n}, dt);
+        return matmul(c.ta ? a.t() : a, c.tb ? b.t() : b).to_vector();
+      };
+      const auto one = run(1), two = run(2), three = run(3);
+      CHECK(two == run(2));
+      CHECK(three == run(3));
+      const double tol = dt == DType::Float32 ? 1e-4 : 1e-12;  // relative to sqrt(k), the entries' scale
+      double worst2 = 0, worst3 = 0;
+      for (size_t i = 0; i < one.size(); ++i) {
+        worst2 = std::max(worst2, std::abs(one[i] - two[i]));
+        worst3 = std::max(worst3, std::abs(one[i] - three[i]));
+      }
+      CHECK(worst2 <= tol * std::sqrt(double(c.k)));
+      CHECK(worst3 <= tol * std::sqrt(double(c.k)));
+    }
 }
