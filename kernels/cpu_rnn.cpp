@@ -2,10 +2,12 @@
 // both biases and every gate non-linearity of one time step, forward, and the pointwise part of
 // the hand-written backward. The pre-activations are written once into one buffer that the GEMM
 // accumulates onto (beta = 1: no bias-row copy and no separate add).
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
 #include "tapegrad/kernels/cpu.h"
+#include "tapegrad/kernels/parallel.h"
 #include "tapegrad/kernels/vmath.h"
 
 namespace tg::kern::cpu {
@@ -27,18 +29,28 @@ template <class T, class F> inline void chunks(int64_t n, F&& f) {
   if (j < n) f(j, n - j);
 }
 
+// Rows of a step's pointwise work split over the kernel threads from this many elements a part:
+// the team spins between the steps' products (kernels/parallel.cpp), so a part of 8k elements
+// (a few microseconds of tanh) outlasts handing it over. Rows are independent: the same bits.
+constexpr int64_t kRowElements = int64_t{1} << 13;
+template <class F> inline void each_row(int64_t B, int64_t per_row, F&& f) {
+  parallel_for(B, std::max<int64_t>(1, kRowElements / std::max<int64_t>(per_row, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) f(r);
+  });
+}
+
 // pre[r, :] = px[r, :] + b (or px alone, or b alone) for r < B, then pre += h @ w^T; N = G H.
 template <class T> void preactivation(T* pre, const CellArgs& a, int64_t N, bool add_px) {
   const T* pb = static_cast<const T*>(a.b);
   const T* pp = add_px ? static_cast<const T*>(a.px) : nullptr;
   const int64_t lp = a.ld_px;
-  for (int64_t r = 0; r < a.B; ++r) {
+  each_row(a.B, N, [&](int64_t r) {
     T* o = pre + r * N;
     if (pp && pb) for (int64_t j = 0; j < N; ++j) o[j] = pp[r * lp + j] + pb[j];
     else if (pp) for (int64_t j = 0; j < N; ++j) o[j] = pp[r * lp + j];
     else if (pb) for (int64_t j = 0; j < N; ++j) o[j] = pb[j];
     else for (int64_t j = 0; j < N; ++j) o[j] = T(0);
-  }
+  });
   if constexpr (std::is_same_v<T, float>)
     if (a.w_packed) return gemm_packed(a.B, a.h, a.ld_h, *a.w_packed, 1.0, pre, N);
   gemm<T>(false, true, a.B, N, a.H, static_cast<const T*>(a.h), a.ld_h, static_cast<const T*>(a.w), a.H, T(1), pre, N);
@@ -48,22 +60,24 @@ template <class T> void rnn_forward(const CellArgs& a, bool relu, void* out_p) {
   const int64_t B = a.B, H = a.H;
   T* o = static_cast<T*>(out_p);
   preactivation<T>(o, a, H, true);
-  for (int64_t r = 0; r < B; ++r)
+  each_row(B, H, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const V<T> x = ld(o + r * H + j, m);
       st(o + r * H + j, relu ? V<T>(x > T(0) ? x : V<T>{}) : V<T>(vmath::tanh(x)), m);
     });
+  });
 }
 
 template <class T> void rnn_backward(const void* g_p, const void* y_p, void* d_p, int64_t B, int64_t H, bool relu) {
   const T *pg = static_cast<const T*>(g_p), *py = static_cast<const T*>(y_p);
   T* pd = static_cast<T*>(d_p);
-  for (int64_t r = 0; r < B; ++r)
+  each_row(B, H, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const int64_t k = r * H + j;
       const V<T> gy = ld(pg + k, m), yy = ld(py + k, m);
       st(pd + k, relu ? V<T>(yy > T(0) ? gy : V<T>{}) : V<T>(gy * (T(1) - yy * yy)), m);
     });
+  });
 }
 
 template <class T> void lstm_forward(const CellArgs& a, void* act_p, void* out_p) {
@@ -72,7 +86,7 @@ template <class T> void lstm_forward(const CellArgs& a, void* act_p, void* out_p
   preactivation<T>(G, a, N, true);
   const T* pc = static_cast<const T*>(a.c);
   T *ph = static_cast<T*>(out_p), *pcn = ph + B * H;
-  for (int64_t r = 0; r < B; ++r)
+  each_row(B, N, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       T* g = G + r * N + j;
       const V<T> i = vmath::sigmoid(ld(g, m)), f = vmath::sigmoid(ld(g + H, m)), gg = vmath::tanh(ld(g + 2 * H, m)),
@@ -85,16 +99,17 @@ template <class T> void lstm_forward(const CellArgs& a, void* act_p, void* out_p
       st(pcn + r * H + j, cn, m);
       st(ph + r * H + j, V<T>(o * vmath::tanh(cn)), m);
     });
+  });
 }
 
 template <class T>
 void lstm_backward(const void* act_p, const void* g_p, const void* out_p, const void* c_p, int64_t lc, void* dG_p,
-                   void* dc_p, int64_t B, int64_t H) {
+                 void* dc_p, int64_t B, int64_t H) {
   const int64_t N = 4 * H;
   const T *A = static_cast<const T*>(act_p), *pgh = static_cast<const T*>(g_p), *pgc = pgh + B * H;
   const T *pcn = static_cast<const T*>(out_p) + B * H, *pc = static_cast<const T*>(c_p);
   T *pd = static_cast<T*>(dG_p), *pdc = static_cast<T*>(dc_p);
-  for (int64_t r = 0; r < B; ++r)
+  each_row(B, N, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const T* a = A + r * N + j;
       T* d = pd + r * N + j;
@@ -108,6 +123,7 @@ void lstm_backward(const void* act_p, const void* g_p, const void* out_p, const 
       st(d + 3 * H, V<T>(gh * tc * o * (T(1) - o)), m);
       st(pdc + k, V<T>(dcn * f), m);
     });
+  });
 }
 
 template <class T> void gru_forward(const CellArgs& a, void* ph_p, void* act_p, void* out_p) {
@@ -117,7 +133,7 @@ template <class T> void gru_forward(const CellArgs& a, void* ph_p, void* act_p, 
   const T *pp = static_cast<const T*>(a.px), *phh = static_cast<const T*>(a.h);
   const int64_t lp = a.ld_px, lh = a.ld_h;
   T *A = static_cast<T*>(act_p), *o = static_cast<T*>(out_p);
-  for (int64_t r = 0; r < B; ++r)
+  each_row(B, N, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const T *x = pp + r * lp + j, *q = P + r * N + j;
       T* s = A + r * N + j;
@@ -129,16 +145,17 @@ template <class T> void gru_forward(const CellArgs& a, void* ph_p, void* act_p, 
       st(s + 2 * H, n, m);
       st(o + r * H + j, V<T>(n + z * (ld(phh + r * lh + j, m) - n)), m);
     });
+  });
 }
 
 template <class T>
 void gru_backward(const void* act_p, const void* ph_p, const void* g_p, const void* h_p, int64_t lh, void* dpx_p,
-                  void* dph_p, void* dh_p, int64_t B, int64_t H) {
+                void* dph_p, void* dh_p, int64_t B, int64_t H) {
   const int64_t N = 3 * H;
   const T *A = static_cast<const T*>(act_p), *P = static_cast<const T*>(ph_p), *pg = static_cast<const T*>(g_p),
-          *phh = static_cast<const T*>(h_p);
+        *phh = static_cast<const T*>(h_p);
   T *dx = static_cast<T*>(dpx_p), *dq = static_cast<T*>(dph_p), *pdh = static_cast<T*>(dh_p);
-  for (int64_t r = 0; r < B; ++r)
+  each_row(B, N, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const int64_t k = r * N + j;
       const V<T> rr = ld(A + k, m), z = ld(A + k + H, m), n = ld(A + k + 2 * H, m);
@@ -154,6 +171,7 @@ void gru_backward(const void* act_p, const void* ph_p, const void* g_p, const vo
       st(dq + k + 2 * H, V<T>(dn * rr), m);
       st(pdh + r * H + j, V<T>(gy * z), m);
     });
+  });
 }
 
 template <class T> constexpr RnnKernels make_rnn() {
