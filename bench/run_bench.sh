@@ -57,11 +57,14 @@ fi
 cores=$("$build/bench/bench_rnn_bench" cores)
 thread_counts=(1)
 [ "$cores" -gt 1 ] && thread_counts+=("$cores")
-declare -A rows
+declare -A rows ours_ms
 for th in "${thread_counts[@]}"; do
   rows[$th]=""
   for c in "${configs[@]}"; do
-    ours=$(OPENBLAS_NUM_THREADS=$th "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th")
+    # tapegrad runs OpenBLAS on one thread and splits large products over its own team
+    # (kernels/cpu_gemm.cpp): more OpenBLAS threads would only poll for work that never comes.
+    ours=$(OPENBLAS_NUM_THREADS=1 "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th")
+    ours_ms[$th,$c]=$(json "$ours" median_ms)
     echo "$ours"
     ref_ms="" ratio="" dnnl_ms="" dnnl_ratio="" ref_rss="" dnnl_rss=""
     if [ -x "$onednn" ] && [[ "$c" == lstm-* ]]; then
@@ -105,6 +108,13 @@ for th in "${thread_counts[@]}"; do
   printf '%s' "${rows[$th]}"
   [ "$th" = 1 ] && echo "$toy_row"
 done
+if [ ${#thread_counts[@]} -gt 1 ]; then
+  th=${thread_counts[1]}
+  line="tapegrad on $th threads against its own 1-thread step (1-thread ms / $th-thread ms):"
+  for c in "${configs[@]}"; do line+=" $c $(printf '%.2fx' "$(echo "${ours_ms[1,$c]} / ${ours_ms[$th,$c]}" | bc -l)")"; done
+  echo
+  echo "$line"
+fi
 echo
 echo "OpenBLAS kernels: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset (OpenBLAS picks them for this CPU)}; oneDNN picks its own ISA"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc --all) vCPUs, $cores cores available; load average at end $(cut -d" " -f1 /proc/loadavg); $(date -u +%Y-%m-%d)"
