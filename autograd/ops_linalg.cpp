@@ -165,9 +165,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const kern::KernelTable& k = float_kernels_of("linear", x);
   if (has_bias) {  // every output row starts as the bias
     const Tensor bc = dense(bias);
-    char* o = static_cast<char*>(mem(out));
-    const size_t row_bytes = nbytes_of(bc);
-    for (int64_t r = 0; r < rows; ++r) k.elementwise->copy_bytes(o + r * row_bytes, mem(bc), row_bytes);
+    k.elementwise->repeat_row(mem(out), mem(bc), nbytes_of(bc), rows);
   }
   k.linalg->gemm(false, true, rows, outf, in, mem(x2), row_stride(x2), mem(w), std::max<int64_t>(in, 1),
                  has_bias ? 1.0 : 0.0, mem(out), std::max<int64_t>(outf, 1));

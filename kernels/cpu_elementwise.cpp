@@ -245,6 +245,15 @@ void zero_bytes(void* dst, size_t nbytes) {
 void copy_bytes(void* dst, const void* src, size_t nbytes) {
   if (nbytes) std::memcpy(dst, src, nbytes);
 }
+// A linear layer's output starts as its bias in every row: 4 MB for medium's projection.
+void repeat_row(void* dst, const void* row, size_t row_bytes, int64_t rows) {
+  if (row_bytes == 0) return;
+  char* d = static_cast<char*>(dst);
+  const int64_t grain = std::max<int64_t>(1, kStreamGrain * 4 / static_cast<int64_t>(row_bytes));
+  parallel_for(rows, grain, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) std::memcpy(d + r * row_bytes, row, row_bytes);
+  });
+}
 
 // ---- factories and element access ------------------------------------------------------------------
 
@@ -352,6 +361,7 @@ template <class T> constexpr ElementwiseKernels make_elementwise() {
   k.scale = &scale_kernel<T>;
   k.zero_bytes = &zero_bytes;
   k.copy_bytes = &copy_bytes;
+  k.repeat_row = &repeat_row;
   k.iota = &iota_kernel<T>;
   k.load = &load_kernel<T>;
   k.store = &store_kernel<T>;

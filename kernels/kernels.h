@@ -94,6 +94,7 @@ struct ElementwiseKernels {
   void (*scale)(const View& dst, double factor);                       // dst *= factor
   void (*zero_bytes)(void* dst, size_t nbytes);
   void (*copy_bytes)(void* dst, const void* src, size_t nbytes);
+  void (*repeat_row)(void* dst, const void* row, size_t row_bytes, int64_t rows);  // dst = rows copies of row
   void (*iota)(void* dst, int64_t n, double start, double step);       // dst[i] = start + i step
   double (*load)(const void* base, int64_t offset);                    // one element, as double
   void (*store)(void* base, int64_t offset, double value);
