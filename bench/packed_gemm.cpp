@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
       {"lstm-medium-fwd", 64, 256, 1024, true}, {"lstm-medium-bwd", 64, 1024, 256, false},
       {"odd-fwd", 33, 100, 257, true},       {"big-fwd", 256, 1024, 1024, true},
       {"huge-bwd", 256, 2048, 2048, false},
+      // The one-shot products of a step (OpenBLAS's today): the input projection of all T steps
+      // and the gradient it sends back to the embeddings.
+      {"lstm-small-proj", 1024, 64, 512, true}, {"lstm-small-dx", 1024, 512, 64, false},
+      {"medium-proj", 4096, 128, 256, true},    {"medium-dx", 4096, 256, 128, false},
   };
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);

@@ -139,11 +139,11 @@ void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, cons
   }
 }
 
-// Above this many multiply-adds a second thread takes half the panels. Measured on the 2-core VM
-// (bench_packed_gemm, packed vs packed_1thread): the recurrent products (64x256x256 to
-// 64x256x1024, 4-17 M multiply-adds) gained nothing from the split and lost up to 20 % (wake-up,
-// a second core busy with OpenBLAS's or other work), while 256x1024x1024 and larger gained
-// 20-35 %. So only products of that size split.
+// From this many multiply-adds the panels are split over the kernel threads. With a team that
+// spins between loops (kernels/parallel.cpp) every recurrent product of the benchmarks gains:
+// bench_packed_gemm on the 2-core AMD EPYC, 2 threads against 1, small 32x128x128 (0.5 M) 1.8x,
+// medium 64x256x256 1.9x, lstm-medium 64x256x1024 2.0x. (Woken from a condition variable, the
+// same split lost up to 20 % below 2^26.) Panels are independent: the same bits on any count.
 constexpr int64_t kParallelMacs = int64_t(1) << 18;
 
 }  // namespace

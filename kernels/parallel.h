@@ -1,8 +1,9 @@
 #pragma once
-// Threads for the kernels' own long loops (optimizer updates, norms, fills, accumulations of large
-// gradients): the parts of a training step that BLAS does not thread, which decide how much a
-// second core helps. The team has blas_threads() members (the calling thread is one), so kernels
-// and BLAS never ask for more threads than the user chose.
+// The one team of threads of the CPU kernels: large BLAS products (split into blocks of C, each a
+// one-thread OpenBLAS call), the packed recurrent products, each recurrent step's pointwise work,
+// optimizer updates, norms, fills and large elementwise maps. It has blas_threads() members (the
+// calling thread is one) and OpenBLAS runs one thread, so nothing asks for more threads than the
+// user chose. Workers spin between loops for a while (kernels/parallel.cpp), then sleep.
 #include <cstdint>
 #include <type_traits>
 #include <utility>

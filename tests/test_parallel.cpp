@@ -140,9 +140,9 @@ TEST_CASE("parallel_for: workers that went to sleep between loops wake for the n
 
 TEST_CASE("large matrix products split across threads: deterministic, and equal to one thread's up to rounding") {
   // One-thread BLAS calls on blocks of C's rows (C taller than wide) or columns (wider than
-  // tall), in every transposition, float32 and float64; sizes not multiples of the blocks. A
-  // block may take another of OpenBLAS's kernels than the whole product (its small-matrix path),
-  // so the bits can differ from one thread's; a given thread count gives the same bits each run.
+  // tall), in every transposition, float32 and float64; sizes not multiples of the blocks.
+  // OpenBLAS does not promise a block of C the bits it has in the whole product (some differ in
+  // the last bits), so against one thread: up to rounding; at one thread count: the same bits.
   struct Case { int64_t m, k, n; bool ta, tb; };
   const Case cases[] = {{300, 70, 90, false, false}, {300, 70, 90, true, false}, {90, 130, 300, false, true},
                         {90, 130, 301, true, true},  {257, 1030, 129, true, false}};
