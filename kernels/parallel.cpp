@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 
@@ -56,6 +57,7 @@ struct Team {
   std::atomic<uint64_t> generation{0};     // bumped per job; each worker runs each job once
   std::atomic<int> remaining{0};           // workers that have not finished the current job
   Job job;                                 // written before `generation` is bumped (release)
+  std::exception_ptr error;                // the first exception a worker's part threw (under m)
 };
 
 thread_local bool t_in_team = false;  // a worker's (or a running caller's) nested loop runs serially
@@ -90,7 +92,14 @@ void worker_main(Team* team, int w, uint64_t seen) {
     }
     seen = g;
     const Job job = team->job;
-    if (w + 1 < job.parts) job.fn(job.ctx, part_begin(job, w + 1), part_begin(job, w + 2));
+    if (w + 1 < job.parts) {
+      try {
+        job.fn(job.ctx, part_begin(job, w + 1), part_begin(job, w + 2));
+      } catch (...) {  // handed to the caller, which rethrows it once every part is done
+        std::lock_guard lock(team->m);
+        if (!team->error) team->error = std::current_exception();
+      }
+    }
     team->remaining.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
@@ -125,13 +134,25 @@ void detail::parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) 
     std::lock_guard lock(t.m);  // a worker between its last poll and its wait holds m: no lost wake-up
     if (t.sleepers > 0) t.wake.notify_all();
   }
+  // Every part must be done before this returns or throws: they all read the caller's ctx.
+  std::exception_ptr error;
   t_in_team = true;
-  fn(ctx, 0, part_begin(job, 1));
+  try {
+    fn(ctx, 0, part_begin(job, 1));
+  } catch (...) {
+    error = std::current_exception();
+  }
   t_in_team = false;
   for (int i = 0; t.remaining.load(std::memory_order_acquire) != 0; ++i) {
     cpu_relax();
     if ((i & 1023) == 1023) sched_yield();  // a worker that was descheduled needs this core
   }
+  {
+    std::lock_guard lock(t.m);
+    if (!error) error = t.error;
+    t.error = nullptr;
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace tg::kern

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -218,5 +219,22 @@ TEST_CASE("recurrent layers split their steps across threads: the same states an
       }
       CHECK(worst <= 1e-5 * std::max(1.0, scale));
     }
+  }
+}
+
+TEST_CASE("parallel_for: an exception in any part reaches the caller after every part has finished") {
+  ThreadsScope threads(2);
+  for (int64_t bad : {int64_t{10}, int64_t{9990}}) {  // in the caller's part, in the worker's part
+    CAPTURE(bad);
+    std::atomic<int64_t> done{0};
+    CHECK_THROWS_WITH_AS(kern::parallel_for(10000, 100,
+                                            [&](int64_t b, int64_t e) {
+                                              if (bad >= b && bad < e) throw std::runtime_error("part failed");
+                                              std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                                              done.fetch_add(e - b);
+                                            }),
+                         "part failed", std::runtime_error);
+    CHECK(done.load() == 5000);  // the other part ran to its end before the throw came out
+    CHECK(covers_once(10000, 100));  // and the team still works
   }
 }
