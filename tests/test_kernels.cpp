@@ -3,9 +3,14 @@
 // and a missing kernel.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <initializer_list>
+#include <limits>
+#include <vector>
 
 #include "tapegrad/kernels/kernels.h"
+#include "tapegrad/kernels/vmath.h"
 
 using namespace tg::kern;
 
@@ -36,6 +41,7 @@ TEST_CASE("kernel table: every CPU dtype has its kernels, float-only ones only f
     for (auto* copy : k.elementwise->copy_from) CHECK(present(copy));
     CHECK(present(k.elementwise->fill));
     CHECK(present(k.elementwise->add_scaled));
+    CHECK(present(k.elementwise->repeat_row));
     CHECK(present(k.reduce->sum));
     CHECK(present(k.index->gather));
     CHECK(present(k.index->first_out_of_range) == !floating);
@@ -57,4 +63,48 @@ TEST_CASE("kernel table: kernels work on raw memory, without tensors") {
   kernels_for(Device::CPU, DType::Float64).linalg->gemm(false, false, 2, 2, 2, x, 2, y, 2, 0.0, c, 2);
   CHECK(c[1] == 2);
   CHECK(c[2] == 3);
+}
+
+TEST_CASE("vmath: float32 exp, tanh and sigmoid within 2e-7 relative of float64, NaN and limits kept") {
+  // Every float32 step of 2^-12 over [-20, 20] (tanh and sigmoid saturate beyond) and of 2^-8 over
+  // exp's whole finite range, against std:: in float64. The vector functions run 8 lanes at once;
+  // the test feeds them through vmath::map, which the kernels use (tails included).
+  auto worst = [](auto vec_f, double (*ref)(double), double lo, double hi, double step) {
+    std::vector<float> x;
+    for (double v = lo; v <= hi; v += step) x.push_back(static_cast<float>(v));
+    std::vector<float> y(x.size());
+    vmath::map(x.data(), y.data(), static_cast<int64_t>(x.size()), vec_f);
+    double w = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double r = ref(x[i]);
+      if (std::abs(r) < 1e-37) continue;  // below float32's normal range: only absolute sense
+      w = std::max(w, std::abs(y[i] - r) / std::abs(r));
+    }
+    return w;
+  };
+  const auto tanh_v = [](vmath::f8 v) { return vmath::tanh(v); };
+  const auto sigmoid_v = [](vmath::f8 v) { return vmath::sigmoid(v); };
+  const auto exp_v = [](vmath::f8 v) { return vmath::exp(v); };
+  const double t = worst(tanh_v, [](double v) { return std::tanh(v); }, -20, 20, 1.0 / 4096);
+  const double s = worst(sigmoid_v, [](double v) { return 1 / (1 + std::exp(-v)); }, -20, 20, 1.0 / 4096);
+  const double e = worst(exp_v, [](double v) { return std::exp(v); }, -87, 88.72, 1.0 / 256);
+  MESSAGE("max relative error: tanh " << t << ", sigmoid " << s << ", exp " << e);
+  CHECK(t <= 2e-7);
+  CHECK(s <= 2e-7);
+  CHECK(e <= 2e-7);
+  // Edges: NaN stays NaN, saturation is exact, overflow and underflow go to inf and 0.
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  CHECK(std::isnan(vmath::tanh(nan)));
+  CHECK(std::isnan(vmath::exp(nan)));
+  CHECK(std::isnan(vmath::sigmoid(nan)));
+  CHECK(vmath::tanh(9.5f) == 1.0f);
+  CHECK(vmath::tanh(30.0f) == 1.0f);
+  CHECK(vmath::tanh(-30.0f) == -1.0f);
+  CHECK(vmath::tanh(0.0f) == 0.0f);
+  CHECK(vmath::sigmoid(100.0f) == 1.0f);
+  CHECK(vmath::sigmoid(-200.0f) == 0.0f);
+  CHECK(vmath::exp(-200.0f) == 0.0f);
+  CHECK(std::isfinite(vmath::exp(88.72f)));  // the largest float exp, not inf
+  CHECK(vmath::exp(100.0f) == inf);
+  CHECK(vmath::exp(-inf) == 0.0f);
 }
