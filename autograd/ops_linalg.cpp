@@ -96,9 +96,9 @@ void addmm_tn(Tensor& c, const Tensor& a_in, const Tensor& b_in, double beta) {
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument(fmt::format("set_num_threads: need at least 1 thread, got {}", n));
-  kern::set_blas_threads(n);
+  kern::set_kernel_threads(n);
 }
-int get_num_threads() { return kern::blas_threads(); }
+int get_num_threads() { return kern::kernel_threads(); }
 int available_cores() { return kern::available_cores(); }
 
 TG_REGISTER_OP("matmul", "linalg");

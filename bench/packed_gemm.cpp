@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   fmt::print("threads\tshape\tM\tK\tN\tpath\tbest_us\tmedian_us\tGFLOP/s(best)\tGFLOP/s(median)\n");
   for (int th : threads) {
-    set_blas_threads(th);
+    set_kernel_threads(th);
     for (const Shape& s : shapes) {
       std::vector<float> a(static_cast<size_t>(s.m * s.k)), w(static_cast<size_t>(s.k * s.n)),
           c(static_cast<size_t>(s.m * s.n), 0.0f);
@@ -83,9 +83,9 @@ int main(int argc, char** argv) {
       report("packed", time_us([&] { lin.gemm_packed(s.m, a.data(), s.k, pw, 1.0, c.data(), s.n); },
                                (lin.pack(s.fwd, s.k, s.n, w.data(), ldw, pw), min_s)));
       if (th > 1) {  // the same product on the calling thread alone: what splitting the panels gains
-        set_blas_threads(1);
+        set_kernel_threads(1);
         report("packed_1thread", time_us([&] { lin.gemm_packed(s.m, a.data(), s.k, pw, 1.0, c.data(), s.n); }, min_s));
-        set_blas_threads(th);
+        set_kernel_threads(th);
       }
       report("pack_only", time_us([&] { lin.pack(s.fwd, s.k, s.n, w.data(), ldw, pw); }, min_s));
     }

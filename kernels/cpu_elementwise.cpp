@@ -79,11 +79,11 @@ struct SigmoidOp {
 };
 template <class Op> concept HasVector = requires(Op op, vmath::f8 v) { op.vec(v); };
 
-// Elements per thread at least for the contiguous maps: a part must outlast waking a worker
-// (tens of us on this VM). Measured with bench_elementwise_threads on 2 cores: split at 2^16 or
-// 2^18 elements, exp and tanh took up to twice as long; from 2^20 elements add, tanh and exp
-// gained 1.2-1.5x, and 1.7-2.1x at 2^22. Each element is computed alone, so any split gives the
-// same bits.
+// Elements per thread at least for the contiguous maps. Chosen when the team's workers slept
+// between loops (bench_elementwise_threads, 2 cores: split at 2^16 or 2^18 elements exp and tanh
+// took up to twice as long). With workers that spin between loops, 2^12-2^14 also split tanh and
+// exp 2x at 65,536 elements, but a medium training step on 2 threads did not measurably gain
+// (bench/NOTES.md), so the grain stayed. Each element is computed alone: any split, the same bits.
 constexpr int64_t kBinaryGrain = int64_t{1} << 18;
 constexpr int64_t kUnaryGrain = int64_t{1} << 18;
 

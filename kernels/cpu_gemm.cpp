@@ -30,7 +30,7 @@ void ensure_threads() {
   const int n = threads_from_env(env);
   if (env && *env && n == 0)
     std::fprintf(stderr, "tapegrad: ignoring TG_NUM_THREADS=\"%s\" (want an integer from 1 to 4096)\n", env);
-  set_blas_threads(n > 0 ? n : available_cores());
+  set_kernel_threads(n > 0 ? n : available_cores());
 }
 }  // namespace
 
@@ -47,11 +47,11 @@ int threads_from_env(const char* value) {
 // problem: OpenBLAS's workers poll for work for a long time after each call, and on a 2-core VM
 // they took the core the team's worker needed for the recurrent products and elementwise loops
 // between them (small on 2 threads: 2.6 ms a step against 2.0 on 1).
-void set_blas_threads(int n) {
+void set_kernel_threads(int n) {
   g_threads = n;
   openblas_set_num_threads(1);
 }
-int blas_threads() {
+int kernel_threads() {
   ensure_threads();
   return g_threads;
 }

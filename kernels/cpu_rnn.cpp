@@ -104,7 +104,7 @@ template <class T> void lstm_forward(const CellArgs& a, void* act_p, void* out_p
 
 template <class T>
 void lstm_backward(const void* act_p, const void* g_p, const void* out_p, const void* c_p, int64_t lc, void* dG_p,
-                 void* dc_p, int64_t B, int64_t H) {
+                   void* dc_p, int64_t B, int64_t H) {
   const int64_t N = 4 * H;
   const T *A = static_cast<const T*>(act_p), *pgh = static_cast<const T*>(g_p), *pgc = pgh + B * H;
   const T *pcn = static_cast<const T*>(out_p) + B * H, *pc = static_cast<const T*>(c_p);
@@ -150,10 +150,10 @@ template <class T> void gru_forward(const CellArgs& a, void* ph_p, void* act_p, 
 
 template <class T>
 void gru_backward(const void* act_p, const void* ph_p, const void* g_p, const void* h_p, int64_t lh, void* dpx_p,
-                void* dph_p, void* dh_p, int64_t B, int64_t H) {
+                  void* dph_p, void* dh_p, int64_t B, int64_t H) {
   const int64_t N = 3 * H;
   const T *A = static_cast<const T*>(act_p), *P = static_cast<const T*>(ph_p), *pg = static_cast<const T*>(g_p),
-        *phh = static_cast<const T*>(h_p);
+          *phh = static_cast<const T*>(h_p);
   T *dx = static_cast<T*>(dpx_p), *dq = static_cast<T*>(dph_p), *pdh = static_cast<T*>(dh_p);
   each_row(B, N, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {

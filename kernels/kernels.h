@@ -283,10 +283,11 @@ inline const KernelTable& kernels_for(Device device, DType dtype) {
   return kTables[static_cast<int>(device)][static_cast<int>(dtype)];
 }
 
-// Threads used by BLAS (a property of the CPU device, not of a dtype).
-void set_blas_threads(int n);
+// Threads of the CPU kernels' team (kernels/parallel.h), a property of the CPU device, not of a
+// dtype. OpenBLAS itself always runs one thread; the team splits the large products.
+void set_kernel_threads(int n);
 // Until set: TG_NUM_THREADS from the environment, else available_cores().
-int blas_threads();
+int kernel_threads();
 // The cores this process may run on: its CPU affinity, SMT siblings counted once, capped by the
 // cgroup's CPU quota.
 int available_cores();

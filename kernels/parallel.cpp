@@ -50,10 +50,9 @@ constexpr auto kSpin = std::chrono::microseconds(500);
 // so that wait is short). Workers poll `generation` for kSpin, then sleep on `wake`.
 struct Team {
   std::mutex busy;
-  std::mutex m;  // guards the sleeping side: `sleepers` and the wake-up
+  std::mutex m;  // the sleeping side's wake-up, and `error`
   std::condition_variable wake;
   int workers = 0;                         // started (and detached); worker w runs part w + 1
-  int sleepers = 0;                        // workers waiting on `wake`
   std::atomic<uint64_t> generation{0};     // bumped per job; each worker runs each job once
   std::atomic<int> remaining{0};           // workers that have not finished the current job
   Job job;                                 // written before `generation` is bumped (release)
@@ -65,32 +64,28 @@ thread_local bool t_in_team = false;  // a worker's (or a running caller's) nest
 Team* g_team = nullptr;
 std::once_flag g_team_once;
 
+// The first generation after `seen`: polled for kSpin, then slept for.
+uint64_t next_generation(Team& team, uint64_t seen) {
+  const auto until = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 1;; ++i) {
+    if (const uint64_t g = team.generation.load(std::memory_order_acquire); g != seen) return g;
+    cpu_relax();
+    if (i % 256 != 0) continue;
+    sched_yield();  // every ~256 polls: a thread that shares this core may run
+    if (std::chrono::steady_clock::now() > until) {
+      std::unique_lock lock(team.m);
+      team.wake.wait(lock, [&] { return team.generation.load(std::memory_order_acquire) != seen; });
+      return team.generation.load(std::memory_order_acquire);
+    }
+  }
+}
+
 // `seen`: the generation before the first job this worker must run (read by the starting caller:
 // the thread may start after that job was published).
 void worker_main(Team* team, int w, uint64_t seen) {
   t_in_team = true;
   for (;;) {
-    // Spin, then sleep, until a new generation is published.
-    uint64_t g = team->generation.load(std::memory_order_acquire);
-    if (g == seen) {
-      const auto until = std::chrono::steady_clock::now() + kSpin;
-      for (int i = 0; (g = team->generation.load(std::memory_order_acquire)) == seen; ++i) {
-        cpu_relax();
-        if ((i & 255) != 255) continue;
-        // Every ~256 polls: let a thread that shares this core run (OpenBLAS's own workers, whose
-        // product the caller may be waiting for), and stop spinning past kSpin.
-        sched_yield();
-        if (std::chrono::steady_clock::now() > until) {
-          std::unique_lock lock(team->m);
-          ++team->sleepers;
-          team->wake.wait(lock, [&] { return team->generation.load(std::memory_order_acquire) != seen; });
-          --team->sleepers;
-          g = team->generation.load(std::memory_order_acquire);
-          break;
-        }
-      }
-    }
-    seen = g;
+    seen = next_generation(*team, seen);
     const Job job = team->job;
     if (w + 1 < job.parts) {
       try {
@@ -117,7 +112,7 @@ Team& team() {
 
 void detail::parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
   const int64_t by_size = n / std::max<int64_t>(grain, 1);
-  const int parts = static_cast<int>(std::min<int64_t>(blas_threads(), by_size));
+  const int parts = static_cast<int>(std::min<int64_t>(kernel_threads(), by_size));
   if (parts < 2 || t_in_team) return fn(ctx, 0, n);
   Team& t = team();
   std::unique_lock busy(t.busy, std::try_to_lock);
@@ -132,8 +127,8 @@ void detail::parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx) 
   t.generation.fetch_add(1, std::memory_order_release);
   {
     std::lock_guard lock(t.m);  // a worker between its last poll and its wait holds m: no lost wake-up
-    if (t.sleepers > 0) t.wake.notify_all();
   }
+  t.wake.notify_all();  // no syscall when nobody sleeps
   // Every part must be done before this returns or throws: they all read the caller's ctx.
   std::exception_ptr error;
   t_in_team = true;

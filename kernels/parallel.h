@@ -1,7 +1,7 @@
 #pragma once
 // The one team of threads of the CPU kernels: large BLAS products (split into blocks of C, each a
 // one-thread OpenBLAS call), the packed recurrent products, each recurrent step's pointwise work,
-// optimizer updates, norms, fills and large elementwise maps. It has blas_threads() members (the
+// optimizer updates, norms, fills and large elementwise maps. It has kernel_threads() members (the
 // calling thread is one) and OpenBLAS runs one thread, so nothing asks for more threads than the
 // user chose. Workers spin between loops for a while (kernels/parallel.cpp), then sleep.
 #include <cstdint>
@@ -16,7 +16,7 @@ void parallel_for_impl(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 }  // namespace detail
 
 // Calls fn(begin, end) on disjoint ranges covering [0, n), in parallel when n is at least 2 grains
-// and blas_threads() > 1; the calling thread runs the first range and returns when every range is
+// and kernel_threads() > 1; the calling thread runs the first range and returns when every range is
 // done. Serial (one call, fn(0, n)) when the team is busy (another thread's loop, or a nested call),
 // so any thread may call it. How [0, n) is split depends on the thread count: give it only loops
 // whose elements are independent (a reduction must fix its own blocks, as the 2-norm in

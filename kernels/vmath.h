@@ -4,7 +4,7 @@
 // SSE or scalar code otherwise), so it is SIMD without depending on the auto-vectoriser.
 // Accuracy: within 2e-7 relative of float64 (Cephes polynomials; tests/test_kernels.cpp checks
 // every 2^-12 step over [-20, 20]). NaN stays NaN; exp is inf above 88.72 and 0 below -87.34;
-// tanh is exactly +-1 from |x| = 9.01 on. float64 uses std::.
+// tanh is exactly +-1 from |x| of about 9.01 on. float64 uses std::.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -58,7 +58,8 @@ inline f8 tanh(f8 x) {
   p = p * z + 1.33314422036e-1f;
   p = p * z - 3.33332819422e-1f;
   const f8 small = p * z * x + x;
-  // From |x| = 9.01 on the result rounds to exactly +-1 (as libm's does); the clamp keeps e finite.
+  // From |x| of about 9.01 on (2 / (e^2|x| + 1) < 2^-25) the result rounds to exactly +-1, as
+  // libm's does; the clamp keeps e finite.
   const f8 e = exp(2.0f * (a < 10.0f ? a : splat(10.0f)));
   const f8 m = 1.0f - 2.0f / (e + 1.0f);
   const f8 big = x < 0.0f ? -m : m;

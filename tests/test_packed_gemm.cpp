@@ -17,15 +17,10 @@
 #include "test_util.h"
 
 using namespace tg;
+using tg::test::ThreadsScope;
 
 namespace {
 const kern::LinalgKernels& lin32() { return *kern::kernels_for(kern::Device::CPU, kern::DType::Float32).linalg; }
-
-struct ThreadsScope {
-  int before = get_num_threads();
-  explicit ThreadsScope(int n) { set_num_threads(n); }
-  ~ThreadsScope() { set_num_threads(before); }
-};
 
 // c = beta c + a op(w) through the packed path, checked element by element against double sums
 // (with a float32 error bound from the sum of |terms|) and for writes outside c's m x n block.

@@ -18,15 +18,12 @@
 #include "tapegrad/nn/nn.h"
 #include "tapegrad/optim/adam.h"
 #include "tapegrad/optim/clip.h"
+#include "test_util.h"
 
 using namespace tg;
+using tg::test::ThreadsScope;
 
 namespace {
-struct ThreadsScope {  // set the thread count for one test, restore it after
-  int before = get_num_threads();
-  explicit ThreadsScope(int n) { set_num_threads(n); }
-  ~ThreadsScope() { set_num_threads(before); }
-};
 
 bool covers_once(int64_t n, int64_t grain) {
   std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
