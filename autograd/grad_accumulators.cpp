@@ -1,5 +1,8 @@
 #include "tapegrad/autograd/grad_accumulators.h"
 
+#include <algorithm>
+#include <cstdint>
+
 #include "tapegrad/autograd/elementwise.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
@@ -16,6 +19,8 @@ Tensor ProductAccumulator::flush(Tensor total, bool total_exclusive, const Shape
       addmm_tn(target, pa, pb, beta);
       beta = 1.0;
     }
+  } else if (Tensor a_all, b_all; tiled(a_all, b_all)) {
+    addmm_tn(target, a_all, b_all, beta);
   } else {
     std::vector<Tensor> as, bs;
     as.reserve(products_.size());
@@ -28,6 +33,42 @@ Tensor ProductAccumulator::flush(Tensor total, bool total_exclusive, const Shape
   }
   products_.clear();
   return target;
+}
+
+bool ProductAccumulator::tiled(Tensor& a_all, Tensor& b_all) const {
+  const Tensor& a0 = products_[0].first;
+  const Storage* storage = a0.impl()->storage.get();
+  const int64_t P = a0.size(1), Q = products_[0].second.size(1);
+  int64_t lo = INT64_MAX, rows = 0;
+  for (auto& [pa, pb] : products_) {
+    if (pa.impl()->storage.get() != storage || pa.size(1) != P || pa.dtype() != a0.dtype()) return false;
+    if (pa.size(0) > 1 && pa.strides()[0] % P != 0) return false;
+    if (P > 1 && pa.strides()[1] != 1) return false;
+    lo = std::min(lo, pa.offset());
+    rows += pa.size(0);
+  }
+  // Every row of every a starts at lo + r P for a distinct r < rows: then they cover [lo, lo + rows P).
+  std::vector<uint8_t> seen(static_cast<size_t>(rows), 0);
+  for (auto& [pa, pb] : products_) {
+    const int64_t step = pa.size(0) > 1 ? pa.strides()[0] / P : 1;
+    if ((pa.offset() - lo) % P != 0) return false;
+    for (int64_t i = 0; i < pa.size(0); ++i) {
+      const int64_t r = (pa.offset() - lo) / P + i * step;
+      if (r < 0 || r >= rows || seen[static_cast<size_t>(r)]) return false;
+      seen[static_cast<size_t>(r)] = 1;
+    }
+  }
+  a_all = make_view(a0, Shape{rows, P}, Strides{P, 1}, lo);
+  b_all = tg::empty(Shape{rows, Q}, products_[0].second.dtype());
+  const kern::ElementwiseKernels& ew = *kernels_of(b_all).elementwise;
+  for (auto& [pa, pb] : products_) {
+    const int64_t step = pa.size(0) > 1 ? pa.strides()[0] / P : 1;
+    const Shape sizes{pa.size(0), Q};
+    const Strides strides{step * Q, 1};
+    ew.copy_from[static_cast<int>(pb.dtype())](window_view_of(b_all, sizes, strides, (pa.offset() - lo) / P * Q),
+                                               view_of(pb));
+  }
+  return true;
 }
 
 Tensor ProductAccumulator::product(const Tensor& a, const Tensor& b) {
@@ -45,6 +86,44 @@ Tensor window_of(const Tensor& full, const WindowAccumulator::Window& w) {
   return make_view(full, w.window_shape, st, offset);
 }
 }  // namespace
+
+bool WindowCoverage::fresh(int64_t start, int64_t len) const {
+  for (int64_t k = start; k < start + len; ++k)
+    if (written[static_cast<size_t>(k)]) return false;
+  return true;
+}
+
+void WindowCoverage::mark(int64_t start, int64_t len) {
+  for (int64_t k = start; k < start + len; ++k) written[static_cast<size_t>(k)] = 1;
+}
+
+void WindowCoverage::zero_rest(const Tensor& slot) const {
+  const int64_t n = static_cast<int64_t>(written.size());
+  const kern::ElementwiseKernels& ew = *kernels_of(slot).elementwise;
+  for (int64_t k = 0; k < n;) {
+    if (written[static_cast<size_t>(k)]) {
+      ++k;
+      continue;
+    }
+    int64_t end = k;
+    while (end < n && !written[static_cast<size_t>(end)]) ++end;
+    Shape sizes = slot.shape();
+    sizes[dim] = end - k;
+    const Strides& st = slot.strides();
+    ew.fill(window_view_of(slot, sizes, st, k * st[dim]), 0.0);
+    k = end;
+  }
+}
+
+Tensor WindowAccumulator::view(const Tensor& slot, const Window& w) { return window_of(slot, w); }
+
+void WindowAccumulator::write(const Tensor& slot, const Window& w, const Tensor& g) {
+  Strides st = slot.strides();
+  const int64_t offset = w.start * st[w.dim];
+  if (w.squeezed) st.erase(w.dim);
+  kernels_of(slot).elementwise->copy_from[static_cast<int>(g.dtype())](
+      window_view_of(slot, w.window_shape, st, offset), view_of(g));
+}
 
 void WindowAccumulator::add(Tensor& slot, bool& exclusive, const Window& w, const Tensor& g) {
   if (!slot.defined()) {

@@ -192,7 +192,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     if (gr.needs(1)) gr.add_product(1, g, *x2s);  // x is read only for the weight's gradient (as in PyTorch)
     if (has_bias && gr.needs(2)) {
       Tensor gb = empty(Shape{outf}, g.dtype());
-      k.reduce->column_sums(mem(g), rows, outf, mem(gb));
+      k.reduce->column_sums(mem(g), rows, outf, outf, mem(gb));
       gr.add(2, std::move(gb));
     }
   });

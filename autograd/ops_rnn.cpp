@@ -138,24 +138,26 @@ struct CellOperands {
 
 // The gradients every cell sends through its recurrent product: h gets dpre @ w (plus `dh`, when
 // given, accumulated in place), w gets the product dpre^T h, b gets the column sums of dpre.
+// dpre: unit-stride rows (a window of the sequence's gradient, or its own buffer).
 void recurrent_backward(Grads& gr, int ih, int iw, int ib, const Tensor& dpre, const Tensor& h, const Tensor& w,
                         int64_t B, int64_t N, int64_t H, Tensor dh) {
   const kern::KernelTable& k = kernels_of(dpre);
+  const int64_t ld = row_ld(dpre, B, N);
   if (gr.needs(ih)) {
     const bool fresh = !dh.defined();
     if (fresh) dh = empty(Shape{B, H}, dpre.dtype());
     if (const kern::PackedWeight* packed = t_packed.get(w, false, B)) {
-      k.linalg->gemm_packed(B, mem(dpre), N, *packed, fresh ? 0.0 : 1.0, mem(dh), H);
+      k.linalg->gemm_packed(B, mem(dpre), ld, *packed, fresh ? 0.0 : 1.0, mem(dh), H);
     } else {
       const Tensor wc = dense(w);
-      k.linalg->gemm(false, false, B, H, N, mem(dpre), N, mem(wc), H, fresh ? 0.0 : 1.0, mem(dh), H);
+      k.linalg->gemm(false, false, B, H, N, mem(dpre), ld, mem(wc), H, fresh ? 0.0 : 1.0, mem(dh), H);
     }
     gr.add(ih, std::move(dh));
   }
   if (gr.needs(iw)) gr.add_product(iw, dpre, h);
   if (ib >= 0 && gr.needs(ib)) {
     Tensor gb = empty(Shape{N}, dpre.dtype());
-    k.reduce->column_sums(mem(dpre), B, N, mem(gb));
+    k.reduce->column_sums(mem(dpre), B, N, ld, mem(gb));
     gr.add(ib, std::move(gb));
   }
 }
@@ -174,6 +176,13 @@ struct PxSource {
   void add_grad(Grads& gr, Tensor d) const {
     if (dim < 0) gr.add(0, std::move(d));
     else gr.add_window(0, dim, start, d, squeezed);
+  }
+  // Where a backward writes px's gradient [B, N] (unit-stride rows): its window of input 0's
+  // gradient when Grads lends it (then add_grad copies nothing), else a new tensor. Handed to
+  // add_grad before any other gradient is added.
+  Tensor grad_buffer(Grads& gr, int64_t B, int64_t N, DType dtype) const {
+    if (dim < 0 || !gr.needs(0)) return empty(Shape{B, N}, dtype);
+    return gr.window_buffer(0, dim, start, Shape{B, N}, squeezed);
   }
 };
 
@@ -280,10 +289,10 @@ Tensor rnn_step(const Tensor& px, const Tensor& input0, const PxSource& src, con
     const Storage& y = ys.get();
     const Tensor &h = *hs, &w = *ws;
     const Tensor g = contiguous_grad(g_in);
-    Tensor d = empty(Shape{B, H}, g.dtype());
-    kernels_of(g).rnn->rnn_backward(mem(g), mem(y), mem(d), B, H, relu);
+    const Tensor d = src.grad_buffer(gr, B, H, g.dtype());
+    kernels_of(g).rnn->rnn_backward(mem(g), mem(y), mem(d), row_ld(d, B, H), B, H, relu);
+    if (gr.needs(0)) src.add_grad(gr, d);
     recurrent_backward(gr, 1, 2, has_b ? 3 : -1, d, h, w, B, H, H, Tensor());
-    if (gr.needs(0)) src.add_grad(gr, std::move(d));
   });
 }
 }  // namespace
@@ -322,11 +331,13 @@ Tensor lstm_step(const Tensor& px, const Tensor& input0, const PxSource& src, co
                   const Tensor &h = *hs, &cu = *cus, &w = *ws;
                   const int64_t N = 4 * H;
                   const Tensor g = contiguous_grad(g_in);
-                  Tensor dG = empty(Shape{B, N}, g.dtype()), dc = empty(Shape{B, H}, g.dtype());
-                  kernels_of(g).rnn->lstm_backward(mem(act), mem(g), mem(y), mem(cu), lc, mem(dG), mem(dc), B, H);
+                  const Tensor dG = src.grad_buffer(gr, B, N, g.dtype());
+                  Tensor dc = empty(Shape{B, H}, g.dtype());
+                  kernels_of(g).rnn->lstm_backward(mem(act), mem(g), mem(y), mem(cu), lc, mem(dG), row_ld(dG, B, N),
+                                                   mem(dc), B, H);
+                  if (gr.needs(0)) src.add_grad(gr, dG);
                   recurrent_backward(gr, 1, 3, has_b ? 4 : -1, dG, h, w, B, N, H, Tensor());
                   if (gr.needs(2)) gr.add(2, std::move(dc));
-                  if (gr.needs(0)) src.add_grad(gr, std::move(dG));
                 });
 }
 }  // namespace
@@ -360,11 +371,12 @@ Tensor gru_step(const Tensor& px, const Tensor& input0, const PxSource& src, con
     const Tensor &hu = *hus, &h = *hs, &w = *ws;
     const int64_t N = 3 * H;
     const Tensor g = contiguous_grad(g_in);
-    Tensor dpx = empty(Shape{B, N}, g.dtype()), dph = empty(Shape{B, N}, g.dtype()), dh = empty(Shape{B, H}, g.dtype());
-    kernels_of(g).rnn->gru_backward(mem(act), mem(ph), mem(g), mem(hu), row_ld(hu, B, H), mem(dpx), mem(dph), mem(dh),
-                                    B, H);
+    const Tensor dpx = src.grad_buffer(gr, B, N, g.dtype());
+    Tensor dph = empty(Shape{B, N}, g.dtype()), dh = empty(Shape{B, H}, g.dtype());
+    kernels_of(g).rnn->gru_backward(mem(act), mem(ph), mem(g), mem(hu), row_ld(hu, B, H), mem(dpx), row_ld(dpx, B, N),
+                                    mem(dph), mem(dh), B, H);
+    if (gr.needs(0)) src.add_grad(gr, dpx);
     recurrent_backward(gr, 1, 2, has_b ? 3 : -1, dph, h, w, B, N, H, dh);
-    if (gr.needs(0)) src.add_grad(gr, std::move(dpx));
   });
 }
 }  // namespace

@@ -94,6 +94,11 @@ class Grads {
   // materialising a full-size zero gradient per call (narrow/select backward in a loop stays linear).
   // `squeezed`: g lacks `dim` (a select's gradient), the window is one index wide.
   void add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool squeezed = false);
+  // Where a backward may write the gradient of that window before it calls add_window with it: the
+  // window of input i's gradient itself while that window is unwritten (rows strides()[0] apart,
+  // unit-stride columns), so add_window has nothing to copy; otherwise a new contiguous tensor.
+  // The buffer must be filled and handed to add_window before the backward returns.
+  Tensor window_buffer(int i, int64_t dim, int64_t start, const Shape& window_shape, bool squeezed = false);
 
  private:
   Node* node_;

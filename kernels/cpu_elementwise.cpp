@@ -65,19 +65,19 @@ TG_UNARY_OP(FiniteOrZeroOp, std::isfinite(v) ? v : T(0))
 struct ExpOp {
   Scalars s;
   template <class T> T operator()(T v) const { return vmath::exp(v); }
-  vmath::f8 vec(vmath::f8 v) const { return vmath::exp(v); }
+  vmath::vf vec(vmath::vf v) const { return vmath::exp(v); }
 };
 struct TanhOp {
   Scalars s;
   template <class T> T operator()(T v) const { return vmath::tanh(v); }
-  vmath::f8 vec(vmath::f8 v) const { return vmath::tanh(v); }
+  vmath::vf vec(vmath::vf v) const { return vmath::tanh(v); }
 };
 struct SigmoidOp {
   Scalars s;
   template <class T> T operator()(T v) const { return vmath::sigmoid(v); }
-  vmath::f8 vec(vmath::f8 v) const { return vmath::sigmoid(v); }
+  vmath::vf vec(vmath::vf v) const { return vmath::sigmoid(v); }
 };
-template <class Op> concept HasVector = requires(Op op, vmath::f8 v) { op.vec(v); };
+template <class Op> concept HasVector = requires(Op op, vmath::vf v) { op.vec(v); };
 
 // Elements per thread at least for the contiguous maps. Chosen when the team's workers slept
 // between loops (bench_elementwise_threads, 2 cores: split at 2^16 or 2^18 elements exp and tanh
@@ -135,10 +135,10 @@ void binary_kernel(const View& out, const View& a, const View& b, Scalars s) {
 }
 
 // tanh(a + b) in float32 (the RNN's fused step): same shapes, where one side may be a strided
-// time-step slice, run 8 lanes at a time; a broadcast goes through the generic loop.
+// time-step slice, run vmath::kLanes at a time; a broadcast goes through the generic loop.
 void add_tanh_f32(const View& out, const View& a, const View& b, Scalars s) {
   if (!same_sizes(a, out) || !same_sizes(b, out)) return binary_kernel<float, AddTanhOp>(out, a, b, s);
-  const auto f = [](vmath::f8 x, vmath::f8 y) { return vmath::tanh(x + y); };
+  const auto f = [](vmath::vf x, vmath::vf y) { return vmath::tanh(x + y); };
   float* po = static_cast<float*>(out.data);
   const float* pa = static_cast<const float*>(a.data);
   const float* pb = static_cast<const float*>(b.data);
@@ -162,7 +162,7 @@ void unary_kernel(const View& out, const View& x, Scalars s) {
   const T* p = static_cast<const T*>(x.data);
   auto run = [&](T* dst, const T* src, int64_t n) {
     if constexpr (std::is_same_v<T, float> && HasVector<Op>) {
-      vmath::map(src, dst, n, [&](vmath::f8 v) { return f.vec(v); });
+      vmath::map(src, dst, n, [&](vmath::vf v) { return f.vec(v); });
     } else {
       for (int64_t i = 0; i < n; ++i) dst[i] = f(src[i]);
     }

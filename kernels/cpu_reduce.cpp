@@ -81,12 +81,12 @@ template <class T> void softmax_rows_kernel(const void* x, void* y, int64_t rows
   }
 }
 
-template <class T> void column_sums_kernel(const void* d_p, int64_t rows, int64_t cols, void* out) {
+template <class T> void column_sums_kernel(const void* d_p, int64_t rows, int64_t cols, int64_t ld, void* out) {
   const T* d = static_cast<const T*>(d_p);
   T* o = static_cast<T*>(out);
   for (int64_t j = 0; j < cols; ++j) o[j] = T(0);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) o[j] += d[r * cols + j];
+    for (int64_t j = 0; j < cols; ++j) o[j] += d[r * ld + j];
 }
 
 template <class T> T softplus_neg(T v) { return (v < 0 ? -v : T(0)) + std::log1p(std::exp(-std::abs(v))); }

@@ -13,9 +13,9 @@
 namespace tg::kern::cpu {
 namespace {
 
-// Lanes: float32 runs 8 at a time on the vmath vector type, float64 one at a time through std::.
-template <class T> using V = std::conditional_t<std::is_same_v<T, float>, vmath::f8, double>;
-template <class T> inline constexpr int64_t kLanes = std::is_same_v<T, float> ? 8 : 1;
+// Lanes: float32 runs vmath::kLanes at a time on the vmath vector type, float64 one at a time through std::.
+template <class T> using V = std::conditional_t<std::is_same_v<T, float>, vmath::vf, double>;
+template <class T> inline constexpr int64_t kLanes = std::is_same_v<T, float> ? vmath::kLanes : 1;
 template <class T> inline V<T> ld(const T* p, int64_t m) {
   V<T> v{};
   std::memcpy(&v, p, sizeof(T) * static_cast<size_t>(m));
@@ -68,14 +68,15 @@ template <class T> void rnn_forward(const CellArgs& a, bool relu, void* out_p) {
   });
 }
 
-template <class T> void rnn_backward(const void* g_p, const void* y_p, void* d_p, int64_t B, int64_t H, bool relu) {
+template <class T>
+void rnn_backward(const void* g_p, const void* y_p, void* d_p, int64_t ld_d, int64_t B, int64_t H, bool relu) {
   const T *pg = static_cast<const T*>(g_p), *py = static_cast<const T*>(y_p);
   T* pd = static_cast<T*>(d_p);
   each_row(B, H, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const int64_t k = r * H + j;
       const V<T> gy = ld(pg + k, m), yy = ld(py + k, m);
-      st(pd + k, relu ? V<T>(yy > T(0) ? gy : V<T>{}) : V<T>(gy * (T(1) - yy * yy)), m);
+      st(pd + r * ld_d + j, relu ? V<T>(yy > T(0) ? gy : V<T>{}) : V<T>(gy * (T(1) - yy * yy)), m);
     });
   });
 }
@@ -104,7 +105,7 @@ template <class T> void lstm_forward(const CellArgs& a, void* act_p, void* out_p
 
 template <class T>
 void lstm_backward(const void* act_p, const void* g_p, const void* out_p, const void* c_p, int64_t lc, void* dG_p,
-                   void* dc_p, int64_t B, int64_t H) {
+                   int64_t ld_d, void* dc_p, int64_t B, int64_t H) {
   const int64_t N = 4 * H;
   const T *A = static_cast<const T*>(act_p), *pgh = static_cast<const T*>(g_p), *pgc = pgh + B * H;
   const T *pcn = static_cast<const T*>(out_p) + B * H, *pc = static_cast<const T*>(c_p);
@@ -112,7 +113,7 @@ void lstm_backward(const void* act_p, const void* g_p, const void* out_p, const 
   each_row(B, N, [&](int64_t r) {
     chunks<T>(H, [&](int64_t j, int64_t m) {
       const T* a = A + r * N + j;
-      T* d = pd + r * N + j;
+      T* d = pd + r * ld_d + j;
       const int64_t k = r * H + j;
       const V<T> i = ld(a, m), f = ld(a + H, m), gg = ld(a + 2 * H, m), o = ld(a + 3 * H, m);
       const V<T> tc = vmath::tanh(ld(pcn + k, m)), gh = ld(pgh + k, m);
@@ -150,7 +151,7 @@ template <class T> void gru_forward(const CellArgs& a, void* ph_p, void* act_p, 
 
 template <class T>
 void gru_backward(const void* act_p, const void* ph_p, const void* g_p, const void* h_p, int64_t lh, void* dpx_p,
-                  void* dph_p, void* dh_p, int64_t B, int64_t H) {
+                  int64_t ld_d, void* dph_p, void* dh_p, int64_t B, int64_t H) {
   const int64_t N = 3 * H;
   const T *A = static_cast<const T*>(act_p), *P = static_cast<const T*>(ph_p), *pg = static_cast<const T*>(g_p),
           *phh = static_cast<const T*>(h_p);
@@ -163,9 +164,10 @@ void gru_backward(const void* act_p, const void* ph_p, const void* g_p, const vo
       const V<T> dz = gy * (hp - n) * z * (T(1) - z);
       const V<T> dn = gy * (T(1) - z) * (T(1) - n * n);
       const V<T> dr = dn * ld(P + k + 2 * H, m) * rr * (T(1) - rr);
-      st(dx + k, dr, m);
-      st(dx + k + H, dz, m);
-      st(dx + k + 2 * H, dn, m);
+      T* x = dx + r * ld_d + j;
+      st(x, dr, m);
+      st(x + H, dz, m);
+      st(x + 2 * H, dn, m);
       st(dq + k, dr, m);
       st(dq + k + H, dz, m);
       st(dq + k + 2 * H, V<T>(dn * rr), m);

@@ -118,7 +118,7 @@ struct ReduceKernels {
   void (*max_rows)(const void* x, int64_t rows, int64_t n, void* values, int64_t* index);
   // float only from here on
   void (*softmax_rows)(const void* x, void* y, int64_t rows, int64_t n);
-  void (*column_sums)(const void* d, int64_t rows, int64_t cols, void* out);  // out[j] = sum_r d[r, j]
+  void (*column_sums)(const void* d, int64_t rows, int64_t cols, int64_t ld, void* out);  // out[j] = sum_r d[r ld + j]
   // Binary cross-entropy with logits, PyTorch's formula: per[i] = w ((1 - y) x + l softplus(-x)),
   // l = 1 + (pw - 1) y, softplus(-x) = max(-x, 0) + log(1 + exp(-|x|)) (never exponentiates a
   // large positive number); pw (pos_weight) and w (weight) are per element, or null for 1.
@@ -197,15 +197,17 @@ struct CellArgs {
 };
 struct RnnKernels {  // float only
   void (*rnn_forward)(const CellArgs& a, bool relu, void* out);
-  void (*rnn_backward)(const void* g, const void* y, void* d, int64_t B, int64_t H, bool relu);
+  // The gate gradients (d, d_gates, d_px) are written as rows ld_d apart: a cell's backward may
+  // write them straight into its window of the sequence's gradient.
+  void (*rnn_backward)(const void* g, const void* y, void* d, int64_t ld_d, int64_t B, int64_t H, bool relu);
   // act [B, 4H] gets the activated gates i, f, g, o; out [2, B, H] is [h', c'].
   void (*lstm_forward)(const CellArgs& a, void* act, void* out);
   void (*lstm_backward)(const void* act, const void* g, const void* out, const void* c, int64_t ld_c, void* d_gates,
-                        void* dc, int64_t B, int64_t H);
+                        int64_t ld_d, void* dc, int64_t B, int64_t H);
   // ph [B, 3H] = h w^T + b, act [B, 3H] = r, z, n; out [B, H].
   void (*gru_forward)(const CellArgs& a, void* ph, void* act, void* out);
   void (*gru_backward)(const void* act, const void* ph, const void* g, const void* h, int64_t ld_h, void* d_px,
-                       void* d_ph, void* dh, int64_t B, int64_t H);
+                       int64_t ld_d, void* d_ph, void* dh, int64_t B, int64_t H);
 };
 
 struct AdamScalars {

@@ -99,6 +99,79 @@ TEST_CASE("a windowed step computes exactly what the step on the select/narrow v
   }
 }
 
+// The sequence an interior node (as nn::RNN's projection is): the cells write their gate gradients
+// straight into its gradient (Grads::window_buffer), which is allocated without zeroing.
+TEST_CASE("windows into an interior gradient: gaps zeroed, a window twice, a whole gradient on top; same bits") {
+  manual_seed(44);
+  const int64_t B = 3, T = 6, H = 4;
+  for (int gates : {1, 3, 4})
+    for (bool time_major : {false, true})
+      for (bool whole : {false, true}) {
+        CAPTURE(gates);
+        CAPTURE(time_major);
+        CAPTURE(whole);
+        const int64_t tdim = time_major ? 0 : 1;
+        Tensor x = randn(time_major ? Shape{T, B, gates * H} : Shape{B, T, gates * H}, F64).requires_grad_();
+        Tensor h = randn({B, H}, F64).requires_grad_(), c = randn({B, H}, F64).requires_grad_(),
+               w = randn({gates * H, H}, F64).requires_grad_(), b = randn({gates * H}, F64).requires_grad_();
+        auto run = [&](bool windowed) {
+          Tensor seq = x * 1.5;
+          Tensor y = whole ? (seq * seq).sum() * 0.25 : Tensor();
+          // 1, 3 and 5 are never written (zeroed when the gradient is read); 2 is written twice
+          for (int64_t t : {0, 2, 4, 2}) {
+            Tensor view = select(seq, tdim, t);
+            SeqWindow win{seq, tdim, t, 1, true};
+            Tensor s = gates == 1   ? (windowed ? rnn_cell(win, h, w, b) : rnn_cell(view, h, w, b))
+                       : gates == 3 ? (windowed ? gru_cell(win, h, w, b) : gru_cell(view, h, w, b))
+                                    : (windowed ? lstm_cell(win, h, c, w, b) : lstm_cell(view, h, c, w, b));
+            y = y.defined() ? y + s.sum() * double(t + 1) : s.sum();
+          }
+          for (Tensor* p : {&x, &h, &c, &w, &b}) p->zero_grad();
+          y.backward();
+          std::vector<Tensor> grads = {y.detach()};
+          for (Tensor* p : {&x, &h, &w, &b}) grads.push_back(p->grad().clone());
+          if (gates == 4) grads.push_back(c.grad().clone());
+          return grads;
+        };
+        auto plain = run(false), windowed = run(true);
+        REQUIRE(plain.size() == windowed.size());
+        for (size_t k = 0; k < plain.size(); ++k) CHECK_MESSAGE(same_bits(plain[k], windowed[k]), "result " << k);
+        // x's gradient really has zeros where no step and no whole gradient wrote
+        if (!whole) CHECK(max(abs(select(x.grad(), tdim, 3))).item() == 0.0);
+      }
+}
+
+TEST_CASE("an unrolled layer's weight gradient reads the gate gradients in place (one product, no stacking of them)") {
+  // Big enough for the stacked product (ProductAccumulator::kDirectProductMacs); every step's
+  // window is lent once, so the staged gate gradients tile the sequence's gradient.
+  manual_seed(45);
+  const int64_t B = 8, T = 6, H = 32;
+  for (bool time_major : {false, true}) {
+    CAPTURE(time_major);
+    const int64_t tdim = time_major ? 0 : 1;
+    Tensor x = randn(time_major ? Shape{T, B, 4 * H} : Shape{B, T, 4 * H}, F64).requires_grad_();
+    Tensor w = (randn({4 * H, H}, F64) * 0.2).requires_grad_(), b = randn({4 * H}, F64).requires_grad_();
+    auto run = [&](bool windowed) {
+      Tensor seq = x * 1.5, h = zeros({B, H}, F64), c = zeros({B, H}, F64);
+      for (int64_t t = 0; t < T; ++t) {
+        Tensor out = windowed ? lstm_cell(SeqWindow{seq, tdim, t, 1, true}, h, c, w, b)
+                              : lstm_cell(select(seq, tdim, t), h, c, w, b);
+        h = select(out, 0, 0);
+        c = select(out, 0, 1);
+      }
+      for (Tensor* p : {&x, &w, &b}) p->zero_grad();
+      (h * h).sum().backward();
+      return std::vector<Tensor>{x.grad().clone(), w.grad().clone(), b.grad().clone()};
+    };
+    auto plain = run(false), windowed = run(true);
+    for (size_t k = 0; k < plain.size(); ++k) {
+      CAPTURE(k);
+      const double scale = max(abs(plain[k])).item();
+      CHECK(max(abs(plain[k] - windowed[k])).item() <= 1e-12 * scale);
+    }
+  }
+}
+
 TEST_CASE("a window that does not fit, or no sequence, is refused naming the op") {
   Tensor seq = randn({2, 3, 4}), h = zeros({2, 4}), w = randn({4, 4});
   auto message = [](auto&& f) {
