@@ -69,7 +69,7 @@ struct PassScratch {
   std::vector<StagedLeaf> leaves;  // the first `used` belong to the running pass
   std::vector<std::pair<const TensorImpl*, uint32_t>> table;  // leaf -> index into leaves
   uint32_t used = 0;
-  std::vector<detail::WindowCoverage> windows;  // the nodes whose gradient only windows wrote so far
+  detail::WindowSlots windows;  // interior gradients only windows wrote so far
   bool busy = false;
 };
 thread_local PassScratch tl_scratch;
@@ -98,22 +98,7 @@ class BackwardPass {
       return staged;
     }
   }
-  detail::WindowCoverage* coverage(const Node* n) {
-    for (detail::WindowCoverage& c : s_.windows)
-      if (c.owner == n) return &c;
-    return nullptr;
-  }
-  detail::WindowCoverage& add_coverage(const Node* n, int64_t dim, int64_t len) {
-    detail::WindowCoverage& c = s_.windows.emplace_back();
-    c.owner = n;
-    c.dim = dim;
-    c.written.assign(static_cast<size_t>(len), 0);
-    return c;
-  }
-  void drop_coverage(detail::WindowCoverage* c) {
-    std::swap(*c, s_.windows.back());
-    s_.windows.pop_back();
-  }
+  detail::WindowSlots& windows() { return s_.windows; }
   void reset() {
     s_.windows.clear();
     for (uint32_t i = 0; i < s_.used; ++i) {
@@ -259,45 +244,7 @@ Node* interior_target(Node* node, int i) {
 // Before a node's gradient is read (its backward runs) or gets a whole gradient added: the parts
 // of a window-written gradient that no window wrote become zeros.
 void settle(Node* m) {
-  detail::WindowCoverage* c = tl_pass ? tl_pass->coverage(m) : nullptr;
-  if (!c) return;
-  if (!c->pending.empty())
-    throw std::logic_error(fmt::format("backward of '{}': a window lent by Grads::window_buffer was not handed to "
-                                       "add_window before another gradient reached the same input",
-                                       detail::current_node() ? detail::current_node()->op : "?"));
-  c->zero_rest(m->grad);
-  m->grad_exclusive = !c->lent;
-  tl_pass->drop_coverage(c);
-}
-
-// A window's gradient for an interior node. The first window allocates the node's gradient
-// without zeroing it; windows that land on unwritten indices are copied in (or were written there
-// by the backward itself, window_buffer), and only what no window wrote is zeroed, once (settle).
-void add_window_to_node(Node* m, const detail::WindowAccumulator::Window& w, const Tensor& g) {
-  detail::WindowCoverage* c = tl_pass->coverage(m);
-  if (!m->grad.defined()) {
-    m->grad = empty(w.full, g.dtype());
-    m->grad_exclusive = true;
-    c = &tl_pass->add_coverage(m, w.dim, w.full[w.dim]);
-  }
-  if (g.impl()->storage.get() == m->grad.impl()->storage.get()) {  // a lent window, written in place
-    const auto it = c ? std::find(c->pending.begin(), c->pending.end(), w.start) : std::vector<int64_t>::iterator();
-    if (!c || it == c->pending.end() || g.offset() != detail::WindowAccumulator::view(m->grad, w).offset())
-      throw std::logic_error(fmt::format("backward of '{}': a window gradient {} shares memory with the gradient it "
-                                         "is added to and is not the window Grads::window_buffer lent for it",
-                                         detail::current_node() ? detail::current_node()->op : "?", g.shape().str()));
-    c->pending.erase(it);
-    return;
-  }
-  if (c) {
-    const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
-    if (c->dim == w.dim && c->fresh(w.start, len)) {
-      c->mark(w.start, len);
-      return detail::WindowAccumulator::write(m->grad, w, g);
-    }
-    settle(m);
-  }
-  detail::WindowAccumulator::add(m->grad, m->grad_exclusive, w, g);
+  if (tl_pass) tl_pass->windows().settle(m, m->grad, m->grad_exclusive);
 }
 
 }  // namespace
@@ -368,7 +315,7 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
   if (target && !target->needed) return;
   if (!target && tl_pass && tl_pass->capture() && !tl_pass->capture()->wants(e.leaf.get())) return;
   if (target) {
-    if (tl_pass) return add_window_to_node(target, window, g);
+    if (tl_pass) return tl_pass->windows().add(target, target->grad, target->grad_exclusive, window, g, node_->op);
     return detail::WindowAccumulator::add(target->grad, target->grad_exclusive, window, g);
   }
   if (!tl_pass) return add(i, detail::WindowAccumulator::full_size(window, g));  // no pass running
@@ -383,23 +330,10 @@ Tensor Grads::window_buffer(int i, int64_t dim, int64_t start, const Shape& wind
   const int64_t len = squeezed ? 1 : (dim >= 0 && dim < window_shape.size() ? window_shape[dim] : -1);
   const bool fits = dim >= 0 && dim < e.shape.size() && window_shape.size() == e.shape.size() - (squeezed ? 1 : 0) &&
                     start >= 0 && len >= 0 && start <= e.shape[dim] - len;
-  if (target && target->needed && fits && window_shape.size() == 2) {
-    detail::WindowCoverage* c = tl_pass->coverage(target);
-    if (!target->grad.defined()) {
-      target->grad = empty(e.shape, e.dtype);
-      target->grad_exclusive = true;
-      c = &tl_pass->add_coverage(target, dim, e.shape[dim]);
-    }
-    if (c && c->dim == dim && c->fresh(start, len)) {
-      const detail::WindowAccumulator::Window w{e.shape, dim, start, window_shape, squeezed};
-      Tensor view = detail::WindowAccumulator::view(target->grad, w);
-      if (view.shape() == window_shape && (window_shape[1] <= 1 || view.strides()[1] == 1)) {
-        c->mark(start, len);
-        c->pending.push_back(start);
-        c->lent = true;
-        return view;
-      }
-    }
+  if (target && target->needed && fits) {
+    const detail::WindowAccumulator::Window w{e.shape, dim, start, window_shape, squeezed};
+    Tensor lent = tl_pass->windows().lend(target, target->grad, target->grad_exclusive, w, e.dtype, node_->op);
+    if (lent.defined()) return lent;
   }
   return empty(window_shape, e.dtype);
 }

@@ -1,7 +1,10 @@
 #include "tapegrad/autograd/grad_accumulators.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 
 #include "tapegrad/autograd/elementwise.h"
 #include "tapegrad/autograd/kernel_bridge.h"
@@ -87,44 +90,6 @@ Tensor window_of(const Tensor& full, const WindowAccumulator::Window& w) {
 }
 }  // namespace
 
-bool WindowCoverage::fresh(int64_t start, int64_t len) const {
-  for (int64_t k = start; k < start + len; ++k)
-    if (written[static_cast<size_t>(k)]) return false;
-  return true;
-}
-
-void WindowCoverage::mark(int64_t start, int64_t len) {
-  for (int64_t k = start; k < start + len; ++k) written[static_cast<size_t>(k)] = 1;
-}
-
-void WindowCoverage::zero_rest(const Tensor& slot) const {
-  const int64_t n = static_cast<int64_t>(written.size());
-  const kern::ElementwiseKernels& ew = *kernels_of(slot).elementwise;
-  for (int64_t k = 0; k < n;) {
-    if (written[static_cast<size_t>(k)]) {
-      ++k;
-      continue;
-    }
-    int64_t end = k;
-    while (end < n && !written[static_cast<size_t>(end)]) ++end;
-    Shape sizes = slot.shape();
-    sizes[dim] = end - k;
-    const Strides& st = slot.strides();
-    ew.fill(window_view_of(slot, sizes, st, k * st[dim]), 0.0);
-    k = end;
-  }
-}
-
-Tensor WindowAccumulator::view(const Tensor& slot, const Window& w) { return window_of(slot, w); }
-
-void WindowAccumulator::write(const Tensor& slot, const Window& w, const Tensor& g) {
-  Strides st = slot.strides();
-  const int64_t offset = w.start * st[w.dim];
-  if (w.squeezed) st.erase(w.dim);
-  kernels_of(slot).elementwise->copy_from[static_cast<int>(g.dtype())](
-      window_view_of(slot, w.window_shape, st, offset), view_of(g));
-}
-
 void WindowAccumulator::add(Tensor& slot, bool& exclusive, const Window& w, const Tensor& g) {
   if (!slot.defined()) {
     slot = zeros(w.full, g.dtype());
@@ -164,6 +129,103 @@ Tensor WindowAccumulator::padded(const Window& w, const Tensor& g) {
     parts.push_back(zeros(pad, g.dtype()));
   }
   return parts.size() == 1 ? win : cat(parts, w.dim);
+}
+
+// ---- WindowSlots ---------------------------------------------------------------------------
+
+bool WindowSlots::Coverage::fresh(int64_t start, int64_t len) const {
+  for (int64_t k = start; k < start + len; ++k)
+    if (written[static_cast<size_t>(k)]) return false;
+  return true;
+}
+
+void WindowSlots::Coverage::mark(int64_t start, int64_t len) {
+  for (int64_t k = start; k < start + len; ++k) written[static_cast<size_t>(k)] = 1;
+}
+
+WindowSlots::Coverage* WindowSlots::find(const void* owner) {
+  for (Coverage& c : slots_)
+    if (c.owner == owner) return &c;
+  return nullptr;
+}
+
+WindowSlots::Coverage& WindowSlots::start(const void* owner, Tensor& slot, bool& exclusive,
+                                          const WindowAccumulator::Window& w, DType dtype) {
+  slot = tg::empty(w.full, dtype);
+  exclusive = true;
+  Coverage& c = slots_.emplace_back();
+  c.owner = owner;
+  c.dim = w.dim;
+  c.written.assign(static_cast<size_t>(w.full[w.dim]), 0);
+  return c;
+}
+
+void WindowSlots::settle(const void* owner, Tensor& slot, bool& exclusive) {
+  Coverage* c = find(owner);
+  if (!c) return;
+  if (!c->pending.empty())
+    throw std::logic_error(fmt::format("backward of '{}': it borrowed a window of its input's gradient "
+                                       "(Grads::window_buffer) and did not hand it to add_window before another "
+                                       "gradient reached that input; call add_window with the buffer first",
+                                       c->borrower));
+  const int64_t n = static_cast<int64_t>(c->written.size());
+  const kern::ElementwiseKernels& ew = *kernels_of(slot).elementwise;
+  const Strides& st = slot.strides();
+  for (int64_t k = 0; k < n;) {
+    int64_t end = k;
+    while (end < n && !c->written[static_cast<size_t>(end)]) ++end;
+    if (end > k) {  // indices [k, end) were never written
+      Shape sizes = slot.shape();
+      sizes[c->dim] = end - k;
+      ew.fill(window_view_of(slot, sizes, st, k * st[c->dim]), 0.0);
+    }
+    k = end + 1;
+  }
+  exclusive = !c->lent;
+  *c = std::move(slots_.back());
+  slots_.pop_back();
+}
+
+void WindowSlots::add(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w,
+                      const Tensor& g, const char* op) {
+  Coverage* c = find(owner);
+  if (!slot.defined()) c = &start(owner, slot, exclusive, w, g.dtype());
+  const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
+  if (g.impl()->storage.get() == slot.impl()->storage.get()) {  // a lent window, written in place
+    const auto it = c ? std::find(c->pending.begin(), c->pending.end(), w.start) : std::vector<int64_t>::iterator();
+    if (!c || c->dim != w.dim || it == c->pending.end() || g.offset() != window_of(slot, w).offset())
+      throw std::logic_error(fmt::format("backward of '{}': a window gradient {} shares memory with the gradient it "
+                                         "is added to and is not the window Grads::window_buffer lent for it",
+                                         op, g.shape().str()));
+    c->pending.erase(it);
+    return;
+  }
+  if (c && c->dim == w.dim && c->fresh(w.start, len)) {
+    c->mark(w.start, len);
+    Strides st = slot.strides();
+    const int64_t offset = w.start * st[w.dim];
+    if (w.squeezed) st.erase(w.dim);
+    kernels_of(slot).elementwise->copy_from[static_cast<int>(g.dtype())](
+        window_view_of(slot, w.window_shape, st, offset), view_of(g));
+    return;
+  }
+  settle(owner, slot, exclusive);
+  WindowAccumulator::add(slot, exclusive, w, g);
+}
+
+Tensor WindowSlots::lend(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w,
+                         DType dtype, const char* op) {
+  Coverage* c = find(owner);
+  if (!slot.defined()) c = &start(owner, slot, exclusive, w, dtype);
+  const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
+  if (!c || c->dim != w.dim || w.window_shape.size() != 2 || !c->fresh(w.start, len)) return Tensor();
+  Tensor view = window_of(slot, w);
+  if (w.window_shape[1] > 1 && view.strides()[1] != 1) return Tensor();
+  c->mark(w.start, len);
+  c->pending.push_back(w.start);
+  c->borrower = op;
+  c->lent = true;
+  return view;
 }
 
 }  // namespace tg::detail

@@ -2,6 +2,7 @@
 // Internal: the two accumulation mechanisms that keep unrolled recurrent graphs cheap in
 // backward. Grads::add_product and Grads::add_window (tape.h) hand their gradients to these; the
 // walk in backward.cpp only decides which slot they go to.
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -38,22 +39,6 @@ class ProductAccumulator {
   std::vector<std::pair<Tensor, Tensor>> products_;
 };
 
-// A node's gradient that only windows have been written into so far, allocated without zeroing:
-// which indices along `dim` a window wrote (the rest is garbage until zero_rest), and whether a
-// backward was lent one of its windows as a buffer (Grads::window_buffer; that window is then also
-// read elsewhere, a stacked weight-gradient product, so the buffer is no longer ours to add into in
-// place). Lives for one backward pass.
-struct WindowCoverage {
-  const void* owner = nullptr;  // the node
-  int64_t dim = 0;
-  std::vector<uint8_t> written;  // per index along dim
-  std::vector<int64_t> pending;  // starts of lent windows not handed back to add_window yet
-  bool lent = false;
-  bool fresh(int64_t start, int64_t len) const;
-  void mark(int64_t start, int64_t len);
-  void zero_rest(const Tensor& slot) const;
-};
-
 // The gradient of a slice (narrow, select: one per time step) added into its window of one
 // full-size buffer, so T slices cost T window additions instead of T full-size gradients.
 struct WindowAccumulator {
@@ -68,15 +53,50 @@ struct WindowAccumulator {
   // Adds g into the window of *slot, first making the slot an exclusively owned full-size
   // buffer (zeros, or a copy of a shared one).
   static void add(Tensor& slot, bool& exclusive, const Window& w, const Tensor& g);
-  // g copied into its window of a slot whose window is unwritten (WindowCoverage::fresh).
-  static void write(const Tensor& slot, const Window& w, const Tensor& g);
-  // The window of a contiguous slot as a view (no autograd link).
-  static Tensor view(const Tensor& slot, const Window& w);
   // A full-size gradient that is g in the window and zero elsewhere, in plain ops (when no pass
   // owns a slot to add into).
   static Tensor full_size(const Window& w, const Tensor& g);
   // The same in recorded, differentiable ops (create_graph): zeros on both sides of g, cat.
   static Tensor padded(const Window& w, const Tensor& g);
+};
+
+// The gradients of interior nodes (a recurrent layer's input projection) that only windows have
+// been written into so far, during one backward pass. Such a gradient is allocated without
+// zeroing: each slot knows which indices along its window dim a window wrote, a window on
+// unwritten indices is copied in instead of added, and what no window wrote is zeroed once, when
+// the gradient is read or a whole gradient joins it (settle). A backward may also borrow an
+// unwritten window as the buffer it writes that window's gradient into (lend); it must hand that
+// very window to add before anything else reaches the same gradient. A lent window is also read
+// elsewhere (the weight-gradient product stages it), so once one is lent the buffer is no longer
+// the node's to add into in place.
+class WindowSlots {
+ public:
+  // Zeroes what no window wrote in `owner`'s slot, if windows wrote it; a no-op otherwise.
+  void settle(const void* owner, Tensor& slot, bool& exclusive);
+  // g into its window of the owner's slot (slot and exclusive: the owner's gradient and flag).
+  void add(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w, const Tensor& g,
+           const char* op);
+  // The window itself, unit-stride rows of a 2-D window, or an undefined tensor when it is not
+  // free to lend (written already, another dim, the slot made otherwise, strided columns).
+  // `op`: the borrowing backward's op, for the error when it breaks the contract.
+  Tensor lend(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w, DType dtype,
+              const char* op);
+  void clear() { slots_.clear(); }
+
+ private:
+  struct Coverage {
+    const void* owner = nullptr;
+    int64_t dim = 0;
+    std::vector<uint8_t> written;  // per index along dim
+    std::vector<int64_t> pending;  // starts of lent windows not handed to add yet
+    const char* borrower = "";     // the op that borrowed the last one
+    bool lent = false;
+    bool fresh(int64_t start, int64_t len) const;
+    void mark(int64_t start, int64_t len);
+  };
+  Coverage* find(const void* owner);
+  Coverage& start(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w, DType dtype);
+  std::vector<Coverage> slots_;
 };
 
 }  // namespace tg::detail

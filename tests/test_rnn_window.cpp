@@ -172,6 +172,44 @@ TEST_CASE("an unrolled layer's weight gradient reads the gate gradients in place
   }
 }
 
+TEST_CASE("Grads::window_buffer: a custom op may borrow its window; breaking the contract is an error, not a wrong sum") {
+  // row_pair(seq, t) = 2 * seq[t] + seq.sum() ([2, 3] windows of a [4, 2, 3] interior sequence):
+  // the backward writes 2 g into the lent window of
+  // seq's gradient, then adds the whole-gradient part. In order (add_window first) the result is
+  // right; a whole gradient before the window is handed back is refused, naming the op.
+  for (bool in_order : {true, false}) {
+    CAPTURE(in_order);
+    Tensor x = randn({4, 2, 3}, F64).requires_grad_();
+    Tensor seq = x * 1.0;
+    auto op = [&](int64_t t) {
+      Tensor out = (select(seq, 0, t).detach() * 2.0 + seq.detach().sum()).contiguous();
+      return record("row_pair", {seq}, out, [t, in_order](const Tensor& g, Grads& gr) {
+        Tensor buf = gr.window_buffer(0, 0, t, Shape{2, 3}, true);
+        CHECK(buf.strides()[1] == 1);
+        Tensor twice = g * 2.0;
+        copy_(buf, twice);
+        Tensor whole = ones({4, 2, 3}, F64) * sum(g).item();
+        if (in_order) {
+          gr.add_window(0, 0, t, buf, true);
+          gr.add(0, whole);
+        } else {
+          gr.add(0, whole);
+          gr.add_window(0, 0, t, buf, true);
+        }
+      });
+    };
+    Tensor y = (op(1) * from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, Shape{2, 3})).sum();
+    if (in_order) {
+      y.backward();
+      std::vector<double> got = x.grad().to_vector();
+      for (int64_t r = 0; r < 4; ++r)
+        for (int64_t c = 0; c < 6; ++c) CHECK(got[r * 6 + c] == 21.0 + (r == 1 ? 2.0 * (c + 1) : 0.0));
+    } else {
+      CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("row_pair"), std::logic_error);
+    }
+  }
+}
+
 TEST_CASE("a window that does not fit, or no sequence, is refused naming the op") {
   Tensor seq = randn({2, 3, 4}), h = zeros({2, 4}), w = randn({4, 4});
   auto message = [](auto&& f) {
