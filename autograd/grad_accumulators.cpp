@@ -191,9 +191,10 @@ void WindowSlots::add(const void* owner, Tensor& slot, bool& exclusive, const Wi
   Coverage* c = find(owner);
   if (!slot.defined()) c = &start(owner, slot, exclusive, w, g.dtype());
   const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
-  if (g.impl()->storage.get() == slot.impl()->storage.get()) {  // a lent window, written in place
-    const auto it = c ? std::find(c->pending.begin(), c->pending.end(), w.start) : std::vector<int64_t>::iterator();
-    if (!c || c->dim != w.dim || it == c->pending.end() || g.offset() != window_of(slot, w).offset())
+  // While windows write the slot, only lent windows share its memory (it was allocated here).
+  if (c && g.impl()->storage.get() == slot.impl()->storage.get()) {  // a lent window, written in place
+    const auto it = std::find(c->pending.begin(), c->pending.end(), w.start);
+    if (c->dim != w.dim || it == c->pending.end() || g.offset() != window_of(slot, w).offset())
       throw std::logic_error(fmt::format("backward of '{}': a window gradient {} shares memory with the gradient it "
                                          "is added to and is not the window Grads::window_buffer lent for it",
                                          op, g.shape().str()));

@@ -210,6 +210,20 @@ TEST_CASE("Grads::window_buffer: a custom op may borrow its window; breaking the
   }
 }
 
+TEST_CASE("a window gradient that is the very tensor the whole input also gets is added, either order") {
+  // y = s + narrow(s, 0, 0, 2) with s [2, 3]: add's backward hands the same gradient tensor to s
+  // and to the narrow, whose backward adds it as a window of s's gradient. dy/ds = 2 everywhere.
+  for (bool narrow_first : {false, true}) {
+    CAPTURE(narrow_first);
+    Tensor x = randn({2, 3}, F64).requires_grad_();
+    Tensor s = x * 1.0;
+    Tensor n = narrow(s, 0, 0, 2);
+    Tensor y = narrow_first ? n + s : s + n;
+    y.sum().backward();
+    for (double v : x.grad().to_vector()) CHECK(v == 2.0);
+  }
+}
+
 TEST_CASE("a window that does not fit, or no sequence, is refused naming the op") {
   Tensor seq = randn({2, 3, 4}), h = zeros({2, 4}), w = randn({4, 4});
   auto message = [](auto&& f) {
