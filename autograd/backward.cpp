@@ -506,6 +506,10 @@ void run_backward(std::span<const Tensor> roots, std::span<Tensor> seeds, bool r
       Tensor g = std::move(n->grad);
       n->grad = Tensor();
       if (n->extras) {
+        // A hook is user code: one that writes its argument in place must not reach what shares
+        // that memory (a lent window a weight-gradient product still reads, another input's
+        // gradient), so a shared gradient reaches the hooks as a copy.
+        if (!n->extras->hooks.empty() && !n->grad_exclusive) g = g.clone();
         run_hooks(n->extras->hooks, g);
         if (TensorImpl* t = n->extras->retain_target; t && !capture) {
           Tensor slot(t->grad);

@@ -224,6 +224,37 @@ TEST_CASE("a window gradient that is the very tensor the whole input also gets i
   }
 }
 
+TEST_CASE("a hook that writes the projection's gradient in place does not change what the cells already used") {
+  // The cells' gate gradients live in the projection's gradient (lent windows), and W_hh's
+  // product reads them when the pass ends: a hook on the projection output scaling its argument
+  // in place changes what flows on to W_ih and x only, as it did when the cells had buffers of
+  // their own. Reference: the same hook returning a new tensor instead.
+  manual_seed(46);
+  const int64_t B = 8, T = 6, H = 32;
+  Tensor x = randn({B, T, 4 * H}, F64).requires_grad_();
+  Tensor w = (randn({4 * H, H}, F64) * 0.2).requires_grad_(), wi = (randn({4 * H, 4 * H}, F64) * 0.1).requires_grad_();
+  auto run = [&](bool in_place) {
+    Tensor seq = matmul(x, wi);
+    seq.register_hook([in_place](const Tensor& g) {
+      if (!in_place) return g * 3.0;
+      Tensor h = g;
+      mul_(h, 3.0);
+      return Tensor();
+    });
+    Tensor h = zeros({B, H}, F64), c = zeros({B, H}, F64);
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor out = lstm_cell(SeqWindow{seq, 1, t, 1, true}, h, c, w, Tensor());
+      h = select(out, 0, 0);
+      c = select(out, 0, 1);
+    }
+    for (Tensor* p : {&x, &w, &wi}) p->zero_grad();
+    (h * h).sum().backward();
+    return std::vector<Tensor>{x.grad().clone(), w.grad().clone(), wi.grad().clone()};
+  };
+  auto returned = run(false), in_place = run(true);
+  for (size_t k = 0; k < returned.size(); ++k) CHECK_MESSAGE(same_bits(returned[k], in_place[k]), "gradient " << k);
+}
+
 TEST_CASE("a window that does not fit, or no sequence, is refused naming the op") {
   Tensor seq = randn({2, 3, 4}), h = zeros({2, 4}), w = randn({4, 4});
   auto message = [](auto&& f) {
