@@ -244,7 +244,7 @@ Node* interior_target(Node* node, int i) {
 // Before a node's gradient is read (its backward runs) or gets a whole gradient added: the parts
 // of a window-written gradient that no window wrote become zeros.
 void settle(Node* m) {
-  if (tl_pass) tl_pass->windows().settle(m, m->grad, m->grad_exclusive);
+  if (tl_pass && !tl_pass->windows().empty()) tl_pass->windows().settle(m, m->grad, m->grad_exclusive);
 }
 
 }  // namespace

@@ -144,19 +144,30 @@ void WindowSlots::Coverage::mark(int64_t start, int64_t len) {
 }
 
 WindowSlots::Coverage* WindowSlots::find(const void* owner) {
-  for (Coverage& c : slots_)
-    if (c.owner == owner) return &c;
+  for (size_t i = 0; i < used_; ++i)
+    if (slots_[i].owner == owner) return &slots_[i];
   return nullptr;
 }
+
+namespace {
+// Where window w starts in slot, in elements of its storage.
+int64_t window_offset(const Tensor& slot, const WindowAccumulator::Window& w) {
+  return slot.offset() + w.start * slot.strides()[w.dim];
+}
+}  // namespace
 
 WindowSlots::Coverage& WindowSlots::start(const void* owner, Tensor& slot, bool& exclusive,
                                           const WindowAccumulator::Window& w, DType dtype) {
   slot = tg::empty(w.full, dtype);
   exclusive = true;
-  Coverage& c = slots_.emplace_back();
+  if (used_ == slots_.size()) slots_.emplace_back();
+  Coverage& c = slots_[used_++];
   c.owner = owner;
   c.dim = w.dim;
   c.written.assign(static_cast<size_t>(w.full[w.dim]), 0);
+  c.pending.clear();
+  c.borrower = "";
+  c.lent = false;
   return c;
 }
 
@@ -182,19 +193,22 @@ void WindowSlots::settle(const void* owner, Tensor& slot, bool& exclusive) {
     k = end + 1;
   }
   exclusive = !c->lent;
-  *c = std::move(slots_.back());
-  slots_.pop_back();
+  Coverage& last = slots_[--used_];
+  if (c != &last) std::swap(*c, last);  // the last of this pass's slots fills the gap
 }
 
 void WindowSlots::add(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w,
                       const Tensor& g, const char* op) {
   Coverage* c = find(owner);
-  if (!slot.defined()) c = &start(owner, slot, exclusive, w, g.dtype());
+  if (!slot.defined()) {
+    if (w.full.numel() < kMinElements) return WindowAccumulator::add(slot, exclusive, w, g);
+    c = &start(owner, slot, exclusive, w, g.dtype());
+  }
   const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
   // While windows write the slot, only lent windows share its memory (it was allocated here).
   if (c && g.impl()->storage.get() == slot.impl()->storage.get()) {  // a lent window, written in place
     const auto it = std::find(c->pending.begin(), c->pending.end(), w.start);
-    if (c->dim != w.dim || it == c->pending.end() || g.offset() != window_of(slot, w).offset())
+    if (c->dim != w.dim || it == c->pending.end() || g.offset() != window_offset(slot, w))
       throw std::logic_error(fmt::format("backward of '{}': a window gradient {} shares memory with the gradient it "
                                          "is added to and is not the window Grads::window_buffer lent for it",
                                          op, g.shape().str()));
@@ -217,11 +231,16 @@ void WindowSlots::add(const void* owner, Tensor& slot, bool& exclusive, const Wi
 Tensor WindowSlots::lend(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w,
                          DType dtype, const char* op) {
   Coverage* c = find(owner);
-  if (!slot.defined()) c = &start(owner, slot, exclusive, w, dtype);
+  if (!slot.defined()) {
+    if (w.full.numel() < kMinElements) return Tensor();
+    c = &start(owner, slot, exclusive, w, dtype);
+  }
   const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
   if (!c || c->dim != w.dim || w.window_shape.size() != 2 || !c->fresh(w.start, len)) return Tensor();
-  Tensor view = window_of(slot, w);
-  if (w.window_shape[1] > 1 && view.strides()[1] != 1) return Tensor();
+  Strides st = slot.strides();
+  if (w.squeezed) st.erase(w.dim);
+  if (w.window_shape[1] > 1 && st[1] != 1) return Tensor();
+  Tensor view = alias_of(slot, w.window_shape, st, window_offset(slot, w));  // inside the slot: w fits
   c->mark(w.start, len);
   c->pending.push_back(w.start);
   c->borrower = op;

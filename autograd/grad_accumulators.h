@@ -71,6 +71,9 @@ struct WindowAccumulator {
 // the node's to add into in place.
 class WindowSlots {
  public:
+  // Below this many elements a gradient is zeroed and added into as before: the bookkeeping costs
+  // more than a pass over 16 KB (the toy config's 64-element projection).
+  static constexpr int64_t kMinElements = 4096;
   // Zeroes what no window wrote in `owner`'s slot, if windows wrote it; a no-op otherwise.
   void settle(const void* owner, Tensor& slot, bool& exclusive);
   // g into its window of the owner's slot (slot and exclusive: the owner's gradient and flag).
@@ -81,7 +84,8 @@ class WindowSlots {
   // `op`: the borrowing backward's op, for the error when it breaks the contract.
   Tensor lend(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w, DType dtype,
               const char* op);
-  void clear() { slots_.clear(); }
+  void clear() { used_ = 0; }
+  bool empty() const { return used_ == 0; }  // no window-written gradient in this pass (the usual case)
 
  private:
   struct Coverage {
@@ -96,7 +100,10 @@ class WindowSlots {
   };
   Coverage* find(const void* owner);
   Coverage& start(const void* owner, Tensor& slot, bool& exclusive, const WindowAccumulator::Window& w, DType dtype);
+  // The first used_ are this pass's; the rest keep their vectors' memory for the next passes
+  // (the scratch that holds this is reused by a thread's passes).
   std::vector<Coverage> slots_;
+  size_t used_ = 0;
 };
 
 }  // namespace tg::detail

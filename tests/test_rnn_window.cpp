@@ -3,6 +3,7 @@
 // to the cell on the equivalent select/narrow view, errors, and what nn::RNN records per step.
 #include <doctest/doctest.h>
 
+#include "tapegrad/autograd/grad_accumulators.h"
 #include "tapegrad/autograd/gradcheck.h"
 #include "tapegrad/autograd/ops.h"
 #include "tapegrad/nn/nn.h"
@@ -103,7 +104,8 @@ TEST_CASE("a windowed step computes exactly what the step on the select/narrow v
 // straight into its gradient (Grads::window_buffer), which is allocated without zeroing.
 TEST_CASE("windows into an interior gradient: gaps zeroed, a window twice, a whole gradient on top; same bits") {
   manual_seed(44);
-  const int64_t B = 3, T = 6, H = 4;
+  const int64_t B = 8, T = 6, H = 96;  // every gradient here has at least WindowSlots::kMinElements
+  REQUIRE(B * T * H >= detail::WindowSlots::kMinElements);
   for (int gates : {1, 3, 4})
     for (bool time_major : {false, true})
       for (bool whole : {false, true}) {
@@ -146,6 +148,7 @@ TEST_CASE("an unrolled layer's weight gradient reads the gate gradients in place
   // window is lent once, so the staged gate gradients tile the sequence's gradient.
   manual_seed(45);
   const int64_t B = 8, T = 6, H = 32;
+  REQUIRE(B * T * 4 * H >= detail::WindowSlots::kMinElements);
   for (bool time_major : {false, true}) {
     CAPTURE(time_major);
     const int64_t tdim = time_major ? 0 : 1;
@@ -173,22 +176,22 @@ TEST_CASE("an unrolled layer's weight gradient reads the gate gradients in place
 }
 
 TEST_CASE("Grads::window_buffer: a custom op may borrow its window; breaking the contract is an error, not a wrong sum") {
-  // row_pair(seq, t) = 2 * seq[t] + seq.sum() ([2, 3] windows of a [4, 2, 3] interior sequence):
+  // row_pair(seq, t) = 2 * seq[t] + seq.sum() ([32, 48] windows of a [4, 32, 48] interior sequence):
   // the backward writes 2 g into the lent window of
   // seq's gradient, then adds the whole-gradient part. In order (add_window first) the result is
   // right; a whole gradient before the window is handed back is refused, naming the op.
   for (bool in_order : {true, false}) {
     CAPTURE(in_order);
-    Tensor x = randn({4, 2, 3}, F64).requires_grad_();
+    Tensor x = randn({4, 32, 48}, F64).requires_grad_();
     Tensor seq = x * 1.0;
     auto op = [&](int64_t t) {
       Tensor out = (select(seq, 0, t).detach() * 2.0 + seq.detach().sum()).contiguous();
       return record("row_pair", {seq}, out, [t, in_order](const Tensor& g, Grads& gr) {
-        Tensor buf = gr.window_buffer(0, 0, t, Shape{2, 3}, true);
+        Tensor buf = gr.window_buffer(0, 0, t, Shape{32, 48}, true);
         CHECK(buf.strides()[1] == 1);
         Tensor twice = g * 2.0;
         copy_(buf, twice);
-        Tensor whole = ones({4, 2, 3}, F64) * sum(g).item();
+        Tensor whole = ones({4, 32, 48}, F64) * sum(g).item();
         if (in_order) {
           gr.add_window(0, 0, t, buf, true);
           gr.add(0, whole);
@@ -198,12 +201,18 @@ TEST_CASE("Grads::window_buffer: a custom op may borrow its window; breaking the
         }
       });
     };
-    Tensor y = (op(1) * from_vector(std::vector<double>{1, 2, 3, 4, 5, 6}, Shape{2, 3})).sum();
+    std::vector<double> weights(32 * 48);
+    for (size_t k = 0; k < weights.size(); ++k) weights[k] = static_cast<double>(k % 7);
+    Tensor y = (op(1) * from_vector(weights, Shape{32, 48})).sum();
     if (in_order) {
       y.backward();
       std::vector<double> got = x.grad().to_vector();
+      const double total = sum(from_vector(weights, Shape{32, 48})).item();
+      int wrong = 0;
       for (int64_t r = 0; r < 4; ++r)
-        for (int64_t c = 0; c < 6; ++c) CHECK(got[r * 6 + c] == 21.0 + (r == 1 ? 2.0 * (c + 1) : 0.0));
+        for (int64_t c = 0; c < 32 * 48; ++c)
+          wrong += got[r * 32 * 48 + c] != total + (r == 1 ? 2.0 * weights[c] : 0.0);
+      CHECK(wrong == 0);
     } else {
       CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("row_pair"), std::logic_error);
     }
@@ -211,16 +220,18 @@ TEST_CASE("Grads::window_buffer: a custom op may borrow its window; breaking the
 }
 
 TEST_CASE("a window gradient that is the very tensor the whole input also gets is added, either order") {
-  // y = s + narrow(s, 0, 0, 2) with s [2, 3]: add's backward hands the same gradient tensor to s
-  // and to the narrow, whose backward adds it as a window of s's gradient. dy/ds = 2 everywhere.
+  // y = s + narrow(s, 0, 0, 64) with s [64, 96]: add's backward hands the same gradient tensor to
+  // s and to the narrow, whose backward adds it as a window of s's gradient. dy/ds = 2 everywhere.
   for (bool narrow_first : {false, true}) {
     CAPTURE(narrow_first);
-    Tensor x = randn({2, 3}, F64).requires_grad_();
+    Tensor x = randn({64, 96}, F64).requires_grad_();
     Tensor s = x * 1.0;
-    Tensor n = narrow(s, 0, 0, 2);
+    Tensor n = narrow(s, 0, 0, 64);
     Tensor y = narrow_first ? n + s : s + n;
     y.sum().backward();
-    for (double v : x.grad().to_vector()) CHECK(v == 2.0);
+    int wrong = 0;
+    for (double v : x.grad().to_vector()) wrong += v != 2.0;
+    CHECK(wrong == 0);
   }
 }
 
@@ -231,6 +242,7 @@ TEST_CASE("a hook that writes the projection's gradient in place does not change
   // their own. Reference: the same hook returning a new tensor instead.
   manual_seed(46);
   const int64_t B = 8, T = 6, H = 32;
+  REQUIRE(B * T * 4 * H >= detail::WindowSlots::kMinElements);
   Tensor x = randn({B, T, 4 * H}, F64).requires_grad_();
   Tensor w = (randn({4 * H, H}, F64) * 0.2).requires_grad_(), wi = (randn({4 * H, 4 * H}, F64) * 0.1).requires_grad_();
   auto run = [&](bool in_place) {
