@@ -33,11 +33,10 @@ template <> struct IntOf<f16> { using type = int32_t __attribute__((vector_size(
 
 template <class F> inline F splat(float v) { return F{} + v; }
 
-// e^x for x in [-87.33, 88.38] (not NaN): Cephes' polynomial after x = n ln2 + r.
-template <class F> inline F exp_in_range(F x) {
-  using I = typename IntOf<F>::type;
-  // Round x*log2(e) to nearest by adding 1.5 * 2^23: the integer lands in the low mantissa bits.
-  const F shifted = x * 1.44269504088896341f + 12582912.0f;
+// e^x = y * 2^n for x = n ln2 + r: returns y (Cephes' polynomial in r) and sets `shifted`, whose
+// low mantissa bits hold n (x*log2(e) rounded to nearest by adding 1.5 * 2^23).
+template <class F> inline F exp_mantissa(F x, F& shifted) {
+  shifted = x * 1.44269504088896341f + 12582912.0f;
   const F n = shifted - 12582912.0f;
   F r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -48,7 +47,14 @@ template <class F> inline F exp_in_range(F x) {
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
+  return y * z + r + 1.0f;
+}
+
+// e^x for x in [-87.33, 88.38] (not NaN).
+template <class F> inline F exp_in_range(F x) {
+  using I = typename IntOf<F>::type;
+  F shifted;
+  const F y = exp_mantissa(x, shifted);
   return y * (F)(((I)shifted - 0x4B400000 + 127) << 23);  // y * 2^n, exact
 }
 
@@ -58,22 +64,11 @@ template <class F> inline F exp(F x_in) {
   F x = x_in < lo ? lo : x_in;
   x = x > hi ? hi : x;
   x = x_in != x_in ? splat<F>(0.0f) : x;  // NaN never reaches the integer part
-  // As exp_in_range, but y * 2^n in two steps, y * 2^(n-1) * 2: n reaches 128 just below the
-  // clamp (x > 88.38), where 2^n alone is not a float although the product is.
-  const F shifted = x * 1.44269504088896341f + 12582912.0f;
-  const F n = shifted - 12582912.0f;
-  F r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const F z = r * r;
-  F y = splat<F>(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
-  const I bits = ((I)shifted - 0x4B400000 + 126) << 23;
-  F result = y * (F)bits * 2.0f;
+  F shifted;
+  const F y = exp_mantissa(x, shifted);
+  // y * 2^n in two steps, y * 2^(n-1) * 2: n reaches 128 just below the clamp (x > 88.38), where
+  // 2^n alone is not a float although the product is.
+  F result = y * (F)(((I)shifted - 0x4B400000 + 126) << 23) * 2.0f;
   result = x_in < lo ? splat<F>(0.0f) : result;
   result = x_in > hi ? splat<F>(__builtin_inff()) : result;
   return x_in != x_in ? x_in : result;

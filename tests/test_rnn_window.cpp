@@ -39,6 +39,33 @@ bool same_bits(const Tensor& a, const Tensor& b) {
   return x == y;
 }
 
+// A step of the cell with `gates` gates (1: RNN, 3: GRU, 4: LSTM) reading window t of seq along
+// dim, through a SeqWindow or through the equivalent select view.
+Tensor step_at(int gates, bool windowed, const Tensor& seq, int64_t dim, int64_t t, const Tensor& h, const Tensor& c,
+               const Tensor& w, const Tensor& b) {
+  if (windowed) {
+    const SeqWindow win{seq, dim, t, 1, true};
+    return gates == 1 ? rnn_cell(win, h, w, b) : gates == 3 ? gru_cell(win, h, w, b) : lstm_cell(win, h, c, w, b);
+  }
+  const Tensor view = select(seq, dim, t);
+  return gates == 1 ? rnn_cell(view, h, w, b) : gates == 3 ? gru_cell(view, h, w, b) : lstm_cell(view, h, c, w, b);
+}
+
+// Loss sum_t (t + 1) * sum(step t) over `steps`, its gradients (y first), then those of `params`.
+std::vector<Tensor> loss_and_grads(int gates, bool windowed, const Tensor& seq, int64_t dim,
+                                   std::initializer_list<int64_t> steps, Tensor y, const Tensor& h, const Tensor& c,
+                                   const Tensor& w, const Tensor& b, std::vector<Tensor*> params) {
+  for (int64_t t : steps) {
+    Tensor s = step_at(gates, windowed, seq, dim, t, h, c, w, b);
+    y = y.defined() ? y + s.sum() * double(t + 1) : s.sum();
+  }
+  for (Tensor* p : params) p->zero_grad();
+  y.backward();
+  std::vector<Tensor> grads = {y.detach()};
+  for (Tensor* p : params) grads.push_back(p->grad().clone());
+  return grads;
+}
+
 int count(const std::string& text, const std::string& what) {
   int n = 0;
   for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
@@ -77,22 +104,10 @@ TEST_CASE("a windowed step computes exactly what the step on the select/narrow v
     Tensor seq = randn({B, T, gates * H}, F64).requires_grad_(), h = randn({B, H}, F64).requires_grad_(),
            c = randn({B, H}, F64).requires_grad_(), w = randn({gates * H, H}, F64).requires_grad_(),
            b = randn({gates * H}, F64).requires_grad_();
-    auto run = [&](bool windowed) {
-      Tensor y;
-      for (int64_t t : {0, 2, 4}) {  // three steps into one loss: windows accumulate into one gradient
-        Tensor view = select(seq, 1, t);
-        SeqWindow win{seq, 1, t, 1, true};
-        Tensor s = gates == 1   ? (windowed ? rnn_cell(win, h, w, b) : rnn_cell(view, h, w, b))
-                   : gates == 3 ? (windowed ? gru_cell(win, h, w, b) : gru_cell(view, h, w, b))
-                                : (windowed ? lstm_cell(win, h, c, w, b) : lstm_cell(view, h, c, w, b));
-        y = y.defined() ? y + s.sum() * double(t + 1) : s.sum();
-      }
-      for (Tensor* p : {&seq, &h, &c, &w, &b}) p->zero_grad();
-      y.backward();
-      std::vector<Tensor> grads = {y.detach()};
-      for (Tensor* p : {&seq, &h, &w, &b}) grads.push_back(p->grad().clone());
-      if (gates == 4) grads.push_back(c.grad().clone());
-      return grads;
+    auto run = [&](bool windowed) {  // three steps into one loss: windows accumulate into one gradient
+      std::vector<Tensor*> params = {&seq, &h, &w, &b};
+      if (gates == 4) params.push_back(&c);
+      return loss_and_grads(gates, windowed, seq, 1, {0, 2, 4}, Tensor(), h, c, w, b, params);
     };
     auto plain = run(false), windowed = run(true);
     REQUIRE(plain.size() == windowed.size());
@@ -118,22 +133,11 @@ TEST_CASE("windows into an interior gradient: gaps zeroed, a window twice, a who
                w = randn({gates * H, H}, F64).requires_grad_(), b = randn({gates * H}, F64).requires_grad_();
         auto run = [&](bool windowed) {
           Tensor seq = x * 1.5;
-          Tensor y = whole ? (seq * seq).sum() * 0.25 : Tensor();
+          std::vector<Tensor*> params = {&x, &h, &w, &b};
+          if (gates == 4) params.push_back(&c);
           // 1, 3 and 5 are never written (zeroed when the gradient is read); 2 is written twice
-          for (int64_t t : {0, 2, 4, 2}) {
-            Tensor view = select(seq, tdim, t);
-            SeqWindow win{seq, tdim, t, 1, true};
-            Tensor s = gates == 1   ? (windowed ? rnn_cell(win, h, w, b) : rnn_cell(view, h, w, b))
-                       : gates == 3 ? (windowed ? gru_cell(win, h, w, b) : gru_cell(view, h, w, b))
-                                    : (windowed ? lstm_cell(win, h, c, w, b) : lstm_cell(view, h, c, w, b));
-            y = y.defined() ? y + s.sum() * double(t + 1) : s.sum();
-          }
-          for (Tensor* p : {&x, &h, &c, &w, &b}) p->zero_grad();
-          y.backward();
-          std::vector<Tensor> grads = {y.detach()};
-          for (Tensor* p : {&x, &h, &w, &b}) grads.push_back(p->grad().clone());
-          if (gates == 4) grads.push_back(c.grad().clone());
-          return grads;
+          return loss_and_grads(gates, windowed, seq, tdim, {0, 2, 4, 2}, whole ? (seq * seq).sum() * 0.25 : Tensor(),
+                                h, c, w, b, params);
         };
         auto plain = run(false), windowed = run(true);
         REQUIRE(plain.size() == windowed.size());
