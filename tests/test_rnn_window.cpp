@@ -66,6 +66,25 @@ std::vector<Tensor> loss_and_grads(int gates, bool windowed, const Tensor& seq, 
   return grads;
 }
 
+// An LSTM unrolled over every step of seq along dim from zero states, through SeqWindows (or the
+// select views); the loss sum(h_T^2) is backpropagated and the gradients of `params` returned.
+std::vector<Tensor> unrolled_lstm_grads(bool windowed, const Tensor& seq, int64_t dim, const Tensor& w, const Tensor& b,
+                                        std::initializer_list<Tensor*> params) {
+  const int64_t B = seq.size(dim == 0 ? 1 : 0), H = w.size(1);
+  Tensor h = zeros({B, H}, seq.dtype()), c = zeros({B, H}, seq.dtype());
+  for (int64_t t = 0; t < seq.size(dim); ++t) {
+    Tensor out = windowed ? lstm_cell(SeqWindow{seq, dim, t, 1, true}, h, c, w, b)
+                          : lstm_cell(select(seq, dim, t), h, c, w, b);
+    h = select(out, 0, 0);
+    c = select(out, 0, 1);
+  }
+  for (Tensor* p : params) p->zero_grad();
+  (h * h).sum().backward();
+  std::vector<Tensor> grads;
+  for (Tensor* p : params) grads.push_back(p->grad().clone());
+  return grads;
+}
+
 int count(const std::string& text, const std::string& what) {
   int n = 0;
   for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
@@ -158,18 +177,7 @@ TEST_CASE("an unrolled layer's weight gradient reads the gate gradients in place
     const int64_t tdim = time_major ? 0 : 1;
     Tensor x = randn(time_major ? Shape{T, B, 4 * H} : Shape{B, T, 4 * H}, F64).requires_grad_();
     Tensor w = (randn({4 * H, H}, F64) * 0.2).requires_grad_(), b = randn({4 * H}, F64).requires_grad_();
-    auto run = [&](bool windowed) {
-      Tensor seq = x * 1.5, h = zeros({B, H}, F64), c = zeros({B, H}, F64);
-      for (int64_t t = 0; t < T; ++t) {
-        Tensor out = windowed ? lstm_cell(SeqWindow{seq, tdim, t, 1, true}, h, c, w, b)
-                              : lstm_cell(select(seq, tdim, t), h, c, w, b);
-        h = select(out, 0, 0);
-        c = select(out, 0, 1);
-      }
-      for (Tensor* p : {&x, &w, &b}) p->zero_grad();
-      (h * h).sum().backward();
-      return std::vector<Tensor>{x.grad().clone(), w.grad().clone(), b.grad().clone()};
-    };
+    auto run = [&](bool windowed) { return unrolled_lstm_grads(windowed, x * 1.5, tdim, w, b, {&x, &w, &b}); };
     auto plain = run(false), windowed = run(true);
     for (size_t k = 0; k < plain.size(); ++k) {
       CAPTURE(k);
@@ -257,15 +265,7 @@ TEST_CASE("a hook that writes the projection's gradient in place does not change
       mul_(h, 3.0);
       return Tensor();
     });
-    Tensor h = zeros({B, H}, F64), c = zeros({B, H}, F64);
-    for (int64_t t = 0; t < T; ++t) {
-      Tensor out = lstm_cell(SeqWindow{seq, 1, t, 1, true}, h, c, w, Tensor());
-      h = select(out, 0, 0);
-      c = select(out, 0, 1);
-    }
-    for (Tensor* p : {&x, &w, &wi}) p->zero_grad();
-    (h * h).sum().backward();
-    return std::vector<Tensor>{x.grad().clone(), w.grad().clone(), wi.grad().clone()};
+    return unrolled_lstm_grads(true, seq, 1, w, Tensor(), {&x, &w, &wi});
   };
   auto returned = run(false), in_place = run(true);
   for (size_t k = 0; k < returned.size(); ++k) CHECK_MESSAGE(same_bits(returned[k], in_place[k]), "gradient " << k);
