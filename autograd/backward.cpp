@@ -241,6 +241,18 @@ Node* interior_target(Node* node, int i) {
   return e.kind == Edge::Interior ? e.node.get() : nullptr;
 }
 
+// Whether `window` is the shape of the window of `full` along dim from start (dim dropped when
+// squeezed, else window[dim] long), lying inside full.
+bool window_fits(const Shape& full, int64_t dim, int64_t start, const Shape& window, bool squeezed) {
+  if (dim < 0 || dim >= full.size() || window.size() != full.size() - (squeezed ? 1 : 0)) return false;
+  const int64_t len = squeezed ? 1 : window[dim];
+  if (start < 0 || len < 0 || start > full[dim] - len) return false;
+  Shape expected = full;
+  if (squeezed) expected.erase(dim);
+  else expected[dim] = len;
+  return expected == window;
+}
+
 // Before a node's gradient is read (its backward runs) or gets a whole gradient added: the parts
 // of a window-written gradient that no window wrote become zeros.
 void settle(Node* m) {
@@ -296,21 +308,13 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
   Edge& e = node_->inputs[i];
   if (e.kind == Edge::None) return;
   Node* target = interior_target(node_, i);
-  Shape window_shape = e.shape;
-  const int64_t len = squeezed ? 1 : (dim >= 0 && dim < g.dim() ? g.size(dim) : -1);
-  bool fits = dim >= 0 && dim < e.shape.size() && g.dim() == e.shape.size() - (squeezed ? 1 : 0) && start >= 0 &&
-              len >= 0 && start <= e.shape[dim] - len && g.dtype() == e.dtype;
-  if (fits) {
-    if (squeezed) window_shape.erase(dim);
-    else window_shape[dim] = len;
-  }
-  if (!fits || !(window_shape == g.shape()))
+  if (!window_fits(e.shape, dim, start, g.shape(), squeezed) || g.dtype() != e.dtype)
     throw std::logic_error(fmt::format("backward of '{}': window gradient {} {} at [{}, ...) along dim {} does not fit "
                                        "input {} {}",
                                        node_->op, g.shape().str(), dtype_name(g.dtype()), start, dim, e.shape.str(),
                                        dtype_name(e.dtype)));
   if (detail::anomaly_flag() && !all_finite(g)) throw std::runtime_error(backward_anomaly_message(node_, i));
-  const detail::WindowAccumulator::Window window{e.shape, dim, start, window_shape, squeezed};
+  const detail::WindowAccumulator::Window window{e.shape, dim, start, g.shape(), squeezed};
   if (grad_enabled()) return add(i, detail::WindowAccumulator::padded(window, g));  // create_graph: recorded
   if (target && !target->needed) return;
   if (!target && tl_pass && tl_pass->capture() && !tl_pass->capture()->wants(e.leaf.get())) return;
@@ -327,10 +331,7 @@ void Grads::add_window(int i, int64_t dim, int64_t start, const Tensor& g, bool 
 Tensor Grads::window_buffer(int i, int64_t dim, int64_t start, const Shape& window_shape, bool squeezed) {
   const Edge& e = node_->inputs[i];
   Node* target = e.kind == Edge::Interior && tl_pass && !grad_enabled() ? interior_target(node_, i) : nullptr;
-  const int64_t len = squeezed ? 1 : (dim >= 0 && dim < window_shape.size() ? window_shape[dim] : -1);
-  const bool fits = dim >= 0 && dim < e.shape.size() && window_shape.size() == e.shape.size() - (squeezed ? 1 : 0) &&
-                    start >= 0 && len >= 0 && start <= e.shape[dim] - len;
-  if (target && target->needed && fits) {
+  if (target && target->needed && window_fits(e.shape, dim, start, window_shape, squeezed)) {
     const detail::WindowAccumulator::Window w{e.shape, dim, start, window_shape, squeezed};
     Tensor lent = tl_pass->windows().lend(target, target->grad, target->grad_exclusive, w, e.dtype, node_->op);
     if (lent.defined()) return lent;

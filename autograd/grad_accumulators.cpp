@@ -50,13 +50,14 @@ bool ProductAccumulator::tiled(Tensor& a_all, Tensor& b_all) const {
     lo = std::min(lo, pa.offset());
     rows += pa.size(0);
   }
+  // Row i of a block sits at row first + i * step of [lo, ...) in units of P.
+  const auto first = [&](const Tensor& pa) { return (pa.offset() - lo) / P; };
+  const auto step = [&](const Tensor& pa) { return pa.size(0) > 1 ? pa.strides()[0] / P : int64_t{1}; };
   // Every row of every a starts at lo + r P for a distinct r < rows: then they cover [lo, lo + rows P).
   std::vector<uint8_t> seen(static_cast<size_t>(rows), 0);
   for (auto& [pa, pb] : products_) {
-    const int64_t step = pa.size(0) > 1 ? pa.strides()[0] / P : 1;
     if ((pa.offset() - lo) % P != 0) return false;
-    for (int64_t i = 0; i < pa.size(0); ++i) {
-      const int64_t r = (pa.offset() - lo) / P + i * step;
+    for (int64_t i = 0, r = first(pa); i < pa.size(0); ++i, r += step(pa)) {
       if (r < 0 || r >= rows || seen[static_cast<size_t>(r)]) return false;
       seen[static_cast<size_t>(r)] = 1;
     }
@@ -64,12 +65,10 @@ bool ProductAccumulator::tiled(Tensor& a_all, Tensor& b_all) const {
   a_all = make_view(a0, Shape{rows, P}, Strides{P, 1}, lo);
   b_all = tg::empty(Shape{rows, Q}, products_[0].second.dtype());
   const kern::ElementwiseKernels& ew = *kernels_of(b_all).elementwise;
-  for (auto& [pa, pb] : products_) {
-    const int64_t step = pa.size(0) > 1 ? pa.strides()[0] / P : 1;
+  for (auto& [pa, pb] : products_) {  // b's rows go where their a's rows are
     const Shape sizes{pa.size(0), Q};
-    const Strides strides{step * Q, 1};
-    ew.copy_from[static_cast<int>(pb.dtype())](window_view_of(b_all, sizes, strides, (pa.offset() - lo) / P * Q),
-                                               view_of(pb));
+    const Strides strides{step(pa) * Q, 1};
+    ew.copy_from[static_cast<int>(pb.dtype())](window_view_of(b_all, sizes, strides, first(pa) * Q), view_of(pb));
   }
   return true;
 }
@@ -81,12 +80,20 @@ Tensor ProductAccumulator::product(const Tensor& a, const Tensor& b) {
 }
 
 namespace {
-// The window of `full` (contiguous, ours) as a view.
-Tensor window_of(const Tensor& full, const WindowAccumulator::Window& w) {
-  Strides st = full.strides();
-  const int64_t offset = full.offset() + w.start * st[w.dim];
-  if (w.squeezed) st.erase(w.dim);
-  return make_view(full, w.window_shape, st, offset);
+// Where window w lies in `slot`: its strides (w.dim dropped when squeezed) and its first element,
+// counted from the slot's first element.
+struct WindowLayout {
+  Strides strides;
+  int64_t offset;
+};
+WindowLayout layout_of(const Tensor& slot, const WindowAccumulator::Window& w) {
+  WindowLayout l{slot.strides(), w.start * slot.strides()[w.dim]};
+  if (w.squeezed) l.strides.erase(w.dim);
+  return l;
+}
+// The window as a kernel view; `l` must outlive it.
+kern::View kernel_view(const Tensor& slot, const WindowAccumulator::Window& w, const WindowLayout& l) {
+  return window_view_of(slot, w.window_shape, l.strides, l.offset);
 }
 }  // namespace
 
@@ -100,15 +107,14 @@ void WindowAccumulator::add(Tensor& slot, bool& exclusive, const Window& w, cons
   }
   // The slot is ours and contiguous (zeros() or clone()), so the window is added in place by the
   // kernel directly: no view tensor, no version bump (nothing saved it).
-  Strides st = slot.strides();
-  const int64_t offset = w.start * st[w.dim];
-  if (w.squeezed) st.erase(w.dim);
-  kernels_of(slot).elementwise->add_scaled(window_view_of(slot, w.window_shape, st, offset), view_of(g), 1.0);
+  const WindowLayout l = layout_of(slot, w);
+  kernels_of(slot).elementwise->add_scaled(kernel_view(slot, w, l), view_of(g), 1.0);
 }
 
 Tensor WindowAccumulator::full_size(const Window& w, const Tensor& g) {
   Tensor full = zeros(w.full, g.dtype());
-  Tensor window = window_of(full, w);
+  const WindowLayout l = layout_of(full, w);
+  Tensor window = make_view(full, w.window_shape, l.strides, full.offset() + l.offset);
   add_(window, g);
   return full;
 }
@@ -148,13 +154,6 @@ WindowSlots::Coverage* WindowSlots::find(const void* owner) {
     if (slots_[i].owner == owner) return &slots_[i];
   return nullptr;
 }
-
-namespace {
-// Where window w starts in slot, in elements of its storage.
-int64_t window_offset(const Tensor& slot, const WindowAccumulator::Window& w) {
-  return slot.offset() + w.start * slot.strides()[w.dim];
-}
-}  // namespace
 
 WindowSlots::Coverage& WindowSlots::start(const void* owner, Tensor& slot, bool& exclusive,
                                           const WindowAccumulator::Window& w, DType dtype) {
@@ -208,7 +207,7 @@ void WindowSlots::add(const void* owner, Tensor& slot, bool& exclusive, const Wi
   // While windows write the slot, only lent windows share its memory (it was allocated here).
   if (c && g.impl()->storage.get() == slot.impl()->storage.get()) {  // a lent window, written in place
     const auto it = std::find(c->pending.begin(), c->pending.end(), w.start);
-    if (c->dim != w.dim || it == c->pending.end() || g.offset() != window_offset(slot, w))
+    if (c->dim != w.dim || it == c->pending.end() || g.offset() != slot.offset() + layout_of(slot, w).offset)
       throw std::logic_error(fmt::format("backward of '{}': a window gradient {} shares memory with the gradient it "
                                          "is added to and is not the window Grads::window_buffer lent for it",
                                          op, g.shape().str()));
@@ -217,11 +216,8 @@ void WindowSlots::add(const void* owner, Tensor& slot, bool& exclusive, const Wi
   }
   if (c && c->dim == w.dim && c->fresh(w.start, len)) {
     c->mark(w.start, len);
-    Strides st = slot.strides();
-    const int64_t offset = w.start * st[w.dim];
-    if (w.squeezed) st.erase(w.dim);
-    kernels_of(slot).elementwise->copy_from[static_cast<int>(g.dtype())](
-        window_view_of(slot, w.window_shape, st, offset), view_of(g));
+    const WindowLayout l = layout_of(slot, w);
+    kernels_of(slot).elementwise->copy_from[static_cast<int>(g.dtype())](kernel_view(slot, w, l), view_of(g));
     return;
   }
   settle(owner, slot, exclusive);
@@ -237,10 +233,9 @@ Tensor WindowSlots::lend(const void* owner, Tensor& slot, bool& exclusive, const
   }
   const int64_t len = w.squeezed ? 1 : w.window_shape[w.dim];
   if (!c || c->dim != w.dim || w.window_shape.size() != 2 || !c->fresh(w.start, len)) return Tensor();
-  Strides st = slot.strides();
-  if (w.squeezed) st.erase(w.dim);
-  if (w.window_shape[1] > 1 && st[1] != 1) return Tensor();
-  Tensor view = alias_of(slot, w.window_shape, st, window_offset(slot, w));  // inside the slot: w fits
+  const WindowLayout l = layout_of(slot, w);
+  if (w.window_shape[1] > 1 && l.strides[1] != 1) return Tensor();
+  Tensor view = alias_of(slot, w.window_shape, l.strides, slot.offset() + l.offset);  // inside the slot: w fits
   c->mark(w.start, len);
   c->pending.push_back(w.start);
   c->borrower = op;

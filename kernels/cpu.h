@@ -33,4 +33,14 @@ void pack_weight(bool transposed, int64_t k, int64_t n, const void* w, int64_t l
 void gemm_packed(int64_t m, const void* a, int64_t lda, const PackedWeight& w, double beta, void* c, int64_t ldc);
 bool packed_pays(int64_t m, int64_t n, int64_t k);
 
+// Rows picked by an index lie scattered over a table that is usually cold (an embedding's, after
+// the optimizer streamed it): the kernels that walk them fetch the row kRowsAhead picks ahead, line
+// by line, while they work on this one (bench/NOTES.md, the medium config). kWrite: to be written.
+// Past 4 KB the hardware prefetcher follows a row by itself.
+inline constexpr int64_t kRowsAhead = 8;
+template <int kWrite = 0> inline void prefetch_bytes(const void* p, size_t bytes) {
+  if (bytes > 4096) return;
+  for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b, kWrite);
+}
+
 }  // namespace tg::kern::cpu

@@ -7,16 +7,6 @@
 namespace tg::kern::cpu {
 namespace {
 
-// The rows an index picks are scattered over a table that is usually cold (an embedding's 10 MB
-// after the optimizer streamed it): fetch the row kAhead picks ahead, line by line, while this one
-// is copied (bench/NOTES.md: the medium config's lookups). Long rows need no help.
-constexpr int64_t kAhead = 8;
-template <int kWrite, class T> inline void fetch_row(const T* row, int64_t inner) {
-  const size_t bytes = static_cast<size_t>(inner) * sizeof(T);
-  if (bytes > 4096) return;
-  for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + b, kWrite);
-}
-
 template <class T>
 void gather_kernel(const void* src_p, void* dst_p, int64_t outer, int64_t n, int64_t src_n, int64_t inner,
                    const int64_t* ix) {
@@ -26,7 +16,7 @@ void gather_kernel(const void* src_p, void* dst_p, int64_t outer, int64_t n, int
   if (row_bytes == 0) return;
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < n; ++i) {
-      if (i + kAhead < n) fetch_row<0>(src + (o * src_n + ix[i + kAhead]) * inner, inner);
+      if (i + kRowsAhead < n) prefetch_bytes(src + (o * src_n + ix[i + kRowsAhead]) * inner, row_bytes);
       std::memcpy(dst + (o * n + i) * inner, src + (o * src_n + ix[i]) * inner, row_bytes);
     }
 }
@@ -38,7 +28,8 @@ void scatter_add_kernel(const void* src_p, void* dst_p, int64_t outer, int64_t n
   T* dst = static_cast<T*>(dst_p);
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < n; ++i) {
-      if (i + kAhead < n && ix[i + kAhead] != skip) fetch_row<1>(dst + (o * dst_n + ix[i + kAhead]) * inner, inner);
+      if (i + kRowsAhead < n && ix[i + kRowsAhead] != skip)
+        prefetch_bytes<1>(dst + (o * dst_n + ix[i + kRowsAhead]) * inner, static_cast<size_t>(inner) * sizeof(T));
       if (ix[i] == skip) continue;
       T* row = dst + (o * dst_n + ix[i]) * inner;
       const T* srow = src + (o * n + i) * inner;

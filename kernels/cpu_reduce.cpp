@@ -232,7 +232,6 @@ template <class T> double norm_accumulate_serial(const T* d, int64_t n, double n
 // sums it. Rows of L elements outside the ascending [r, end) are +0, and adding +0 * +0 to a lane
 // changes nothing, so only the 8-aligned spans around the listed rows are read (each element once,
 // in the same lane and order as the dense sum), then the tail the dense sum sends to lane 0.
-constexpr int64_t kPrefetchRows = 8;
 template <class T>
 double norm2_block_rows(const T* d, int64_t b0, int64_t m, int64_t L, const int64_t* r, const int64_t* end,
                         double acc) {
@@ -242,13 +241,9 @@ double norm2_block_rows(const T* d, int64_t b0, int64_t m, int64_t L, const int6
   for (; r != end; ++r) {
     int64_t s = *r * L - b0, e = s + L;
     if (s >= m) break;
-    // The listed rows are scattered over the table and cold (the embedding backward wrote them
-    // a while ago): fetch a row a few ahead, line by line, while this one is summed.
-    if (end - r > kPrefetchRows) {
-      const int64_t ahead = r[kPrefetchRows] * L - b0;
-      if (ahead < m)
-        for (int64_t k = std::max<int64_t>(ahead, 0); k < std::min(ahead + L, m); k += 64 / int64_t{sizeof(T)})
-          __builtin_prefetch(d + b0 + k);
+    if (end - r > kRowsAhead) {  // the listed rows are scattered and cold (cpu.h)
+      const int64_t next = r[kRowsAhead] * L - b0, from = std::max<int64_t>(next, 0), to = std::min(next + L, m);
+      if (from < to) prefetch_bytes(d + b0 + from, static_cast<size_t>(to - from) * sizeof(T));
     }
     s = std::max<int64_t>(s, 0) & ~int64_t{7};
     e = (std::min(e, main) + 7) & ~int64_t{7};

@@ -231,6 +231,20 @@ TEST_CASE("Grads::window_buffer: a custom op may borrow its window; breaking the
   }
 }
 
+TEST_CASE("Grads::window_buffer: a borrowed window handed back as another window is refused, naming the op") {
+  // The buffer lent for window 1 passed to add_window as window 2 would leave window 2's data in
+  // window 1 and nothing in window 2.
+  Tensor x = randn({4, 32, 48}, F64).requires_grad_();
+  Tensor seq = x * 1.0;
+  Tensor out = select(seq, 0, 1).detach().contiguous();
+  Tensor y = record("misplaced_window", {seq}, out, [](const Tensor& g, Grads& gr) {
+    Tensor buf = gr.window_buffer(0, 0, 1, Shape{32, 48}, true);
+    copy_(buf, g);
+    gr.add_window(0, 0, 2, buf, true);
+  });
+  CHECK_THROWS_WITH_AS(y.sum().backward(), doctest::Contains("misplaced_window"), std::logic_error);
+}
+
 TEST_CASE("a window gradient that is the very tensor the whole input also gets is added, either order") {
   // y = s + narrow(s, 0, 0, 64) with s [64, 96]: add's backward hands the same gradient tensor to
   // s and to the narrow, whose backward adds it as a window of s's gradient. dy/ds = 2 everywhere.
