@@ -1,5 +1,6 @@
 #pragma once
 // Everything in one include: tensors and the tape, ops, gradcheck, modules, optimizers, data.
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/format.h"
 #include "tapegrad/autograd/gradcheck.h"
 #include "tapegrad/autograd/ops.h"

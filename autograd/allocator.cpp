@@ -70,8 +70,22 @@ void* allocate(size_t nbytes) {
   return p;
 }
 
+namespace {
+thread_local Deferred* t_deferred = nullptr;
+}
+
+void defer_frees(Deferred* to) { t_deferred = to; }
+void free_deferred(Deferred& blocks) {
+  for (auto& [p, n] : blocks) std::free(p);
+  blocks.clear();
+}
+
 void deallocate(void* p, size_t nbytes) {
   if (!p) return;
+  if (t_deferred) [[unlikely]] {
+    t_deferred->emplace_back(p, nbytes);
+    return;
+  }
   if (nbytes == 0) nbytes = 1;
   const int c = size_class(nbytes);
   if (c <= kClasses) {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/grad_accumulators.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
@@ -142,6 +143,12 @@ void accumulate(Tensor& slot, bool& exclusive, Tensor g, bool must_own) {
     if (!detail::add_marked_(slot, g)) add_(slot, g);
     return;
   }
+  // A replay would add to the gradient as it was at capture, not to the one before the replay.
+  if (must_own && detail::capturing())
+    throw CaptureError("capture: a leaf's gradient from before the captured backward is shared (a reference to it "
+                       "is held, or the backward records a graph), so the backward would replace it by a sum, "
+                       "and a replay would not accumulate as running the step again does. Call zero_grad() inside "
+                       "the captured function");
   slot = add(slot, g);  // while a create_graph backward records, the sum is part of the graph
   exclusive = !grad_enabled();
 }

@@ -20,9 +20,19 @@ inline const kern::KernelTable& float_kernels_of(const char* op, const Tensor& t
 
 // Element 0 of t, and t as a strided view. The view points into t's shape and strides: t must
 // outlive it (bind temporaries to a name first).
-inline void* mem(const Tensor& t) { return t.raw_data(); }
-inline void* mem(const Storage& s) { return s.data(); }  // a saved output's whole storage (tg::SavedOutputStorage)
-inline kern::View view_of(const Tensor& t) { return {t.raw_data(), t.shape().begin(), t.strides().begin(), t.dim()}; }
+// While a step is being captured (capture.h), every storage a kernel is handed is kept alive for
+// the replays, which reuse the pointer.
+void keep_for_capture(const Storage& s);
+inline void* mem(const Storage& s) {  // a saved output's whole storage (tg::SavedOutputStorage)
+  if (kern::any_thread_recording()) [[unlikely]] keep_for_capture(s);
+  return s.data();
+}
+inline void* mem(const Tensor& t) {
+  if (kern::any_thread_recording()) [[unlikely]]
+    if (const TensorImpl* i = t.impl(); i && i->storage) keep_for_capture(*i->storage);
+  return t.raw_data();
+}
+inline kern::View view_of(const Tensor& t) { return {mem(t), t.shape().begin(), t.strides().begin(), t.dim()}; }
 
 // A window of t as a strided view: `sizes` and `strides` (elements) from element `offset` past t's
 // first element. They must outlive the view, and the window must lie inside t (the caller checks).

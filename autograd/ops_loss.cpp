@@ -42,9 +42,10 @@ Tensor binary_cross_entropy_with_logits(const Tensor& logits, const Tensor& targ
   const int64_t n = x.numel();
   const Reduction r = o.reduction;
   Tensor per = empty(x.shape(), x.dtype());
-  const double total = k.reduce->bce_with_logits(mem(x), mem(y), mem_or_null(pw), mem_or_null(w), mem(per), n);
   const double scale = r == Reduction::Mean ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
-  Tensor out = r == Reduction::None ? per : scalar(total * scale, x.dtype());
+  Tensor out = r == Reduction::None ? per : empty(Shape{}, x.dtype());
+  k.reduce->bce_with_logits(mem(x), mem(y), mem_or_null(pw), mem_or_null(w), mem(per), n,
+                            r == Reduction::None ? nullptr : mem(out), scale);
   if (r == Reduction::Mean && n == 0) out = scalar(NAN, x.dtype());
   return record(op, {logits, target}, out, [xs = Saved(x, 0), ys = Saved(y, 1), pws = Saved(pw, "its pos_weight"),
                                             wts = Saved(w, "its weight"), r, scale](const Tensor& g, Grads& gr) {

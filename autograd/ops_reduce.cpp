@@ -124,10 +124,12 @@ Tensor max(const Tensor& x) {
   Tensor index = argmax(flat, 0, false);
   return record("max", {x}, m, [index, in = x.shape()](const Tensor& g, Grads& gr) {
     const bool recording = grad_enabled();  // create_graph: a one-hot mask times g (recorded)
+    // A kernel puts g at the argmax (the host never reads the index: a captured step's replay
+    // follows a new argmax).
     Tensor gi = zeros(Shape{in.numel()}, g.dtype());
-    const kern::ElementwiseKernels& ew = *kernels_of(gi).elementwise;
-    const auto at = static_cast<int64_t>(kernels_of(index).elementwise->load(mem(index), 0));
-    ew.store(mem(gi), at, recording ? 1.0 : ew.load(mem(g), 0));  // g has one element
+    const Tensor gk = recording ? ones(Shape{1}, g.dtype()) : g.reshape(Shape{1}).contiguous();
+    const Shape one{1};
+    kernels_of(gi).index->scatter_to_argmax(mem(gk), index_data(index), mem(gi), one.begin(), gi.strides().begin(), 1, 0);
     gr.add(0, recording ? mul(gi.reshape(in), g) : gi.reshape(in));
   });
 }

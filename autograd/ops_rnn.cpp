@@ -3,6 +3,7 @@
 // (kernels/cpu_rnn.cpp) write the pre-activations once into one buffer that the GEMM accumulates
 // onto; the backward is written out by hand, its pointwise part a kernel too. Each has a float64
 // gradient check.
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/elementwise.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
@@ -81,10 +82,16 @@ class PackedWeights {
       e->rows = rows;
       e->cols = cols;
       e->valid[0] = e->valid[1] = false;
+      e->version = st->version();
+      e->epoch = detail::capturing() ? capture_epoch() : 0;
     }
-    if (e->version != st->version()) {
+    // A step being captured must record its packing (capture.h): panels made before it began
+    // would be read at every replay however the weight changed since.
+    const bool capturing = detail::capturing();
+    if (e->version != st->version() || (capturing && e->epoch != capture_epoch())) {
       e->version = st->version();
       e->valid[0] = e->valid[1] = false;
+      e->epoch = capturing ? capture_epoch() : 0;
     }
     e->used = ++clock_;
     kern::PackedWeight& p = e->packed[transposed];
@@ -100,7 +107,7 @@ class PackedWeights {
     Ref<Storage> storage;
     const void* first = nullptr;
     int64_t rows = 0, cols = 0;
-    uint64_t version = 0, used = 0;
+    uint64_t version = 0, used = 0, epoch = 0;
     bool valid[2] = {false, false};
     kern::PackedWeight packed[2];  // [0]: op(w) = w, [1]: op(w) = w^T
   };

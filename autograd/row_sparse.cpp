@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
 
@@ -110,8 +111,9 @@ Tensor embedding_grad(const Tensor& g, const int64_t* ix, int64_t n, int64_t V, 
   std::vector<int64_t> rows;
   Tensor gw;
   // Marked only while few rows are touched: past half the table, whole-table passes are as cheap.
+  // Never in a step being captured: the rows are found on the host, once (capture.h).
   bool marked = false;
-  if (row_sparse_grads() && V * E > 0) {
+  if (row_sparse_grads() && V * E > 0 && !capturing()) {
     touched_rows(ix, n, V, padding_idx, rows);
     if (rows.size() * 2 <= static_cast<size_t>(V)) {
       marked = true;

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <utility>
+#include <vector>
 
 #include "tapegrad/autograd/dtype.h"
 #include "tapegrad/autograd/ref.h"
@@ -16,6 +18,12 @@ void* allocate(size_t nbytes);           // 64-byte aligned, cached by size clas
 void deallocate(void* p, size_t nbytes);
 size_t cached_bytes();                   // held by this thread's cache, for tests and soak runs
 void release_cached();                   // return this thread's cache to the system
+// While `to` is set, this thread's deallocations are appended to it instead of being freed: a step
+// being captured (capture.h) must not see a block its kernels wrote handed out again. Blocks that
+// free_deferred gets go back to the system.
+using Deferred = std::vector<std::pair<void*, size_t>>;
+void defer_frees(Deferred* to);
+void free_deferred(Deferred& blocks);
 }  // namespace alloc
 
 class Storage : public RefCounted {

@@ -1,7 +1,9 @@
 // The RNN training-step benchmark of ../shared/bench/SPEC.md, written with the public API the way
 // a user would: Embedding -> nn::RNN / nn::LSTM -> last state -> Linear -> BCE with logits;
 // one step = zero grads, forward, backward, clip global norm 5 (optimizer hook), Adam(1e-3).
-//   bench_rnn_bench step --config small [--threads N]   one JSON line (default: the available cores)
+//   bench_rnn_bench step --config small [--threads N] [--captured]
+//                                                       one JSON line (default: the available cores);
+//                                                       --captured replays a captured step
 //   bench_rnn_bench cores                               the cores available to this process
 //   bench_rnn_bench toytrain                            the seed example's 300-epoch run, timed
 #include <fmt/format.h>
@@ -13,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/ops.h"
 #include "bench/bench_model.h"
 #include "tapegrad/optim/adam.h"
@@ -67,10 +70,12 @@ int toytrain() {  // SPEC.md: 300 epochs x 8 sentences of 4 tokens, per-sentence
 int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "step", config = "small";
   int threads = 0;
-  for (int i = 2; i + 1 < argc; i += 2) {
+  bool captured = false;
+  for (int i = 2; i < argc; ++i) {
     std::string k = argv[i];
-    if (k == "--config") config = argv[i + 1];
-    else if (k == "--threads") threads = std::atoi(argv[i + 1]);
+    if (k == "--captured") captured = true;
+    else if (i + 1 < argc && k == "--config") config = argv[++i];
+    else if (i + 1 < argc && k == "--threads") threads = std::atoi(argv[++i]);
   }
   if (mode == "cores") {
     fmt::print("{}\n", available_cores());
@@ -91,13 +96,18 @@ int main(int argc, char** argv) {
   optim::Adam opt(model.parameters(), optim::AdamOptions{.lr = 1e-3});
   opt.add_hook(optim::ClipGradNorm(5.0));
   Tensor loss;
-  auto step = [&] {
+  auto eager_step = [&] {
     opt.zero_grad();
     loss = binary_cross_entropy_with_logits(model.forward(x), y);
     loss.backward();
     opt.step();
   };
-  for (int i = 0; i < c.warm; ++i) step();
+  // --captured: the same step recorded once (that run is the first warm-up step) and replayed
+  // (autograd/capture.h); the inputs are fixed tensors, as in the eager loop.
+  CapturedStep replay;
+  if (captured) replay = capture(eager_step);
+  auto step = [&] { captured ? replay.replay() : eager_step(); };
+  for (int i = captured ? 1 : 0; i < c.warm; ++i) step();
   std::vector<double> per_step;
   for (int r = 0; r < kRepeats; ++r) {
     auto t0 = Clock::now();
@@ -107,9 +117,9 @@ int main(int argc, char** argv) {
   std::vector<double> sorted = per_step;
   std::sort(sorted.begin(), sorted.end());
   const double med = sorted[sorted.size() / 2], fl = flops_per_step(c);
-  fmt::print("{{\"config\": \"{}\", \"threads\": {}, \"median_ms\": {:.6f}, \"min_ms\": {:.6f}, \"gflops\": {:.3f}, "
+  fmt::print("{{\"config\": \"{}\", \"captured\": {}, \"threads\": {}, \"median_ms\": {:.6f}, \"min_ms\": {:.6f}, \"gflops\": {:.3f}, "
              "\"peak_rss_mb\": {:.1f}, \"repeats_ms\": [{:.6f}], \"final_loss\": {:.8g}}}\n",
-             config, threads, med, sorted.front(), fl / (med * 1e-3) / 1e9, peak_rss_mb(),
+             config, captured, threads, med, sorted.front(), fl / (med * 1e-3) / 1e9, peak_rss_mb(),
              fmt::join(per_step, ", "), loss.item());
   return 0;
 }

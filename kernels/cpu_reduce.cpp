@@ -92,7 +92,8 @@ template <class T> void column_sums_kernel(const void* d_p, int64_t rows, int64_
 template <class T> T softplus_neg(T v) { return (v < 0 ? -v : T(0)) + std::log1p(std::exp(-std::abs(v))); }
 
 template <class T>
-double bce_kernel(const void* x_p, const void* y_p, const void* pw_p, const void* w_p, void* per, int64_t n) {
+void bce_kernel(const void* x_p, const void* y_p, const void* pw_p, const void* w_p, void* per, int64_t n, void* total,
+                double scale) {
   const T *px = static_cast<const T*>(x_p), *py = static_cast<const T*>(y_p);
   const T *pw = static_cast<const T*>(pw_p), *w = static_cast<const T*>(w_p);
   T* o = static_cast<T*>(per);
@@ -105,7 +106,7 @@ double bce_kernel(const void* x_p, const void* y_p, const void* pw_p, const void
     o[i] = loss;
     acc += loss;
   }
-  return acc;
+  if (total) *static_cast<T*>(total) = static_cast<T>(acc * scale);
 }
 
 template <class T>

@@ -9,6 +9,7 @@
 // for the dtype (exp on int64) is null, and callers check the dtype before they look. Adding a
 // device is adding its enum value, one row of tables in table.cpp, and the kernels those tables
 // point to.
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -122,8 +123,10 @@ struct ReduceKernels {
   // Binary cross-entropy with logits, PyTorch's formula: per[i] = w ((1 - y) x + l softplus(-x)),
   // l = 1 + (pw - 1) y, softplus(-x) = max(-x, 0) + log(1 + exp(-|x|)) (never exponentiates a
   // large positive number); pw (pos_weight) and w (weight) are per element, or null for 1.
-  // Returns the sum (in double).
-  double (*bce_with_logits)(const void* x, const void* y, const void* pw, const void* w, void* per, int64_t n);
+  // total (one element, or null) gets T(sum scale), the sum accumulated in double: the reduced
+  // loss is written here rather than returned, so a captured step's replay recomputes it.
+  void (*bce_with_logits)(const void* x, const void* y, const void* pw, const void* w, void* per, int64_t n,
+                          void* total, double scale);
   // out[i] = scale g(i) d per[i] / d x = scale g(i) w ((1 - y) - l sigmoid(-x)) (wrt_logits), or
   // / d y = scale g(i) w (-x + (pw - 1) softplus(-x)); g(i) is g[i] when per_element, else g[0].
   void (*bce_with_logits_backward)(const void* x, const void* y, const void* pw, const void* w, const void* g,
@@ -281,9 +284,20 @@ struct KernelTable {
 
 extern const KernelTable kTables[kNumDevices][kNumDTypes];
 
+namespace detail {
+// Threads recording their kernel calls now (kernels/recording.h): while none is, kernels_for
+// costs one more load and a branch that is never taken.
+extern std::atomic<int> g_recording_threads;
+const KernelTable& table_for_this_thread(Device device, DType dtype);
+}  // namespace detail
+
 inline const KernelTable& kernels_for(Device device, DType dtype) {
+  if (detail::g_recording_threads.load(std::memory_order_relaxed) != 0) [[unlikely]]
+    return detail::table_for_this_thread(device, dtype);
   return kTables[static_cast<int>(device)][static_cast<int>(dtype)];
 }
+// Whether some thread is recording (kernels/recording.h); autograd keeps tensor memory alive then.
+inline bool any_thread_recording() { return detail::g_recording_threads.load(std::memory_order_relaxed) != 0; }
 
 // Threads of the CPU kernels' team (kernels/parallel.h), a property of the CPU device, not of a
 // dtype. OpenBLAS itself always runs one thread; the team splits the large products.

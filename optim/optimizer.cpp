@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/row_sparse.h"
 
@@ -28,7 +29,7 @@ Optimizer::Optimizer(std::string name, ParamGroup defaults, std::vector<std::str
   defaults_.params.clear();
 }
 
-Optimizer::~Optimizer() = default;
+Optimizer::~Optimizer() { *self_ = nullptr; }
 
 void Optimizer::add_param_groups(std::vector<ParamGroup> groups) {
   for (auto& g : groups) add_param_group(std::move(g));
@@ -84,6 +85,40 @@ int Optimizer::add_hook(Hook h) {
 void Optimizer::remove_hook(int id) { hooks_.erase(id); }
 
 void Optimizer::step() {
+  if (!tg::detail::capturing()) return step_now();
+  // Captured: run now, and at each replay run again as code (hooks, the step count and the
+  // update's scalars live on the host), on the gradients the captured backward rewrites.
+  tg::detail::run_as_code([this] { step_now(); }, [self = self_, seen = grad_storages()] {
+    Optimizer* o = *self;
+    if (!o)
+      throw tg::CaptureError("CapturedStep::replay: the optimizer this step was captured with has been destroyed");
+    const std::vector<const void*> now = o->grad_storages();
+    for (size_t i = 0; i < now.size() && i < seen.size(); ++i)
+      if (now[i] != seen[i])
+        throw tg::CaptureError(fmt::format(
+            "CapturedStep::replay: {}: parameter {} no longer has the gradient tensor the captured step wrote "
+            "(zero_grad() or a backward outside the captured function replaced it), so the update would not "
+            "see the replayed gradients. Call zero_grad() inside the captured function, or capture again",
+            o->name_, i));
+    if (now.size() != seen.size())
+      throw tg::CaptureError(fmt::format("CapturedStep::replay: {}: parameters were added since the step was "
+                                         "captured; capture it again",
+                                         o->name_));
+    o->step_now();
+  });
+}
+
+std::vector<const void*> Optimizer::grad_storages() const {
+  std::vector<const void*> out;
+  for (const auto& g : groups_)
+    for (const auto& p : g.params) {
+      const TensorImpl* gi = p.impl()->grad.get();
+      out.push_back(gi ? gi->storage.get() : nullptr);
+    }
+  return out;
+}
+
+void Optimizer::step_now() {
   // Advance by id rather than by iterator so hooks may add or remove hooks while running.
   for (auto it = hooks_.begin(); it != hooks_.end();) {
     const int id = it->first;

@@ -113,6 +113,11 @@ class Optimizer {
   std::map<int, std::shared_ptr<Hook>> hooks_;
   int next_hook_id_ = 0;
   int64_t step_count_ = 0;
+  // A captured step (autograd/capture.h) replays step() as code through this handle, which the
+  // destructor clears: a replay after the optimizer is gone throws instead of touching it.
+  std::shared_ptr<Optimizer*> self_ = std::make_shared<Optimizer*>(this);
+  void step_now();
+  std::vector<const void*> grad_storages() const;  // per parameter, in group order; null: none
 };
 
 // Formats a double the shortest way that reads back exactly (used in error messages).

@@ -17,7 +17,7 @@ set(allowed
   "autograd/tensor.cpp|raw_data(|1"
   "autograd/tensor.cpp|->data()|1"
   # The bridge that turns a tensor into kernel arguments (kern::View, element 0).
-  "autograd/kernel_bridge.h|raw_data(|2"
+  "autograd/kernel_bridge.h|raw_data(|1"
   # safetensors file I/O: copies between file buffers and tensors, owned by another work stream
   # (examples/train, CLI); it is byte serialisation, not tensor math. To move into the kernel
   # layer's copy_bytes like optimizer.cpp's state_dict did.
