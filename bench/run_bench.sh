@@ -3,7 +3,9 @@
 # libtorch is installed, the PyTorch reference from ../shared/bench built and run in the same
 # session, one after the other, so the ratio libtorch/tapegrad is measured on the same machine.
 # LSTM configs also run the oneDNN peer (bench_onednn_lstm: oneDNN's fused lstm_forward/backward,
-# what PyTorch 2.x uses for CPU LSTM training) when it was built (libdnnl-dev installed).
+# what PyTorch 2.x uses for CPU LSTM training) when it was built (libdnnl-dev installed). Every
+# config also runs as a captured step (bench_rnn_bench --captured, autograd/capture.h): its rows
+# follow the seed example's, with ratios against the same peers.
 set -euo pipefail
 build=$1; shift
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,7 +59,16 @@ fi
 cores=$("$build/bench/bench_rnn_bench" cores)
 thread_counts=(1)
 [ "$cores" -gt 1 ] && thread_counts+=("$cores")
-declare -A rows ours_ms
+declare -A rows captured_rows ours_ms
+# One table row: config name, tapegrad's JSON line, and the peers' figures of this config (globals).
+row() {
+  local gf of_peak="n/a"
+  gf=$(json "$2" gflops)
+  [ -n "${peak[$th]:-}" ] && of_peak=$(printf '%.0f %%' "$(echo "100 * $gf / ${peak[$th]}" | bc -l)")
+  printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s | %s | %s | %s | %s |' "$1" "$(json "$2" median_ms)" "$gf" "$of_peak" \
+    "$(json "$2" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)" "${ref_rss:-n/a}" \
+    "${dnnl_ms:-n/a}" "$([ -n "$dnnl_ratio" ] && printf '%.2fx' "$dnnl_ratio" || echo n/a)" "${dnnl_rss:-n/a}"
+}
 for th in "${thread_counts[@]}"; do
   rows[$th]=""
   for c in "${configs[@]}"; do
@@ -81,12 +92,14 @@ for th in "${thread_counts[@]}"; do
       ref_ms=$(json "$ref" median_ms)
       ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
     fi
-    gf=$(json "$ours" gflops)
-    of_peak="n/a"
-    [ -n "${peak[$th]:-}" ] && of_peak=$(printf '%.0f %%' "$(echo "100 * $gf / ${peak[$th]}" | bc -l)")
-    rows[$th]+="$(printf '| %s | %.4f | %.1f | %s | %.1f | %s | %s | %s | %s | %s | %s |' "$c" "$(json "$ours" median_ms)" "$gf" "$of_peak" \
-      "$(json "$ours" peak_rss_mb)" "${ref_ms:-n/a}" "$([ -n "$ratio" ] && printf '%.2fx' "$ratio" || echo n/a)" "${ref_rss:-n/a}" \
-      "${dnnl_ms:-n/a}" "$([ -n "$dnnl_ratio" ] && printf '%.2fx' "$dnnl_ratio" || echo n/a)" "${dnnl_rss:-n/a}")"$'\n'
+    rows[$th]+="$(row "$c" "$ours")"$'\n'
+    # The same step captured once and replayed (autograd/capture.h), against the same peers.
+    ours=$(OPENBLAS_NUM_THREADS=1 "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th" --captured)
+    ours_ms[$th,$c,captured]=$(json "$ours" median_ms)
+    echo "$ours"
+    [ -n "$ref_ms" ] && ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
+    [ -n "$dnnl_ms" ] && dnnl_ratio=$(echo "$dnnl_ms / $(json "$ours" median_ms)" | bc -l)
+    captured_rows[$th]+="$(row "$c, captured step" "$ours")"$'\n'
   done
 done
 
@@ -107,6 +120,7 @@ for th in "${thread_counts[@]}"; do
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s' "${rows[$th]}"
   [ "$th" = 1 ] && echo "$toy_row"
+  printf '%s' "${captured_rows[$th]}"
 done
 if [ ${#thread_counts[@]} -gt 1 ]; then
   th=${thread_counts[1]}

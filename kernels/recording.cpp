@@ -117,8 +117,9 @@ TG_REFUSAL(Optimizer, "an optimizer kernel outside Optimizer::step",
            "as code, hooks included)");
 TG_REFUSAL(RowSparse, "a row-sparse gradient kernel", "its row list is a host vector of the rows one batch touched");
 TG_REFUSAL(Nll, "nll_loss (cross_entropy)",
-           "its mean divides by a weight sum the host computes from the targets. Use the sum reduction "
-           "divided by a constant, or run the step eagerly");
+           "its reduced loss is summed on the host, and its mean divides by a weight sum computed there "
+           "from the targets. Run this step eagerly (binary_cross_entropy_with_logits and mse_loss can be "
+           "captured)");
 
 // ---- kernels whose result the host reads: run again at replay and compared ---------------------
 
