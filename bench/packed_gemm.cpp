@@ -1,7 +1,10 @@
 // The recurrent products on a packed weight (kernels/cpu_packed_gemm.cpp) against the gemm the
 // cells used before (cblas_sgemm above 4096 multiply-adds, a plain loop below), same shapes,
 // same operands, C accumulated (beta 1) as the cells do. One line per (threads, shape, path).
+// Then the step's one-shot products (input projection, input and weight gradients): cblas_sgemm
+// called directly against LinalgKernels::gemm, which packs op(b) where packing_pays_once.
 //   bench_packed_gemm [min_seconds_per_point] [threads...]     (default 0.2 s, threads 1 2)
+#include <cblas.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -89,5 +92,44 @@ int main(int argc, char** argv) {
       }
       report("pack_only", time_us([&] { lin.pack(s.fwd, s.k, s.n, w.data(), ldw, pw); }, min_s));
     }
+  }
+  // (name, M, N, K, op(a) transposed, op(b) transposed): C = op(A) op(B), beta 0.
+  struct OneShot {
+    const char* name;
+    int64_t m, n, k;
+    bool ta, tb;
+  };
+  const OneShot once[] = {
+      {"small-proj", 1024, 128, 64, false, true},  {"small-dx", 1024, 64, 128, false, false},
+      {"small-dWhh", 128, 128, 1024, true, false}, {"small-dWih", 128, 64, 1024, true, false},
+      {"lstm-small-proj", 1024, 512, 64, false, true}, {"lstm-small-dx", 1024, 64, 512, false, false},
+      {"lstm-small-dWhh", 512, 128, 1024, true, false}, {"lstm-small-dWih", 512, 64, 1024, true, false},
+      {"medium-proj", 4096, 256, 128, false, true}, {"medium-dx", 4096, 128, 256, false, false},
+      {"medium-dWhh", 256, 256, 4096, true, false}, {"medium-dWih", 256, 128, 4096, true, false},
+      {"few-rows", 32, 128, 128, false, true},     {"narrow", 256, 48, 256, false, false},
+  };
+  fmt::print("\nthreads\tone-shot\tM\tN\tK\tpath\tbest_us\tmedian_us\tGFLOP/s(best)\tGFLOP/s(median)\n");
+  for (int th : threads) {
+    set_kernel_threads(th);
+    openblas_set_num_threads(th);
+    for (const OneShot& s : once) {
+      const int64_t lda = s.ta ? s.m : s.k, ldb = s.tb ? s.k : s.n;
+      std::vector<float> a(static_cast<size_t>(s.m * s.k)), b(static_cast<size_t>(s.k * s.n)),
+          c(static_cast<size_t>(s.m * s.n));
+      for (auto& x : a) x = u(rng);
+      for (auto& x : b) x = u(rng);
+      const double flop = 2.0 * double(s.m) * double(s.k) * double(s.n);
+      auto report = [&](const char* path, std::pair<double, double> t) {
+        fmt::print("{}\t{}\t{}\t{}\t{}\t{}\t{:.2f}\t{:.2f}\t{:.1f}\t{:.1f}\n", th, s.name, s.m, s.n, s.k, path, t.first,
+                   t.second, flop / t.first * 1e-3, flop / t.second * 1e-3);
+      };
+      report("cblas_sgemm", time_us([&] {
+               cblas_sgemm(CblasRowMajor, s.ta ? CblasTrans : CblasNoTrans, s.tb ? CblasTrans : CblasNoTrans, int(s.m),
+                           int(s.n), int(s.k), 1.0f, a.data(), int(lda), b.data(), int(ldb), 0.0f, c.data(), int(s.n));
+             }, min_s));
+      report("gemm", time_us([&] { lin.gemm(s.ta, s.tb, s.m, s.n, s.k, a.data(), lda, b.data(), ldb, 0.0, c.data(),
+                                            s.n); }, min_s));
+    }
+    openblas_set_num_threads(1);  // what tapegrad runs OpenBLAS with (kernels/cpu_gemm.cpp)
   }
 }

@@ -32,6 +32,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
 void pack_weight(bool transposed, int64_t k, int64_t n, const void* w, int64_t ldw, PackedWeight& out);
 void gemm_packed(int64_t m, const void* a, int64_t lda, const PackedWeight& w, double beta, void* c, int64_t ldc);
 bool packed_pays(int64_t m, int64_t n, int64_t k);
+// c (beta)= op(a) op(b), float32, row-major: op(b) packed into per-thread scratch, then the
+// packed micro-kernel (op(a) read in place, transposed or not).
+void gemm_by_packing(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                     int64_t ldb, float beta, float* c, int64_t ldc);
+bool packing_pays_once(int64_t m, int64_t n, int64_t k);
 
 // Rows picked by an index lie scattered over a table that is usually cold (an embedding's, after
 // the optimizer streamed it): the kernels that walk them fetch the row kRowsAhead picks ahead, line

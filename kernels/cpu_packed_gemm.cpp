@@ -86,8 +86,10 @@ constexpr int kNR = kNV * Isa::L;     // panel width: 32 / 16 / 8 floats
 constexpr int kMR = Isa::MR;
 using V = Isa::V;
 
-// c[MR, cols] = beta c + a[MR, k] @ panel[k, NR] (its first `cols` columns; cols <= NR).
-template <int MR>
+// c[MR, cols] = beta c + op(a)[MR, k] @ panel[k, NR] (its first `cols` columns; cols <= NR).
+// op(a)[i, p] is a[i lda + p], or a[p lda + i] when TA (a stored [k, m]: a weight gradient's
+// dG^T, whose MR values at each p are then one contiguous run).
+template <int MR, bool TA = false>
 void micro(int64_t k, const float* a, int64_t lda, const float* b, float beta, float* c, int64_t ldc, int cols) {
   V acc[MR][kNV];
 #pragma GCC unroll 16
@@ -100,7 +102,7 @@ void micro(int64_t k, const float* a, int64_t lda, const float* b, float beta, f
     for (int v = 0; v < kNV; ++v) bv[v] = Isa::load(b + v * Isa::L);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V ai = Isa::bcast(a + i * lda + p);
+      const V ai = Isa::bcast(TA ? a + p * lda + i : a + i * lda + p);
 #pragma GCC unroll 4
       for (int v = 0; v < kNV; ++v) acc[i][v] = Isa::fma(ai, bv[v], acc[i][v]);
     }
@@ -120,24 +122,32 @@ void micro(int64_t k, const float* a, int64_t lda, const float* b, float beta, f
 }
 
 using MicroFn = void (*)(int64_t, const float*, int64_t, const float*, float, float*, int64_t, int);
-template <int... R> constexpr auto micro_table(std::integer_sequence<int, R...>) {
-  return std::array<MicroFn, sizeof...(R)>{&micro<R + 1>...};
+template <bool TA, int... R> constexpr auto micro_table(std::integer_sequence<int, R...>) {
+  return std::array<MicroFn, sizeof...(R)>{&micro<R + 1, TA>...};
 }
-constexpr auto kMicro = micro_table(std::make_integer_sequence<int, kMR>{});  // kMicro[r - 1]: r rows
+template <bool TA>  // kMicro<TA>[r - 1]: r rows
+constexpr auto kMicro = micro_table<TA>(std::make_integer_sequence<int, kMR>{});
 
 // Panels [p0, p1) of the product: each panel's rows of C, MR at a time.
+template <bool TA>
 void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta,
             float* c, int64_t ldc) {
   const int64_t k = w.k;
+  auto rows_at = [&](int64_t i) { return TA ? a + i : a + i * lda; };
   for (int64_t jp = p0; jp < p1; ++jp) {
     const float* b = w.panels.get() + jp * k * kNR;
     const int64_t j0 = jp * kNR;
     const int cols = static_cast<int>(std::min<int64_t>(kNR, w.n - j0));
     int64_t i = 0;
-    for (; i + kMR <= m; i += kMR) micro<kMR>(k, a + i * lda, lda, b, beta, c + i * ldc + j0, ldc, cols);
-    if (i < m) kMicro[static_cast<size_t>(m - i - 1)](k, a + i * lda, lda, b, beta, c + i * ldc + j0, ldc, cols);
+    for (; i + kMR <= m; i += kMR) micro<kMR, TA>(k, rows_at(i), lda, b, beta, c + i * ldc + j0, ldc, cols);
+    if (i < m) kMicro<TA>[static_cast<size_t>(m - i - 1)](k, rows_at(i), lda, b, beta, c + i * ldc + j0, ldc, cols);
   }
 }
+
+// All panels of C (beta)= op(a) @ w, split over the kernel threads from kParallelMacs (declared
+// below); panels are independent, so any thread count gives the same bits.
+template <bool TA>
+void all_panels(int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta, float* c, int64_t ldc);
 
 // From this many multiply-adds the panels are split over the kernel threads. With a team that
 // spins between loops (kernels/parallel.cpp) every recurrent product of the benchmarks gains:
@@ -148,35 +158,41 @@ constexpr int64_t kParallelMacs = int64_t(1) << 18;
 
 }  // namespace
 
+namespace {
+// Room for `floats` packed floats in out (kept when large enough: a repack of the same shape reuses it).
+void reserve(PackedWeight& out, size_t floats) {
+  if (floats <= out.capacity && out.panels) return;
+  out.panels.reset();
+  out.capacity = 0;
+  void* p = std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+  if (!p) throw std::bad_alloc();
+  out.panels.reset(static_cast<float*>(p));
+  out.capacity = floats;
+}
+// Panel jp of op(w) [k, n] into dst (k x NR floats, zero-padded past column n).
+void pack_panel(bool transposed, int64_t k, int64_t n, const float* w, int64_t ldw, int64_t jp, float* dst) {
+  const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, n - j0);
+  if (cols < kNR)
+    for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + cols, dst + (p + 1) * kNR, 0.0f);
+  if (transposed)  // column j of op(w) is row j of w: read it contiguously, write with stride NR
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t p = 0; p < k; ++p) dst[p * kNR + j] = w[(j0 + j) * ldw + p];
+  else
+    for (int64_t p = 0; p < k; ++p) std::copy(w + p * ldw + j0, w + p * ldw + j0 + cols, dst + p * kNR);
+}
+}  // namespace
+
 void pack_weight(bool transposed, int64_t k, int64_t n, const void* w_p, int64_t ldw, PackedWeight& out) {
   if (k < 1 || n < 1 || ldw < (transposed ? k : n))
     throw std::invalid_argument("gemm_packed: cannot pack a weight of k=" + std::to_string(k) + ", n=" +
                                 std::to_string(n) + ", ldw=" + std::to_string(ldw) +
                                 (transposed ? " (transposed: ldw must be >= k)" : " (ldw must be >= n)"));
   const int64_t np = (n + kNR - 1) / kNR;
-  const size_t floats = static_cast<size_t>(np) * static_cast<size_t>(k) * kNR;
-  if (floats > out.capacity || !out.panels) {
-    out.panels.reset();
-    out.capacity = 0;
-    void* p = std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-    if (!p) throw std::bad_alloc();
-    out.panels.reset(static_cast<float*>(p));
-    out.capacity = floats;
-  }
+  reserve(out, static_cast<size_t>(np) * static_cast<size_t>(k) * kNR);
   out.k = k;
   out.n = n;
-  const float* w = static_cast<const float*>(w_p);
-  float* dst = out.panels.get();
-  for (int64_t jp = 0; jp < np; ++jp, dst += k * kNR) {
-    const int64_t j0 = jp * kNR, cols = std::min<int64_t>(kNR, n - j0);
-    if (cols < kNR)
-      for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + cols, dst + (p + 1) * kNR, 0.0f);
-    if (transposed)  // column j of op(w) is row j of w: read it contiguously, write with stride NR
-      for (int64_t j = 0; j < cols; ++j)
-        for (int64_t p = 0; p < k; ++p) dst[p * kNR + j] = w[(j0 + j) * ldw + p];
-    else
-      for (int64_t p = 0; p < k; ++p) std::copy(w + p * ldw + j0, w + p * ldw + j0 + cols, dst + p * kNR);
-  }
+  for (int64_t jp = 0; jp < np; ++jp)
+    pack_panel(transposed, k, n, static_cast<const float*>(w_p), ldw, jp, out.panels.get() + jp * k * kNR);
 }
 
 void gemm_packed(int64_t m, const void* a_p, int64_t lda, const PackedWeight& w, double beta_d, void* c_p,
@@ -189,10 +205,60 @@ void gemm_packed(int64_t m, const void* a_p, int64_t lda, const PackedWeight& w,
   const float* a = static_cast<const float*>(a_p);
   float* c = static_cast<float*>(c_p);
   const float beta = static_cast<float>(beta_d);
+  all_panels<false>(m, a, lda, w, beta, c, ldc);
+}
+
+namespace {
+template <bool TA>
+void all_panels(int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta, float* c, int64_t ldc) {
   const int64_t np = (w.n + kNR - 1) / kNR;
   int64_t macs = 0;
-  if (np < 2 || (!__builtin_mul_overflow(m, w.n * w.k, &macs) && macs < kParallelMacs)) return panels(0, np, m, a, lda, w, beta, c, ldc);
-  parallel_for(np, 1, [&](int64_t p0, int64_t p1) { panels(p0, p1, m, a, lda, w, beta, c, ldc); });
+  if (np < 2 || (!__builtin_mul_overflow(m, w.n * w.k, &macs) && macs < kParallelMacs))
+    return panels<TA>(0, np, m, a, lda, w, beta, c, ldc);
+  parallel_for(np, 1, [&](int64_t p0, int64_t p1) { panels<TA>(p0, p1, m, a, lda, w, beta, c, ldc); });
+}
+}  // namespace
+
+void gemm_by_packing(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                     int64_t ldb, float beta, float* c, int64_t ldc) {
+  thread_local PackedWeight caller_scratch;  // reused: one product's packing at a time on this thread
+  // A name for this thread's object: in the parts below, run by the team's workers, the
+  // thread_local name would mean each worker's own.
+  PackedWeight& scratch = caller_scratch;
+  // Deep products go kKc rows of op(b) at a time (later slices add with beta 1), so a panel and
+  // the rows of A streaming past it share L2.
+  constexpr int64_t kKc = 512;
+  const int64_t np = (n + kNR - 1) / kNR;
+  reserve(scratch, static_cast<size_t>(np) * static_cast<size_t>(std::min(kKc, k)) * kNR);
+  for (int64_t p0 = 0; p0 < k; p0 += kKc) {
+    const int64_t kc = std::min(kKc, k - p0);
+    scratch.k = kc;
+    scratch.n = n;
+    const float* bp = tb ? b + p0 : b + p0 * ldb;
+    const float* ap = ta ? a + p0 * lda : a + p0;
+    const float bt = p0 == 0 ? beta : 1.0f;
+    // Each part packs the panels it multiplies by: no wait between packing and use.
+    auto part = [&](int64_t j0, int64_t j1) {
+      for (int64_t jp = j0; jp < j1; ++jp) {
+        pack_panel(tb, kc, n, bp, ldb, jp, scratch.panels.get() + jp * kc * kNR);
+        if (ta) panels<true>(jp, jp + 1, m, ap, lda, scratch, bt, c, ldc);
+        else panels<false>(jp, jp + 1, m, ap, lda, scratch, bt, c, ldc);
+      }
+    };
+    if (np < 2 || m * n * kc < kParallelMacs) part(0, np);
+    else parallel_for(np, 1, part);
+  }
+}
+
+// Whether gemm_by_packing beats one BLAS call on a product used once (packing included).
+// kernels/cpu_packed_gemm.cpp's measurements (bench_packed_gemm, one thread, GFLOP/s): the RNN
+// configs' input projections, input gradients and weight gradients gain 1.05-1.22x (e.g. lstm-
+// small's dW_hh 512x128x1024 102 -> 114); few rows (m < 96), narrow C (a padded last panel) or
+// under a million multiply-adds, BLAS wins (32x128x128 0.85-0.95x, 256x48x256 0.85x).
+bool packing_pays_once(int64_t m, int64_t n, int64_t k) {
+  int64_t mn = 0, mnk = 0;
+  if (__builtin_mul_overflow(m, n, &mn) || __builtin_mul_overflow(mn, k, &mnk)) return false;
+  return m >= 96 && n >= 64 && k >= 32 && (n % kNR == 0 || n >= 4 * kNR) && mnk >= (int64_t(1) << 20);
 }
 
 // Measured against gemm (bench/packed_gemm.cpp): gemm's plain loop wins only on products too

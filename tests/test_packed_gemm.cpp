@@ -105,6 +105,55 @@ TEST_CASE("packed gemm: the same bits on 1 and 2 threads (panels split across th
   CHECK(c1 == c2);
 }
 
+TEST_CASE("gemm's one-shot packing path: every layout, deep k, beta 0 and 1, same bits on 1 and 2 threads") {
+  // Shapes that LinalgKernels::gemm sends to cpu::gemm_by_packing (m >= 96, wide C, >= 2^20
+  // multiply-adds): op(b) is packed into scratch, k in slices of 512, panels split over the team.
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  struct Shape3 { int64_t m, n, k; };
+  for (const Shape3 sh : {Shape3{128, 128, 1100}, Shape3{100, 160, 96}, Shape3{257, 64, 600}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.0f, 1.0f}) {
+          const auto [m, n, k] = sh;
+          CAPTURE(m); CAPTURE(n); CAPTURE(k); CAPTURE(ta); CAPTURE(tb); CAPTURE(beta);
+          const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 5, ldc = n + 1;
+          std::vector<float> a(static_cast<size_t>((ta ? k : m) * lda)), b(static_cast<size_t>((tb ? n : k) * ldb));
+          for (auto& x : a) x = u(rng);
+          for (auto& x : b) x = u(rng);
+          std::vector<float> c0(static_cast<size_t>(m * ldc));
+          for (auto& x : c0) x = beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : u(rng);
+          std::vector<float> c1 = c0, c2 = c0;
+          {
+            ThreadsScope one(1);
+            lin32().gemm(ta, tb, m, n, k, a.data(), lda, b.data(), ldb, beta, c1.data(), ldc);
+          }
+          {
+            ThreadsScope two(2);
+            lin32().gemm(ta, tb, m, n, k, a.data(), lda, b.data(), ldb, beta, c2.data(), ldc);
+          }
+          CHECK(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)) == 0);
+          int bad = 0;
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < ldc; ++j) {
+              const size_t at = static_cast<size_t>(i * ldc + j);
+              if (j >= n) {  // the gap between rows of c stays as it was
+                bad += std::memcmp(&c1[at], &c0[at], sizeof(float)) != 0;
+                continue;
+              }
+              double s = beta == 0.0f ? 0.0 : double(c0[at]), mag = std::abs(s);
+              for (int64_t p = 0; p < k; ++p) {
+                const double t = double(ta ? a[static_cast<size_t>(p * lda + i)] : a[static_cast<size_t>(i * lda + p)]) *
+                                 double(tb ? b[static_cast<size_t>(j * ldb + p)] : b[static_cast<size_t>(p * ldb + j)]);
+                s += t;
+                mag += std::abs(t);
+              }
+              bad += !(std::abs(double(c1[at]) - s) <= double(k + 2) * 1.2e-7 * mag + 1e-30);
+            }
+          CHECK(bad == 0);
+        }
+}
+
 TEST_CASE("packed gemm: bad operands are refused naming the op and the sizes") {
   kern::PackedWeight pw;
   float x[4] = {};
