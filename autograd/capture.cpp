@@ -6,6 +6,9 @@
 #include <unordered_set>
 #include <vector>
 
+#include <fmt/format.h>
+
+#include "tapegrad/autograd/ops.h"
 #include "tapegrad/autograd/storage.h"
 
 namespace tg {
@@ -21,6 +24,7 @@ struct CaptureState {
   alloc::Deferred deferred;  // every block this thread freed while capturing
   std::vector<Ref<Storage>> kept;  // the storages of `seen` still alive at the end, for the replays
   std::atomic<bool> replaying{false};
+  std::vector<Tensor> inputs;  // named at capture, for replay(inputs)
   ~CaptureState() {
     kept.clear();
     alloc::free_deferred(deferred);
@@ -53,10 +57,13 @@ uint64_t capture_epoch() { return g_epoch.load(std::memory_order_relaxed); }
 
 }  // namespace detail
 
-CapturedStep capture(const std::function<void()>& step) {
+CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inputs) {
   if (detail::t_capture)
     throw CaptureError("capture: this thread is already capturing a step; captures do not nest");
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (!inputs[i].defined()) throw std::invalid_argument(fmt::format("capture: input {} is an undefined tensor", i));
   auto state = std::make_shared<detail::CaptureState>();
+  state->inputs = std::move(inputs);
   detail::g_epoch.fetch_add(1, std::memory_order_relaxed);
   kern::start_recording(state->recording);
   detail::t_capture = state.get();
@@ -92,6 +99,27 @@ void CapturedStep::replay() {
   // one of them must throw on backward rather than read the new values.
   for (const Ref<Storage>& s : state_->kept) s->bump_version();
   state_->recording.replay();
+}
+
+void CapturedStep::replay(const std::vector<Tensor>& inputs) {
+  if (!state_) throw CaptureError("CapturedStep::replay: this step is empty (default-constructed or moved from)");
+  std::vector<Tensor>& mine = state_->inputs;
+  if (inputs.size() != mine.size())
+    throw std::invalid_argument(fmt::format("CapturedStep::replay: {} inputs given, the step was captured with {}",
+                                            inputs.size(), mine.size()));
+  for (size_t i = 0; i < inputs.size(); ++i)
+    if (!inputs[i].defined() || !(inputs[i].shape() == mine[i].shape()) || inputs[i].dtype() != mine[i].dtype())
+      throw std::invalid_argument(fmt::format(
+          "CapturedStep::replay: input {} is {}, the step was captured with {} {}; a captured step has fixed "
+          "shapes (capture another one for this shape, or run it eagerly)",
+          i, inputs[i].defined() ? inputs[i].shape().str() + " " + dtype_name(inputs[i].dtype()) : "undefined",
+          mine[i].shape().str(), dtype_name(mine[i].dtype())));
+  {
+    NoGradGuard no_grad;
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (inputs[i].impl() != mine[i].impl()) copy_(mine[i], inputs[i]);
+  }
+  replay();
 }
 
 size_t CapturedStep::recorded_kernels() const { return state_ ? state_->recording.size() : 0; }

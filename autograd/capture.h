@@ -11,13 +11,15 @@
 //     loss = binary_cross_entropy_with_logits(model.forward(x), y);
 //     loss.backward();
 //     opt.step();                                   // replayed as code: hooks, schedules, counters
-//   });
-//   for (...) { copy_(x, next_x); copy_(y, next_y); step.replay(); log(loss.item()); }
+//   }, {x, y});
+//   for (...) { step.replay({next_x, next_y}); log(loss.item()); }  // copies into x and y
 //
 // The contract (what differs from running the function again):
 //  - The capture runs the function once, for real: that run is a training step.
-//  - Replay reads the same memory: give new inputs by copy_() into the tensors the function read,
-//    same shapes. Tensors the function made (loss, outputs, gradients) are rewritten in place.
+//  - Replay reads the same memory: give new inputs through replay(inputs) (or copy_() into the
+//    tensors the function read), same shapes. Rebinding a variable to a new tensor feeds nothing:
+//    the replay still reads the captured tensor. Tensors the function made (loss, outputs,
+//    gradients) are rewritten in place.
 //  - Optimizer::step() is replayed as code, so hooks (clipping, LR schedules) and step counts work
 //    as when run eagerly. The parameters' gradients must still be the ones the capture made
 //    (zero_grad() belongs inside the captured function): a replay checks, and throws otherwise.
@@ -31,6 +33,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "tapegrad/autograd/tensor.h"
 #include "tapegrad/kernels/recording.h"
@@ -49,19 +52,24 @@ class CapturedStep {
   // Runs the recorded step again. CaptureError when empty, when another thread is replaying it,
   // or when a checked host decision no longer holds.
   void replay();
+  // Copies each of `inputs` into the input tensor named at capture (same shape and dtype, else
+  // invalid_argument naming it), then replays: the safe way to feed a new batch, since a replay
+  // reads the captured tensors' memory, not whatever a variable names now.
+  void replay(const std::vector<Tensor>& inputs);
   size_t recorded_kernels() const;  // thunks, the optimizer steps among them
   size_t kept_storages() const;     // tensor storages held alive for replays
   explicit operator bool() const { return state_ != nullptr; }
 
  private:
-  friend CapturedStep capture(const std::function<void()>& step);
+  friend CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inputs);
   explicit CapturedStep(std::shared_ptr<detail::CaptureState> s) : state_(std::move(s)) {}
   std::shared_ptr<detail::CaptureState> state_;
 };
 
 // Runs `step` once, recording it. CaptureError when it does something a replay cannot repeat
-// (then nothing is kept), and whatever `step` itself throws.
-CapturedStep capture(const std::function<void()>& step);
+// (then nothing is kept), and whatever `step` itself throws. `inputs`: the tensors the step reads
+// its batch from, for replay(inputs).
+CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inputs = {});
 
 namespace detail {
 // Whether this thread is capturing a step now (and not inside a replayed-as-code part).

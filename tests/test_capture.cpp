@@ -75,13 +75,16 @@ void train_both_ways(Cell cell, bool adam, int64_t V, int64_t E, int64_t H, int6
   for (int s = 0; s < 6; ++s) {
     CAPTURE(s);
     const Tensor xs = randint(0, V, {B, T}), ys = randint(0, 2, {B}).to(DType::Float32);
-    for (Trainer* t : {&eager, &captured}) {
-      copy_(t->x, xs);
-      copy_(t->y, ys);
-    }
+    copy_(eager.x, xs);
+    copy_(eager.y, ys);
     eager.step();
-    if (s == 0) step = capture([&] { captured.step(); });
-    else step.replay();
+    if (s == 0) {
+      copy_(captured.x, xs);
+      copy_(captured.y, ys);
+      step = capture([&] { captured.step(); }, {captured.x, captured.y});
+    } else {
+      step.replay({xs, ys});
+    }
     CHECK(same_bits(eager.loss, captured.loss));
     CHECK(eager.clip->last_norm() == captured.clip->last_norm());
     const auto pe = eager.model.parameters(), pc = captured.model.parameters();
@@ -89,6 +92,9 @@ void train_both_ways(Cell cell, bool adam, int64_t V, int64_t E, int64_t H, int6
   }
   CHECK(captured.opt->step_count() == 6);
   CHECK(step.recorded_kernels() > 10);
+  CHECK_THROWS_WITH_AS(step.replay({randint(0, V, {B, T + 1}), zeros({B})}), doctest::Contains("fixed shapes"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(step.replay({randint(0, V, {B, T})}), std::invalid_argument);
 }
 
 }  // namespace
