@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/kernel_bridge.h"
 #include "tapegrad/autograd/ops.h"
 #include "tapegrad/autograd/row_sparse.h"
@@ -250,8 +251,20 @@ void* Tensor::raw_data() const {
   return static_cast<char*>(impl()->storage->data()) + impl()->offset * static_cast<int64_t>(dtype_size(dtype()));
 }
 
+namespace {
+// A host read inside a captured step would run once, at capture, and never at a replay.
+void refuse_host_read_while_capturing(const char* what) {
+  if (detail::capturing()) [[unlikely]]
+    throw CaptureError(fmt::format("{}: reads tensor values on the host inside a captured step, where a replay would "
+                                   "not read them again; read them after replay() (the step's tensors are "
+                                   "rewritten in place)",
+                                   what));
+}
+}  // namespace
+
 double Tensor::item() const {
   live("item");
+  refuse_host_read_while_capturing("item()");
   if (numel() != 1)
     throw std::invalid_argument(fmt::format("item: needs a one-element tensor, got shape {}", shape().str()));
   return detail::kernels_of(*this).elementwise->load(detail::mem(*this), 0);
@@ -259,6 +272,7 @@ double Tensor::item() const {
 
 double Tensor::at(std::initializer_list<int64_t> idx) const {
   live("at");
+  refuse_host_read_while_capturing("at()");
   if (static_cast<int64_t>(idx.size()) != dim())
     throw std::out_of_range(fmt::format("at: {} indices for a tensor of shape {}", idx.size(), shape().str()));
   int64_t off = 0, d = 0;
@@ -273,6 +287,7 @@ double Tensor::at(std::initializer_list<int64_t> idx) const {
 
 std::vector<double> Tensor::to_vector() const {
   live("to_vector");
+  refuse_host_read_while_capturing("to_vector()");
   std::vector<double> out(static_cast<size_t>(numel()));
   detail::kernels_of(*this).elementwise->to_doubles(detail::view_of(*this), out.data());
   return out;
