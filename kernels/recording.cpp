@@ -22,6 +22,9 @@ thread_local Recording* t_recording = nullptr;  // null while paused
 thread_local bool t_started = false;
 
 Recording& rec() { return *t_recording; }
+// A wrapper called while this thread does not record (an entry fetched while recording and kept
+// past a pause or the end) just runs the kernel.
+bool recording_now() { return t_recording != nullptr; }
 
 // ---- arguments as a thunk keeps them ---------------------------------------------------------
 
@@ -83,16 +86,18 @@ template <class G, class... A> struct Rec<G, void (*)(A...)> {
   static void fn(A... a) {
     const auto real = G{}();
     real(a...);
+    if (!recording_now()) return;
     rec().add([real, kept = std::tuple<decltype(Keep<A>::keep(std::declval<A>()))...>(Keep<A>::keep(a)...)] {
       std::apply([real](const auto&... k) { real(Keep<A>::use(k)...); }, kept);
     });
   }
 };
 
-// Throws, naming the kernel and why a replay could not reproduce it.
-template <class Why, class Sig> struct Refuse;
-template <class Why, class R, class... A> struct Refuse<Why, R (*)(A...)> {
-  [[noreturn]] static R fn(A...) {
+// Throws, naming the kernel and why a replay could not reproduce it (runs it when not recording).
+template <class G, class Why, class Sig> struct Refuse;
+template <class G, class Why, class R, class... A> struct Refuse<G, Why, R (*)(A...)> {
+  static R fn(A... a) {
+    if (!recording_now()) return G{}()(a...);
     throw CaptureError(std::string("capture: the step calls ") + Why::kKernel + ", which a replay cannot repeat: " +
                        Why::kWhy);
   }
@@ -137,6 +142,7 @@ template <int D, int T> struct Guards {
   static double load(const void* base, int64_t offset) {
     const auto f = real().elementwise->load;
     const double v = f(base, offset);
+    if (!recording_now()) return v;
     rec().add([f, base, offset, v] {
       if (const double now = f(base, offset); !same_bits(now, v))
         diverged("reading one element on the host (item(), a scalar argument)", num(v), num(now));
@@ -146,8 +152,8 @@ template <int D, int T> struct Guards {
   static void to_doubles(const View& src, double* out) {
     const auto f = real().elementwise->to_doubles;
     f(src, out);
-    const int64_t n = numel(src);
-    std::vector<double> then(out, out + n);
+    if (!recording_now()) return;
+    std::vector<double> then(out, out + numel(src));
     rec().add([f, k = keep_view(src), then = std::move(then)] {
       std::vector<double> now(then.size());
       f(use_view(k), now.data());
@@ -158,6 +164,7 @@ template <int D, int T> struct Guards {
   static int64_t first_zero(const View& x) {
     const auto f = real().elementwise->first_zero;
     const int64_t i = f(x);
+    if (!recording_now()) return i;
     rec().add([f, k = keep_view(x), i] {
       if (const int64_t now = f(use_view(k)); now != i)
         diverged("integer division's check for a zero divisor", num(static_cast<double>(i)),
@@ -168,6 +175,7 @@ template <int D, int T> struct Guards {
   static bool all_finite(const View& x) {
     const auto f = real().elementwise->all_finite;
     const bool ok = f(x);
+    if (!recording_now()) return ok;
     rec().add([f, k = keep_view(x), ok] {
       if (f(use_view(k)) != ok)
         diverged("anomaly mode's finiteness check", ok ? "all finite" : "a non-finite value",
@@ -178,6 +186,7 @@ template <int D, int T> struct Guards {
   static double norm_accumulate(const void* x, int64_t n, double p, double acc) {
     const auto f = real().reduce->norm_accumulate;
     const double v = f(x, n, p, acc);
+    if (!recording_now()) return v;
     rec().add([f, x, n, p, acc, v] {
       if (const double now = f(x, n, p, acc); !same_bits(now, v))
         diverged("a norm read on the host (clip_grad_norm_ outside an optimizer hook)", num(v), num(now));
@@ -187,6 +196,7 @@ template <int D, int T> struct Guards {
   static double clamp_abs(void* x, int64_t n, double limit, double max_abs) {
     const auto f = real().reduce->clamp_abs;
     const double v = f(x, n, limit, max_abs);
+    if (!recording_now()) return v;
     rec().add([f, x, n, limit, max_abs, v] {
       if (const double now = f(x, n, limit, max_abs); !same_bits(now, v))
         diverged("clip_grad_value_'s largest magnitude, read on the host", num(v), num(now));
@@ -199,6 +209,7 @@ template <int D, int T> struct Guards {
     const int64_t i = f(index, n, limit, skip, kept, value);
     const bool has_skip = skip != nullptr, wants_kept = kept != nullptr;
     const int64_t skip_v = skip ? *skip : 0, kept_v = kept ? *kept : 0;
+    if (!recording_now()) return i;
     rec().add([f, index, n, limit, has_skip, skip_v, wants_kept, kept_v, i] {
       int64_t now_kept = 0, bad = 0;
       const int64_t now = f(index, n, limit, has_skip ? &skip_v : nullptr, wants_kept ? &now_kept : nullptr, &bad);
@@ -214,14 +225,17 @@ template <int D, int T> struct Guards {
   static void sum(const View& x, void* out, const int64_t* keep_sizes) {
     const auto f = real().reduce->sum;
     f(x, out, keep_sizes);
+    if (!recording_now()) return;
     std::array<int64_t, kMaxRank> ks{};
+    const KeptView kx = keep_view(x);  // rank checked here
     std::copy(keep_sizes, keep_sizes + x.rank, ks.begin());
-    rec().add([f, k = keep_view(x), out, ks] { f(use_view(k), out, ks.data()); });
+    rec().add([f, kx, out, ks] { f(use_view(kx), out, ks.data()); });
   }
   static void scatter_to_argmax(const void* g, const int64_t* index, void* out, const int64_t* keep_sizes,
                                 const int64_t* out_strides, int64_t rank, int64_t dim) {
     const auto f = real().index->scatter_to_argmax;
     f(g, index, out, keep_sizes, out_strides, rank, dim);
+    if (!recording_now()) return;
     if (rank > kMaxRank) throw CaptureError("capture: scatter_to_argmax of rank " + std::to_string(rank));
     std::array<int64_t, kMaxRank> ks{}, st{};
     std::copy(keep_sizes, keep_sizes + rank, ks.begin());
@@ -231,6 +245,7 @@ template <int D, int T> struct Guards {
   static void pack(bool transposed, int64_t k, int64_t n, const void* w, int64_t ldw, PackedWeight& out) {
     const auto f = real().linalg->pack;
     f(transposed, k, n, w, ldw, out);
+    if (!recording_now()) return;
     rec().add([f, transposed, k, n, w, ldw, own = rec().packed_target(&out)] { f(transposed, k, n, w, ldw, *own); });
   }
 };
@@ -258,7 +273,7 @@ template <int D, int T> struct Build {
   }
   template <auto F, auto M, class Why> static auto refuse() {
     using Fn = decltype(G<F, M>{}());
-    return G<F, M>{}() ? &Refuse<Why, Fn>::fn : Fn{nullptr};
+    return G<F, M>{}() ? &Refuse<G<F, M>, Why, Fn>::fn : Fn{nullptr};
   }
   template <auto F, auto M, size_t... I, class Arr>
   static void wrap_array(Arr& out, std::index_sequence<I...>) {
