@@ -144,6 +144,24 @@ void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, cons
   }
 }
 
+// Panels [p0, p1) of the product, row block by row block (each block across all the panels).
+template <bool TA>
+void row_blocks(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta,
+                float* c, int64_t ldc) {
+  const int64_t k = w.k;
+  for (int64_t i = 0; i < m; i += kMR) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMR, m - i));
+    const float* ai = TA ? a + i : a + i * lda;
+    for (int64_t jp = p0; jp < p1; ++jp) {
+      const int64_t j0 = jp * kNR;
+      const int cols = static_cast<int>(std::min<int64_t>(kNR, w.n - j0));
+      const float* b = w.panels.get() + jp * k * kNR;
+      if (rows == kMR) micro<kMR, TA>(k, ai, lda, b, beta, c + i * ldc + j0, ldc, cols);
+      else kMicro<TA>[static_cast<size_t>(rows - 1)](k, ai, lda, b, beta, c + i * ldc + j0, ldc, cols);
+    }
+  }
+}
+
 // All panels of C (beta)= op(a) @ w, split over the kernel threads from kParallelMacs (declared
 // below); panels are independent, so any thread count gives the same bits.
 template <bool TA>
@@ -238,12 +256,13 @@ void gemm_by_packing(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const fl
     const float* ap = ta ? a + p0 * lda : a + p0;
     const float bt = p0 == 0 ? beta : 1.0f;
     // Each part packs the panels it multiplies by: no wait between packing and use.
+    // Row blocks outer, panels inner: a block's strip of A (MR rows of the slice: 24 KiB, or one
+    // cache line per k when transposed) is read once from memory and reused across the part's
+    // panels, which stay in L2.
     auto part = [&](int64_t j0, int64_t j1) {
-      for (int64_t jp = j0; jp < j1; ++jp) {
-        pack_panel(tb, kc, n, bp, ldb, jp, scratch.panels.get() + jp * kc * kNR);
-        if (ta) panels<true>(jp, jp + 1, m, ap, lda, scratch, bt, c, ldc);
-        else panels<false>(jp, jp + 1, m, ap, lda, scratch, bt, c, ldc);
-      }
+      for (int64_t jp = j0; jp < j1; ++jp) pack_panel(tb, kc, n, bp, ldb, jp, scratch.panels.get() + jp * kc * kNR);
+      if (ta) row_blocks<true>(j0, j1, m, ap, lda, scratch, bt, c, ldc);
+      else row_blocks<false>(j0, j1, m, ap, lda, scratch, bt, c, ldc);
     };
     if (np < 2 || m * n * kc < kParallelMacs) part(0, np);
     else parallel_for(np, 1, part);
