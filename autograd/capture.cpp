@@ -36,12 +36,10 @@ thread_local CaptureState* t_capture = nullptr;
 std::atomic<uint64_t> g_epoch{0};
 }  // namespace
 
-bool capturing() { return t_capture && kern::recording(); }
+bool capturing_on_this_thread() { return t_capture && kern::recording(); }
 
 void keep_for_capture(const Storage& s) {
-  CaptureState* c = t_capture;
-  if (!c || !kern::recording()) return;  // another thread's capture, or a replayed-as-code part
-  c->seen.insert(&s);
+  if (capturing_on_this_thread()) t_capture->seen.insert(&s);  // not another thread's, nor run-as-code
 }
 
 void run_as_code(const std::function<void()>& now, std::function<void()> replay) {
@@ -58,14 +56,12 @@ uint64_t capture_epoch() { return g_epoch.load(std::memory_order_relaxed); }
 }  // namespace detail
 
 CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inputs) {
-  if (detail::t_capture)
-    throw CaptureError("capture: this thread is already capturing a step; captures do not nest");
   for (size_t i = 0; i < inputs.size(); ++i)
     if (!inputs[i].defined()) throw std::invalid_argument(fmt::format("capture: input {} is an undefined tensor", i));
   auto state = std::make_shared<detail::CaptureState>();
   state->inputs = std::move(inputs);
+  kern::start_recording(state->recording);  // CaptureError when this thread already captures
   detail::g_epoch.fetch_add(1, std::memory_order_relaxed);
-  kern::start_recording(state->recording);
   detail::t_capture = state.get();
   alloc::defer_frees(&state->deferred);
   struct End {
@@ -84,26 +80,30 @@ CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inpu
   return CapturedStep(std::move(state));
 }
 
-void CapturedStep::replay() {
+detail::CaptureState& CapturedStep::live() const {
   if (!state_) throw CaptureError("CapturedStep::replay: this step is empty (default-constructed or moved from)");
+  return *state_;
+}
+
+void CapturedStep::replay() {
+  detail::CaptureState& st = live();
   if (detail::capturing())
     throw CaptureError("CapturedStep::replay: called while capturing another step; a capture cannot record a replay");
   bool idle = false;
-  if (!state_->replaying.compare_exchange_strong(idle, true, std::memory_order_acquire))
+  if (!st.replaying.compare_exchange_strong(idle, true, std::memory_order_acquire))
     throw CaptureError("CapturedStep::replay: another thread is replaying this step now; one replay at a time");
   struct Done {
     std::atomic<bool>& flag;
     ~Done() { flag.store(false, std::memory_order_release); }
-  } done{state_->replaying};
+  } done{st.replaying};
   // The replay rewrites these bytes without going through an op: a graph recorded since that saved
   // one of them must throw on backward rather than read the new values.
-  for (const Ref<Storage>& s : state_->kept) s->bump_version();
-  state_->recording.replay();
+  for (const Ref<Storage>& s : st.kept) s->bump_version();
+  st.recording.replay();
 }
 
 void CapturedStep::replay(const std::vector<Tensor>& inputs) {
-  if (!state_) throw CaptureError("CapturedStep::replay: this step is empty (default-constructed or moved from)");
-  std::vector<Tensor>& mine = state_->inputs;
+  std::vector<Tensor>& mine = live().inputs;
   if (inputs.size() != mine.size())
     throw std::invalid_argument(fmt::format("CapturedStep::replay: {} inputs given, the step was captured with {}",
                                             inputs.size(), mine.size()));
@@ -123,6 +123,5 @@ void CapturedStep::replay(const std::vector<Tensor>& inputs) {
 }
 
 size_t CapturedStep::recorded_kernels() const { return state_ ? state_->recording.size() : 0; }
-size_t CapturedStep::kept_storages() const { return state_ ? state_->kept.size() : 0; }
 
 }  // namespace tg

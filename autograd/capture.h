@@ -57,12 +57,12 @@ class CapturedStep {
   // reads the captured tensors' memory, not whatever a variable names now.
   void replay(const std::vector<Tensor>& inputs);
   size_t recorded_kernels() const;  // thunks, the optimizer steps among them
-  size_t kept_storages() const;     // tensor storages held alive for replays
   explicit operator bool() const { return state_ != nullptr; }
 
  private:
   friend CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inputs);
   explicit CapturedStep(std::shared_ptr<detail::CaptureState> s) : state_(std::move(s)) {}
+  detail::CaptureState& live() const;  // CaptureError when empty
   std::shared_ptr<detail::CaptureState> state_;
 };
 
@@ -72,8 +72,10 @@ class CapturedStep {
 CapturedStep capture(const std::function<void()>& step, std::vector<Tensor> inputs = {});
 
 namespace detail {
-// Whether this thread is capturing a step now (and not inside a replayed-as-code part).
-bool capturing();
+bool capturing_on_this_thread();
+// Whether this thread is capturing a step now (and not inside a replayed-as-code part). Called on
+// hot paths (per cell step, per item()): while no thread records, one load and a branch.
+inline bool capturing() { return kern::any_thread_recording() && capturing_on_this_thread(); }
 // The storage behind a kernel argument, kept alive for the replays (kernel_bridge.h's mem()).
 void keep_for_capture(const Storage& s);
 // While capturing: runs `now` unrecorded and records `replay` to run in its place at each replay

@@ -4,6 +4,7 @@
 // else in autograd/, optim/ or nn/ touches a tensor's bytes (tests/source_scan.cmake checks).
 #include <string>
 
+#include "tapegrad/autograd/capture.h"
 #include "tapegrad/autograd/tensor.h"
 #include "tapegrad/kernels/kernels.h"
 
@@ -21,8 +22,7 @@ inline const kern::KernelTable& float_kernels_of(const char* op, const Tensor& t
 // Element 0 of t, and t as a strided view. The view points into t's shape and strides: t must
 // outlive it (bind temporaries to a name first).
 // While a step is being captured (capture.h), every storage a kernel is handed is kept alive for
-// the replays, which reuse the pointer.
-void keep_for_capture(const Storage& s);
+// the replays, which reuse the pointer (keep_for_capture).
 inline void* mem(const Storage& s) {  // a saved output's whole storage (tg::SavedOutputStorage)
   if (kern::any_thread_recording()) [[unlikely]] keep_for_capture(s);
   return s.data();

@@ -72,6 +72,9 @@ class PackedWeights {
     if (!lin.packed_pays || !lin.packed_pays(m, n, k)) return nullptr;
     const Storage* st = w.impl()->storage.get();
     const void* first = mem(w);  // element 0
+    // A step being captured must record its packing (capture.h): panels made before it began
+    // would be read at every replay however the weight changed since. 0: not capturing.
+    const uint64_t epoch = detail::capturing() ? capture_epoch() : 0;
     Entry* e = nullptr;
     for (Entry& x : entries_)
       if (x.storage.get() == st && x.first == first && x.rows == rows && x.cols == cols) e = &x;
@@ -83,15 +86,12 @@ class PackedWeights {
       e->cols = cols;
       e->valid[0] = e->valid[1] = false;
       e->version = st->version();
-      e->epoch = detail::capturing() ? capture_epoch() : 0;
+      e->epoch = epoch;
     }
-    // A step being captured must record its packing (capture.h): panels made before it began
-    // would be read at every replay however the weight changed since.
-    const bool capturing = detail::capturing();
-    if (e->version != st->version() || (capturing && e->epoch != capture_epoch())) {
+    if (e->version != st->version() || (epoch != 0 && e->epoch != epoch)) {
       e->version = st->version();
       e->valid[0] = e->valid[1] = false;
-      e->epoch = capturing ? capture_epoch() : 0;
+      e->epoch = epoch;
     }
     e->used = ++clock_;
     kern::PackedWeight& p = e->packed[transposed];

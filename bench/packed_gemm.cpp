@@ -2,7 +2,8 @@
 // cells used before (cblas_sgemm above 4096 multiply-adds, a plain loop below), same shapes,
 // same operands, C accumulated (beta 1) as the cells do. One line per (threads, shape, path).
 // Then the step's one-shot products (input projection, input and weight gradients): cblas_sgemm
-// called directly against LinalgKernels::gemm, which packs op(b) where packing_pays_once.
+// called directly against LinalgKernels::gemm, which packs op(b) where packing_pays_once, and
+// against the packing path on its own (cpu::gemm_by_packing), where it would lose too.
 //   bench_packed_gemm [min_seconds_per_point] [threads...]     (default 0.2 s, threads 1 2)
 #include <cblas.h>
 #include <fmt/format.h>
@@ -13,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "tapegrad/kernels/cpu.h"
 #include "tapegrad/kernels/kernels.h"
 
 namespace {
@@ -129,6 +131,9 @@ int main(int argc, char** argv) {
              }, min_s));
       report("gemm", time_us([&] { lin.gemm(s.ta, s.tb, s.m, s.n, s.k, a.data(), lda, b.data(), ldb, 0.0, c.data(),
                                             s.n); }, min_s));
+      // The packing path itself, also where gemm keeps BLAS (packing_pays_once is false).
+      report("packing", time_us([&] { cpu::gemm_by_packing(s.ta, s.tb, s.m, s.n, s.k, a.data(), lda, b.data(), ldb,
+                                                           0.0f, c.data(), s.n); }, min_s));
     }
     openblas_set_num_threads(1);  // what tapegrad runs OpenBLAS with (kernels/cpu_gemm.cpp)
   }

@@ -95,7 +95,6 @@ for th in "${thread_counts[@]}"; do
     rows[$th]+="$(row "$c" "$ours")"$'\n'
     # The same step captured once and replayed (autograd/capture.h), against the same peers.
     ours=$(OPENBLAS_NUM_THREADS=1 "$build/bench/bench_rnn_bench" step --config "$c" --threads "$th" --captured)
-    ours_ms[$th,$c,captured]=$(json "$ours" median_ms)
     echo "$ours"
     [ -n "$ref_ms" ] && ratio=$(echo "$ref_ms / $(json "$ours" median_ms)" | bc -l)
     [ -n "$dnnl_ms" ] && dnnl_ratio=$(echo "$dnnl_ms / $(json "$ours" median_ms)" | bc -l)

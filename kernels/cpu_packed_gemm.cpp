@@ -128,19 +128,18 @@ template <bool TA, int... R> constexpr auto micro_table(std::integer_sequence<in
 template <bool TA>  // kMicro<TA>[r - 1]: r rows
 constexpr auto kMicro = micro_table<TA>(std::make_integer_sequence<int, kMR>{});
 
-// Panels [p0, p1) of the product: each panel's rows of C, MR at a time.
-template <bool TA>
+// Panels [p0, p1) of the product: each panel's rows of C, MR at a time (a recurrent product:
+// few rows, so one panel stays in L1 while they pass).
 void panels(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta,
             float* c, int64_t ldc) {
   const int64_t k = w.k;
-  auto rows_at = [&](int64_t i) { return TA ? a + i : a + i * lda; };
   for (int64_t jp = p0; jp < p1; ++jp) {
     const float* b = w.panels.get() + jp * k * kNR;
     const int64_t j0 = jp * kNR;
     const int cols = static_cast<int>(std::min<int64_t>(kNR, w.n - j0));
     int64_t i = 0;
-    for (; i + kMR <= m; i += kMR) micro<kMR, TA>(k, rows_at(i), lda, b, beta, c + i * ldc + j0, ldc, cols);
-    if (i < m) kMicro<TA>[static_cast<size_t>(m - i - 1)](k, rows_at(i), lda, b, beta, c + i * ldc + j0, ldc, cols);
+    for (; i + kMR <= m; i += kMR) micro<kMR>(k, a + i * lda, lda, b, beta, c + i * ldc + j0, ldc, cols);
+    if (i < m) kMicro<false>[static_cast<size_t>(m - i - 1)](k, a + i * lda, lda, b, beta, c + i * ldc + j0, ldc, cols);
   }
 }
 
@@ -161,11 +160,6 @@ void row_blocks(int64_t p0, int64_t p1, int64_t m, const float* a, int64_t lda, 
     }
   }
 }
-
-// All panels of C (beta)= op(a) @ w, split over the kernel threads from kParallelMacs (declared
-// below); panels are independent, so any thread count gives the same bits.
-template <bool TA>
-void all_panels(int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta, float* c, int64_t ldc);
 
 // From this many multiply-adds the panels are split over the kernel threads. With a team that
 // spins between loops (kernels/parallel.cpp) every recurrent product of the benchmarks gains:
@@ -223,19 +217,12 @@ void gemm_packed(int64_t m, const void* a_p, int64_t lda, const PackedWeight& w,
   const float* a = static_cast<const float*>(a_p);
   float* c = static_cast<float*>(c_p);
   const float beta = static_cast<float>(beta_d);
-  all_panels<false>(m, a, lda, w, beta, c, ldc);
-}
-
-namespace {
-template <bool TA>
-void all_panels(int64_t m, const float* a, int64_t lda, const PackedWeight& w, float beta, float* c, int64_t ldc) {
   const int64_t np = (w.n + kNR - 1) / kNR;
   int64_t macs = 0;
   if (np < 2 || (!__builtin_mul_overflow(m, w.n * w.k, &macs) && macs < kParallelMacs))
-    return panels<TA>(0, np, m, a, lda, w, beta, c, ldc);
-  parallel_for(np, 1, [&](int64_t p0, int64_t p1) { panels<TA>(p0, p1, m, a, lda, w, beta, c, ldc); });
+    return panels(0, np, m, a, lda, w, beta, c, ldc);
+  parallel_for(np, 1, [&](int64_t p0, int64_t p1) { panels(p0, p1, m, a, lda, w, beta, c, ldc); });
 }
-}  // namespace
 
 void gemm_by_packing(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                      int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -270,10 +257,10 @@ void gemm_by_packing(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const fl
 }
 
 // Whether gemm_by_packing beats one BLAS call on a product used once (packing included).
-// kernels/cpu_packed_gemm.cpp's measurements (bench_packed_gemm, one thread, GFLOP/s): the RNN
-// configs' input projections, input gradients and weight gradients gain 1.05-1.22x (e.g. lstm-
-// small's dW_hh 512x128x1024 102 -> 114); few rows (m < 96), narrow C (a padded last panel) or
-// under a million multiply-adds, BLAS wins (32x128x128 0.85-0.95x, 256x48x256 0.85x).
+// bench_packed_gemm's one-shot table (1 thread, GFLOP/s, two runs): the RNN configs' input
+// projections, input gradients and weight gradients gain 1.03-1.18x over cblas_sgemm (lstm-small's
+// dW_ih 96 -> 113 the most, medium's 4096-deep dW_hh the least); with few rows (m < 96) or a
+// narrow C (a mostly empty last panel), its `packing` rows lose to BLAS.
 bool packing_pays_once(int64_t m, int64_t n, int64_t k) {
   int64_t mn = 0, mnk = 0;
   if (__builtin_mul_overflow(m, n, &mn) || __builtin_mul_overflow(mn, k, &mnk)) return false;

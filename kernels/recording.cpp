@@ -135,20 +135,43 @@ TG_REFUSAL(Nll, "nll_loss (cross_entropy)",
                      "Run this step eagerly, or capture it again");
 }
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-std::string num(double v) { return std::to_string(v); }
 
-template <int D, int T> struct Guards {
-  static const KernelTable& real() { return kTables[D][T]; }
-  static double load(const void* base, int64_t offset) {
-    const auto f = real().elementwise->load;
-    const double v = f(base, offset);
-    if (!recording_now()) return v;
-    rec().add([f, base, offset, v] {
-      if (const double now = f(base, offset); !same_bits(now, v))
-        diverged("reading one element on the host (item(), a scalar argument)", num(v), num(now));
+// A kernel whose result the host reads, all arguments kept like Rec's: run again at each replay,
+// and a different result throws. `What` names the check in the error.
+template <class G, class What, class Sig> struct Checked;
+template <class G, class What, class R, class... A> struct Checked<G, What, R (*)(A...)> {
+  static R fn(A... a) {
+    const auto real = G{}();
+    const R then = real(a...);
+    if (!recording_now()) return then;
+    rec().add([real, then, kept = std::tuple<decltype(Keep<A>::keep(std::declval<A>()))...>(Keep<A>::keep(a)...)] {
+      const R now = std::apply([real](const auto&... k) { return real(Keep<A>::use(k)...); }, kept);
+      if (!same_result(now, then)) diverged(What::kWhat, show(then), show(now));
     });
-    return v;
+    return then;
   }
+  static bool same_result(R x, R y) {
+    if constexpr (std::is_floating_point_v<R>) return same_bits(x, y);
+    else return x == y;
+  }
+  static std::string show(R v) {
+    if constexpr (std::is_same_v<R, bool>) return v ? "true" : "false";
+    else return std::to_string(v);
+  }
+};
+#define TG_CHECKED(tag, what) \
+  struct tag {                \
+    static constexpr const char* kWhat = what; \
+  }
+TG_CHECKED(LoadCheck, "reading one element on the host (item(), a scalar argument)");
+TG_CHECKED(ZeroDivisorCheck, "integer division's check for a zero divisor (the first zero's position, -1: none)");
+TG_CHECKED(FiniteCheck, "anomaly mode's finiteness check (all finite)");
+TG_CHECKED(NormCheck, "a norm read on the host (clip_grad_norm_ outside an optimizer hook)");
+TG_CHECKED(ClampCheck, "clip_grad_value_'s largest magnitude, read on the host");
+
+// Kernels whose host-side arguments or results need more than Rec or Checked give them.
+template <int D, int T> struct ByHand {
+  static const KernelTable& real() { return kTables[D][T]; }
   static void to_doubles(const View& src, double* out) {
     const auto f = real().elementwise->to_doubles;
     f(src, out);
@@ -160,48 +183,6 @@ template <int D, int T> struct Guards {
       if (std::memcmp(now.data(), then.data(), now.size() * sizeof(double)) != 0)
         diverged("copying a tensor's values to the host (to_vector)", "other values", "different ones");
     });
-  }
-  static int64_t first_zero(const View& x) {
-    const auto f = real().elementwise->first_zero;
-    const int64_t i = f(x);
-    if (!recording_now()) return i;
-    rec().add([f, k = keep_view(x), i] {
-      if (const int64_t now = f(use_view(k)); now != i)
-        diverged("integer division's check for a zero divisor", num(static_cast<double>(i)),
-                 num(static_cast<double>(now)));
-    });
-    return i;
-  }
-  static bool all_finite(const View& x) {
-    const auto f = real().elementwise->all_finite;
-    const bool ok = f(x);
-    if (!recording_now()) return ok;
-    rec().add([f, k = keep_view(x), ok] {
-      if (f(use_view(k)) != ok)
-        diverged("anomaly mode's finiteness check", ok ? "all finite" : "a non-finite value",
-                 ok ? "a non-finite value" : "all finite");
-    });
-    return ok;
-  }
-  static double norm_accumulate(const void* x, int64_t n, double p, double acc) {
-    const auto f = real().reduce->norm_accumulate;
-    const double v = f(x, n, p, acc);
-    if (!recording_now()) return v;
-    rec().add([f, x, n, p, acc, v] {
-      if (const double now = f(x, n, p, acc); !same_bits(now, v))
-        diverged("a norm read on the host (clip_grad_norm_ outside an optimizer hook)", num(v), num(now));
-    });
-    return v;
-  }
-  static double clamp_abs(void* x, int64_t n, double limit, double max_abs) {
-    const auto f = real().reduce->clamp_abs;
-    const double v = f(x, n, limit, max_abs);
-    if (!recording_now()) return v;
-    rec().add([f, x, n, limit, max_abs, v] {
-      if (const double now = f(x, n, limit, max_abs); !same_bits(now, v))
-        diverged("clip_grad_value_'s largest magnitude, read on the host", num(v), num(now));
-    });
-    return v;
   }
   static int64_t first_out_of_range(const int64_t* index, int64_t n, int64_t limit, const int64_t* skip,
                                     int64_t* kept, int64_t* value) {
@@ -266,10 +247,10 @@ struct RecordingRow {
 
 template <int D, int T> struct Build {
   template <auto F, auto M> using G = Get<D, T, F, M>;
-  // The wrapper W<G, Sig>::fn where the real entry is set, else null.
-  template <auto F, auto M, template <class, class> class W = Rec> static auto wrap() {
+  // Each wrapper where the real entry is set, else null.
+  template <auto F, auto M> static auto wrap() {
     using Fn = decltype(G<F, M>{}());
-    return G<F, M>{}() ? &W<G<F, M>, Fn>::fn : Fn{nullptr};
+    return G<F, M>{}() ? &Rec<G<F, M>, Fn>::fn : Fn{nullptr};
   }
   template <auto F, auto M, class Why> static auto refuse() {
     using Fn = decltype(G<F, M>{}());
@@ -280,12 +261,17 @@ template <int D, int T> struct Build {
     ((out[I] = ((kTables[D][T].*F)->*M)[I] ? &Rec<GetAt<D, T, F, M, I>, std::decay_t<decltype(out[I])>>::fn : nullptr),
      ...);
   }
-  template <class Fn, class Guard> static Fn guard(Fn real, Guard g) { return real ? g : nullptr; }
+  template <auto F, auto M, class What> static auto checked() {
+    using Fn = decltype(G<F, M>{}());
+    return G<F, M>{}() ? &Checked<G<F, M>, What, Fn>::fn : Fn{nullptr};
+  }
+  // A ByHand wrapper where the real entry is set, else null.
+  template <class Fn> static Fn by_hand(Fn real, Fn wrapper) { return real ? wrapper : nullptr; }
 
   static void build(RecordingRow& r) {
     const KernelTable& k = kTables[D][T];
     using K = KernelTable;
-    using GD = Guards<D, T>;
+    using GD = ByHand<D, T>;
     r.table = {};
     if (k.elementwise) {
       using E = ElementwiseKernels;
@@ -301,13 +287,13 @@ template <int D, int T> struct Build {
       e.copy_bytes = refuse<&K::elementwise, &E::copy_bytes, HostCopy>();
       e.repeat_row = wrap<&K::elementwise, &E::repeat_row>();
       e.iota = wrap<&K::elementwise, &E::iota>();
-      e.load = guard(re.load, &GD::load);
+      e.load = checked<&K::elementwise, &E::load, LoadCheck>();
       e.store = wrap<&K::elementwise, &E::store>();
-      e.to_doubles = guard(re.to_doubles, &GD::to_doubles);
-      e.first_zero = guard(re.first_zero, &GD::first_zero);
+      e.to_doubles = by_hand(re.to_doubles, &GD::to_doubles);
+      e.first_zero = checked<&K::elementwise, &E::first_zero, ZeroDivisorCheck>();
       e.fill_random = refuse<&K::elementwise, &E::fill_random, RandomFill>();
       e.bernoulli_mask = refuse<&K::elementwise, &E::bernoulli_mask, RandomMask>();
-      e.all_finite = guard(re.all_finite, &GD::all_finite);
+      e.all_finite = checked<&K::elementwise, &E::all_finite, FiniteCheck>();
       e.fill_random_int = refuse<&K::elementwise, &E::fill_random_int, RandomFill>();
       r.table.elementwise = &e;
     }
@@ -315,7 +301,7 @@ template <int D, int T> struct Build {
       using R = ReduceKernels;
       R& x = r.reduce;
       const R& rr = *k.reduce;
-      x.sum = guard(rr.sum, &GD::sum);
+      x.sum = by_hand(rr.sum, &GD::sum);
       x.max_rows = wrap<&K::reduce, &R::max_rows>();
       x.softmax_rows = wrap<&K::reduce, &R::softmax_rows>();
       x.column_sums = wrap<&K::reduce, &R::column_sums>();
@@ -323,9 +309,9 @@ template <int D, int T> struct Build {
       x.bce_with_logits_backward = wrap<&K::reduce, &R::bce_with_logits_backward>();
       x.nll_rows = refuse<&K::reduce, &R::nll_rows, Nll>();
       x.nll_rows_backward = wrap<&K::reduce, &R::nll_rows_backward>();
-      x.norm_accumulate = guard(rr.norm_accumulate, &GD::norm_accumulate);
+      x.norm_accumulate = checked<&K::reduce, &R::norm_accumulate, NormCheck>();
       x.norm2_rows = refuse<&K::reduce, &R::norm2_rows, RowSparse>();
-      x.clamp_abs = guard(rr.clamp_abs, &GD::clamp_abs);
+      x.clamp_abs = checked<&K::reduce, &R::clamp_abs, ClampCheck>();
       r.table.reduce = &x;
     }
     if (k.linalg) {
@@ -333,7 +319,7 @@ template <int D, int T> struct Build {
       L& x = r.linalg;
       const L& rl = *k.linalg;
       x.gemm = wrap<&K::linalg, &L::gemm>();
-      x.pack = guard(rl.pack, &GD::pack);
+      x.pack = by_hand(rl.pack, &GD::pack);
       x.gemm_packed = wrap<&K::linalg, &L::gemm_packed>();
       x.packed_pays = rl.packed_pays;  // a function of the shape alone
       r.table.linalg = &x;
@@ -344,8 +330,8 @@ template <int D, int T> struct Build {
       const I& ri = *k.index;
       x.gather = wrap<&K::index, &I::gather>();
       x.scatter_add = wrap<&K::index, &I::scatter_add>();
-      x.scatter_to_argmax = guard(ri.scatter_to_argmax, &GD::scatter_to_argmax);
-      x.first_out_of_range = guard(ri.first_out_of_range, &GD::first_out_of_range);
+      x.scatter_to_argmax = by_hand(ri.scatter_to_argmax, &GD::scatter_to_argmax);
+      x.first_out_of_range = by_hand(ri.first_out_of_range, &GD::first_out_of_range);
       r.table.index = &x;
     }
     if (k.rnn) {

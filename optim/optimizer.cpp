@@ -93,17 +93,17 @@ void Optimizer::step() {
     if (!o)
       throw tg::CaptureError("CapturedStep::replay: the optimizer this step was captured with has been destroyed");
     const std::vector<const void*> now = o->grad_storages();
-    for (size_t i = 0; i < now.size() && i < seen.size(); ++i)
+    if (now.size() != seen.size())
+      throw tg::CaptureError(fmt::format("CapturedStep::replay: {}: parameters were added since the step was "
+                                         "captured; capture it again",
+                                         o->name_));
+    for (size_t i = 0; i < now.size(); ++i)
       if (now[i] != seen[i])
         throw tg::CaptureError(fmt::format(
             "CapturedStep::replay: {}: parameter {} no longer has the gradient tensor the captured step wrote "
             "(zero_grad() or a backward outside the captured function replaced it), so the update would not "
             "see the replayed gradients. Call zero_grad() inside the captured function, or capture again",
             o->name_, i));
-    if (now.size() != seen.size())
-      throw tg::CaptureError(fmt::format("CapturedStep::replay: {}: parameters were added since the step was "
-                                         "captured; capture it again",
-                                         o->name_));
     o->step_now();
   });
 }

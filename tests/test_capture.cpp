@@ -4,10 +4,12 @@
 // gradient check through a captured step.)
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <memory>
 #include <thread>
 
 #include "tapegrad/autograd/capture.h"
+#include "tapegrad/kernels/recording.h"
 #include "tapegrad/autograd/ops.h"
 #include "tapegrad/nn/nn.h"
 #include "tapegrad/optim/adam.h"
@@ -215,6 +217,75 @@ TEST_CASE("one replay at a time") {
   matmul(twin, twin).sum().backward();
   CHECK(w.grad().to_vector() == twin.grad().to_vector());
   CHECK(refused.load() < 400);
+}
+
+TEST_CASE("kernels whose results the host reads are run again at each replay and must agree") {
+  // The recording layer on its own: float32 kernels on plain memory, recorded, then replayed
+  // with the memory unchanged (passes) and changed (CaptureError).
+  std::vector<float> x = {1.0f, -2.0f, 3.0f, 0.5f};
+  const int64_t size = 4, stride = 1;
+  const kern::View v{x.data(), &size, &stride, 1};
+  kern::Recording rec;
+  kern::start_recording(rec);
+  const kern::KernelTable& r = kern::kernels_for(kern::Device::CPU, kern::DType::Float32);
+  CHECK(r.elementwise->load(x.data(), 2) == 3.0);
+  CHECK(r.elementwise->all_finite(v));
+  CHECK(r.reduce->norm_accumulate(x.data(), 4, 2.0, 0.0) == doctest::Approx(14.25));
+  std::vector<double> host(4);
+  r.elementwise->to_doubles(v, host.data());
+  const auto adam = r.optim->adam;
+  kern::stop_recording();
+  CHECK(rec.size() == 4);
+  CHECK_NOTHROW(rec.replay());
+  x[2] = NAN;  // every recorded read now sees another value: the first check stops the replay
+  CHECK_THROWS_WITH_AS(rec.replay(), doctest::Contains("reading one element on the host"), CaptureError);
+  x[2] = 3.0f;
+  x[0] = 7.0f;  // load and all_finite agree again; the norm does not
+  CHECK_THROWS_WITH_AS(rec.replay(), doctest::Contains("a norm read on the host"), CaptureError);
+  // A recording table's entry called after the recording ended runs the plain kernel, refused or not.
+  std::vector<float> p(4, 1.0f), g(4, 0.5f), m(4, 0.0f), s2(4, 0.0f);
+  const kern::AdamScalars sc{1e-3, 0.0, 0.9, 0.999, 1e-8, 1e-3 / 0.1, std::sqrt(1 - 0.999), false, false};
+  adam(p.data(), g.data(), m.data(), s2.data(), nullptr, 4, sc);
+  CHECK(p[0] < 1.0f);
+}
+
+TEST_CASE("optimizer kernels outside Optimizer::step are refused; the step itself is replayed") {
+  Tensor w = randn({3}).requires_grad_();
+  optim::Adam opt({w}, optim::AdamOptions{.lr = 1e-2});
+  w.zero_grad();
+  (w * w).sum().backward();
+  kern::Recording rec;
+  kern::start_recording(rec);
+  std::vector<float> p(3), g(3), m(3), v(3);
+  const kern::AdamScalars sc{1e-3, 0.0, 0.9, 0.999, 1e-8, 1e-2, 0.03, false, false};
+  CHECK_THROWS_WITH_AS(kern::kernels_for(kern::Device::CPU, kern::DType::Float32)
+                           .optim->adam(p.data(), g.data(), m.data(), v.data(), nullptr, 3, sc),
+                       doctest::Contains("an optimizer kernel outside Optimizer::step"), CaptureError);
+  kern::stop_recording();
+  CapturedStep step = capture([&] { opt.step(); });
+  step.replay();
+  CHECK(opt.step_count() == 2);
+}
+
+TEST_CASE("capture and replay misuse: a replay inside a capture, an undefined input, parameters added") {
+  Tensor w = randn({3}).requires_grad_();
+  CapturedStep inner = capture([&] {
+    w.zero_grad();
+    (w * 2.0).sum().backward();
+  });
+  CHECK_THROWS_WITH_AS(capture([&] { inner.replay(); }), doctest::Contains("a capture cannot record a replay"),
+                       CaptureError);
+  CHECK_THROWS_WITH_AS(capture([] {}, {Tensor()}), doctest::Contains("input 0 is an undefined tensor"),
+                       std::invalid_argument);
+  optim::SGD opt({w}, optim::SGDOptions{.lr = 0.1});
+  CapturedStep step = capture([&] {
+    opt.zero_grad();
+    (w * w).sum().backward();
+    opt.step();
+  });
+  Tensor extra = randn({2}).requires_grad_();
+  opt.add_param_group(optim::ParamGroup{{extra}});
+  CHECK_THROWS_WITH_AS(step.replay(), doctest::Contains("parameters were added"), CaptureError);
 }
 
 }  // TEST_SUITE
